@@ -1,0 +1,37 @@
+"""Data contracts of segflow: pydantic schemas and the exception tree. Imports no torch."""
+
+from data_contracts.dataset import (
+    Case,
+    CaseKind,
+    DatasetManifest,
+    FileRecord,
+    LabelKind,
+    LabelStats,
+    RejectedInput,
+)
+from data_contracts.errors import *  # noqa: F403
+from data_contracts.errors import __all__ as _error_names
+from data_contracts.geometry import Geometry, ImageGeometry, RasterGeometry, VolumeGeometry
+from data_contracts.ingest_options import IngestOptions
+from data_contracts.model_spec import ModelSpec
+from data_contracts.settings import Settings, apply_environment, get_settings
+
+__all__ = [
+    "Case",
+    "CaseKind",
+    "DatasetManifest",
+    "FileRecord",
+    "Geometry",
+    "ImageGeometry",
+    "IngestOptions",
+    "LabelKind",
+    "LabelStats",
+    "ModelSpec",
+    "RasterGeometry",
+    "RejectedInput",
+    "Settings",
+    "VolumeGeometry",
+    "apply_environment",
+    "get_settings",
+    *_error_names,
+]

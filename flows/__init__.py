@@ -1,0 +1,1 @@
+"""Prefect flows and the ``segflow`` command line over :mod:`pipelines`."""

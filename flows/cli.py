@@ -1,0 +1,200 @@
+"""The ``segflow`` command line: one entry point, consistent exit codes, rich output."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from typer.exceptions import Abort, TyperException
+
+from data_contracts import (
+    DatasetManifest,
+    IngestOptions,
+    SegflowError,
+    UsageError,
+    apply_environment,
+    get_settings,
+)
+from flows.console import console, error_console, manifest_table, progress_bar, rejected_table
+from flows.exit_codes import ExitCode, outcome
+
+app = typer.Typer(
+    name="segflow",
+    help=(
+        "Segment medical volumes (NIfTI) and georeferenced rasters (GeoTIFF) with deep learning.\n\n"
+        "Exit codes: 0 all inputs done, 3 partial (some rejected or failed), 1 nothing valid or "
+        "nothing done, 2 usage error, 70 internal error (traceback saved under SEGFLOW_HOME/crashes)."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def parse_labels(text: str | None) -> dict[str, int] | None:
+    """``"background=0,road=255"`` → ``{"background": 0, "road": 255}``.
+
+    Raises:
+        UsageError: an item is not ``name=integer``.
+    """
+    if not text:
+        return None
+    labels: dict[str, int] = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if not name.strip() or not value.strip().lstrip("-").isdigit():
+            raise UsageError(f"--labels item {item!r} is not name=integer", hint="write e.g. --labels background=0,building=1")
+        labels[name.strip()] = int(value)
+    return labels
+
+
+@app.command()
+def ingest(
+    source: Annotated[Path, typer.Argument(help="Dataset folder, .zip/.tar/.tar.gz archive, or CSV (columns image,label).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Manifest JSON to write.")] = Path("manifest.json"),
+    label_suffix: Annotated[str, typer.Option(help="Text between case id and extension of label files, e.g. _mask.")] = "",
+    labels: Annotated[str | None, typer.Option(help="Label set as name=value pairs, e.g. background=0,building=1 (overrides dataset.json).")] = None,
+    ignore_value: Annotated[int | None, typer.Option(help="Label value meaning 'no label' (nodata), e.g. -1 or 0.")] = None,
+    label_kind: Annotated[str, typer.Option(help="semantic (class maps) or instance (0 background, 1..N objects).")] = "semantic",
+    kind: Annotated[str, typer.Option(help="auto, volume, raster or image.")] = "auto",
+    allow_ungeoreferenced: Annotated[bool, typer.Option(help="Accept TIFFs without CRS/transform as rasters.")] = False,
+    vector_attribute: Annotated[str | None, typer.Option(help="Feature property holding the class of vector labels.")] = None,
+    vector_crs: Annotated[str | None, typer.Option(help="CRS of vector label coordinates when the file has none (default EPSG:4326, RFC 7946).")] = None,
+    subdir: Annotated[str | None, typer.Option(help="Folder inside SOURCE (or the archive) to ingest.")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Where extracted archives and rasterised vector labels go (default: <out>.files/ beside the manifest).")] = None,
+) -> None:
+    """Validate a dataset into a manifest: pair images and labels, check grids and label values.
+
+    Every file is opened and hashed (SHA-256, streamed); invalid cases are quarantined into the
+    manifest's rejected list with their reason and the others go on.
+
+    Examples:
+
+        segflow ingest ../shared/data/brats2015_deepmedic --out brats.json
+
+        segflow ingest tiles.zip --label-suffix _mask --labels background=0,building=1
+
+        segflow ingest scenes/ --ignore-value 0 --label-kind instance
+    """
+    if label_kind not in ("semantic", "instance"):
+        raise UsageError(f"--label-kind must be semantic or instance, not {label_kind!r}")
+    if kind not in ("auto", "volume", "raster", "image"):
+        raise UsageError(f"--kind must be auto, volume, raster or image, not {kind!r}")
+    options = IngestOptions(
+        label_suffix=label_suffix, labels=parse_labels(labels), ignore_value=ignore_value,
+        label_kind=label_kind,  # type: ignore[arg-type]
+        kind=kind,  # type: ignore[arg-type]
+        allow_ungeoreferenced=allow_ungeoreferenced, vector_attribute=vector_attribute,
+        vector_crs=vector_crs, subdir=subdir,
+    )
+    manifest = run_ingest(source, out, options, workdir)
+    raise typer.Exit(int(outcome(len(manifest.cases), len(manifest.rejected))))
+
+
+def run_ingest(source: Path, out: Path, options: IngestOptions, workdir: Path | None) -> DatasetManifest:
+    """Ingest with a progress bar, write the manifest and print the summary tables."""
+    from pipelines.ingest import ingest as ingest_source
+    from pipelines.ingest import write_manifest
+
+    workdir = workdir or out.with_name(f"{out.stem}.files")
+    with progress_bar() as bar:
+        task = bar.add_task(f"ingest {source.name}", total=None, current="")
+
+        def advance(done: int, total: int, case_id: str) -> None:
+            bar.update(task, completed=done, total=total, current=case_id[:30])
+
+        manifest = ingest_source(source, options=options, workdir=workdir, progress=advance)
+    write_manifest(manifest, out)
+    console.print(manifest_table(manifest))
+    if manifest.rejected:
+        console.print(rejected_table(manifest))
+    console.print(f"Manifest written to [bold]{out}[/bold]")
+    return manifest
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the sample archive and its manifests.")] = Path("segflow-demo"),
+    seed: Annotated[int, typer.Option(help="Seed of the generated sample data.")] = 0,
+) -> None:
+    """Run the main job on embedded defaults: build a sample archive (NIfTI volumes and
+    georeferenced GeoTIFFs that segflow generates) and ingest both datasets from it."""
+    from pipelines.synthetic import make_sample_archive
+
+    out.mkdir(parents=True, exist_ok=True)
+    archive = make_sample_archive(out / "sample_archive.zip", seed=seed)
+    console.print(f"Sample archive: [bold]{archive}[/bold]")
+    results = []
+    for subdir in ("volumes", "rasters"):
+        options = IngestOptions(subdir=subdir)
+        results.append(run_ingest(archive, out / f"{subdir}_manifest.json", options, out / f"{subdir}.files"))
+    valid = sum(len(m.cases) for m in results)
+    rejected = sum(len(m.rejected) for m in results)
+    raise typer.Exit(int(outcome(valid, rejected)))
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from pipelines import __version__
+
+        console.print(f"segflow {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Segment medical volumes and georeferenced rasters; see each command's --help."""
+
+
+def _save_crash(error: BaseException) -> Path | None:
+    try:
+        crash_dir = get_settings().home_dir / "crashes"
+        crash_dir.mkdir(parents=True, exist_ok=True)
+        path = crash_dir / f"crash-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.txt"
+        path.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+        return path
+    except OSError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``segflow`` console script; returns (and exits with) the exit code."""
+    apply_environment()
+    try:
+        result = app(args=argv, standalone_mode=False)
+        code = result if isinstance(result, int) else ExitCode.OK
+    except UsageError as error:
+        error_console.print(f"[red]usage error:[/red] {error}")
+        code = ExitCode.USAGE
+    except SegflowError as error:
+        error_console.print(f"[red]error:[/red] {error}")
+        code = ExitCode.NOTHING_DONE
+    except TyperException as error:  # click's usage errors, re-exported by Typer
+        show = getattr(error, "show", None)
+        if callable(show):
+            show()
+        else:
+            error_console.print(f"[red]error:[/red] {error}")
+        code = int(getattr(error, "exit_code", ExitCode.USAGE))
+    except (Abort, KeyboardInterrupt):
+        error_console.print("[yellow]interrupted[/yellow]")
+        code = 130
+    except Exception as error:  # a bug: keep the traceback, show a short message
+        saved = _save_crash(error)
+        where = f" (traceback saved to {saved})" if saved else ""
+        error_console.print(f"[red]internal error:[/red] {type(error).__name__}: {error}{where}")
+        code = ExitCode.INTERNAL
+    if __name__ == "__main__" or argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

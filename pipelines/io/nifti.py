@@ -1,0 +1,120 @@
+"""NIfTI volumes via nibabel: header geometry without loading voxels, voxel data by slabs."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+
+from data_contracts import CorruptFileError, InvalidGeometryError, NotAnImageError, VolumeGeometry
+from pipelines.io.formats import detect_format
+
+_SLAB_BYTES = 64 * 1024**2
+
+
+def open_volume(path: str | Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    """Open a NIfTI file lazily (header parsed, voxels not read).
+
+    Raises:
+        EmptyFileError, NotAnImageError: the file is empty or not NIfTI.
+        CorruptFileError: the header cannot be decoded (truncated, bad gzip stream).
+    """
+    path = Path(path)
+    detect_format(path)
+    try:
+        image = nib.load(path)
+    except (ImageFileError, ValueError) as error:
+        raise NotAnImageError(f"is not a readable NIfTI file ({error})", path=path) from error
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as error:
+        raise CorruptFileError(f"has a damaged or truncated header ({error})", path=path) from error
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise NotAnImageError(f"is a {type(image).__name__}, not NIfTI", path=path)
+    return image
+
+
+def volume_geometry(image: nib.Nifti1Image | nib.Nifti2Image, path: str | Path) -> VolumeGeometry:
+    """Geometry of an opened volume, validated.
+
+    The affine is the one nibabel chooses (sform if its code is set, else qform, else the
+    pixdim-only fallback). A 4D file is read as channels along the 4th axis.
+
+    Raises:
+        InvalidGeometryError: NaN or singular affine, zero spacing, or not 3D/4D.
+    """
+    header = image.header
+    shape = tuple(int(size) for size in header.get_data_shape())
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] < 1):
+        raise InvalidGeometryError(f"has {len(shape)} dimensions {shape}; expected 3 (or 4 for channels)", path=path)
+    affine = np.asarray(image.affine, dtype=float)
+    if not np.all(np.isfinite(affine)):
+        raise InvalidGeometryError("has a non-finite (NaN/inf) affine in its header", path=path)
+    linear = affine[:3, :3]
+    spacing = np.sqrt((linear**2).sum(axis=0))
+    if np.any(spacing <= 0) or abs(np.linalg.det(linear)) < 1e-12:
+        raise InvalidGeometryError(
+            f"has a singular affine or zero voxel spacing {tuple(spacing.round(6).tolist())} mm",
+            path=path,
+        )
+    codes = nib.aff2axcodes(affine)
+    if None in codes:
+        raise InvalidGeometryError(f"has an affine whose axes cannot be oriented {codes}", path=path)
+    return VolumeGeometry(
+        shape=(shape[0], shape[1], shape[2]),
+        affine=tuple(tuple(float(v) for v in row) for row in affine),  # type: ignore[arg-type]
+        spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        orientation=codes,  # type: ignore[arg-type]
+        dtype=str(header.get_data_dtype()),
+        channels=shape[3] if len(shape) == 4 else 1,
+    )
+
+
+def read_volume_geometry(path: str | Path) -> VolumeGeometry:
+    """Open ``path`` lazily and return its validated geometry."""
+    return volume_geometry(open_volume(path), path)
+
+
+def iter_volume_slabs(
+    image: nib.Nifti1Image | nib.Nifti2Image, path: str | Path, *, max_bytes: int = _SLAB_BYTES
+) -> Iterator[np.ndarray]:
+    """Yield the voxels of a volume as slabs along the last spatial axis (scaled values).
+
+    Slabs are read through nibabel's array proxy, so only one slab is in memory at a time.
+
+    Raises:
+        CorruptFileError: the data stream ends early or is damaged (e.g. truncated ``.nii.gz``).
+    """
+    shape = image.header.get_data_shape()
+    depth = shape[2] if len(shape) >= 3 else 1
+    itemsize = max(np.dtype(image.header.get_data_dtype()).itemsize, 4)
+    per_slice = int(np.prod(shape[:2])) * int(np.prod(shape[3:] or (1,))) * itemsize
+    step = max(1, max_bytes // max(per_slice, 1))
+    proxy = image.dataobj
+    try:
+        if len(shape) < 3:
+            yield np.asanyarray(proxy)
+            return
+        for start in range(0, depth, step):
+            yield np.asanyarray(proxy[:, :, start : start + step, ...])
+    except (EOFError, OSError, ValueError, zlib.error) as error:
+        raise CorruptFileError(f"voxel data cannot be read: truncated or damaged ({error})", path=path) from error
+
+
+def load_volume(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image | nib.Nifti2Image]:
+    """Read a whole volume (scaled to float where the header says so) and its image.
+
+    Raises:
+        CorruptFileError: the data cannot be read.
+    """
+    image = open_volume(path)
+    try:
+        data = np.asanyarray(image.dataobj)
+    except (EOFError, OSError, ValueError, zlib.error) as error:
+        raise CorruptFileError(f"voxel data cannot be read: truncated or damaged ({error})", path=path) from error
+    return data, image
