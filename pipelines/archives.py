@@ -2,17 +2,17 @@
 
 :func:`extract_archive` never writes outside its destination folder and never creates a link on
 disk. Hostile members are rejected one by one (the rest of the archive is extracted); a
-decompression bomb refuses the whole archive.
+decompression bomb, a corrupt archive or a write failure refuses the whole archive and removes
+what was extracted so far.
 
 Decisions:
     * Members with an absolute path (``/x``, ``C:x``) or a ``..`` component are skipped and
       reported as :class:`UnsafeArchivePathError`; backslashes count as separators.
     * Symbolic and hard links are resolved lexically against the archive root. A link that leaves
-      the root is reported as :class:`ArchiveLinkError`; a link that stays inside is extracted as a
-      regular *copy* of its target file once every other member is written (a link to a folder,
-      or to a file the archive does not hold, is reported as :class:`ArchiveLinkError` too).
-    * Devices, FIFOs, sockets and unknown member types are reported as
-      :class:`ArchiveSpecialFileError`.
+      the root is reported as :class:`ArchiveLinkError`; a link that stays inside is written as a
+      regular *copy* of its target once every other member is written (a link to a folder, or to
+      a file the archive does not hold, is reported as :class:`ArchiveLinkError` too).
+    * Devices, FIFOs, sockets and unknown member types: :class:`ArchiveSpecialFileError`.
     * Bombs: the declared sizes are checked before anything is written (zip: the central
       directory; tar: each header as the stream reaches it), then every chunk is counted while
       streaming, before it is written. Past ``max_total_bytes`` of output, or past ``max_ratio``
@@ -33,7 +33,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
@@ -53,6 +53,7 @@ from pipelines.files import require_nonempty_file
 __all__ = [
     "ARCHIVE_SUFFIXES",
     "RATIO_MIN_BYTES",
+    "ArchiveFormat",
     "ExtractionResult",
     "archive_format",
     "extract_archive",
@@ -62,9 +63,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ArchiveFormat = Literal["zip", "tar", "tar.gz", "tar.bz2", "tar.xz"]
-
-#: Name endings recognised as archives, longest first, with the format each one implies.
-ARCHIVE_SUFFIXES: dict[str, ArchiveFormat] = {
+_FORMATS: dict[str, ArchiveFormat] = {
     ".tar.gz": "tar.gz",
     ".tar.bz2": "tar.bz2",
     ".tar.xz": "tar.xz",
@@ -72,6 +71,8 @@ ARCHIVE_SUFFIXES: dict[str, ArchiveFormat] = {
     ".zip": "zip",
     ".tar": "tar",
 }
+#: Name endings recognised as archives (matched case-insensitively, longest first).
+ARCHIVE_SUFFIXES: tuple[str, ...] = tuple(_FORMATS)
 #: Members (zip) or archives (tar) that expand to no more than this are never ratio bombs.
 RATIO_MIN_BYTES = 1 << 20
 
@@ -85,20 +86,11 @@ _CHUNK_BYTES = 1 << 16
 _MAX_ZIP_LINK_BYTES = 4096
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # What a damaged archive raises while it is decoded (gzip.BadGzipFile is an OSError).
-_READ_ERRORS = (
-    zipfile.BadZipFile,
-    tarfile.TarError,
-    EOFError,
-    zlib.error,
-    lzma.LZMAError,
-    OSError,
-    NotImplementedError,
-    RuntimeError,
-    ValueError,
+_READ_ERRORS: tuple[type[Exception], ...] = (
+    *(zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError),
+    *(NotImplementedError, RuntimeError, ValueError),
 )
 _CONFLICT_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError)
-
-MemberKind = Literal["file", "dir", "symlink", "hardlink", "special"]
 
 
 @dataclass(frozen=True)
@@ -108,9 +100,9 @@ class ExtractionResult:
     Attributes:
         root: the destination folder, absolute.
         extracted: absolute paths of the regular files written, in archive order (folders are not
-            listed; link copies come last).
+            listed; copies of in-archive links come last).
         rejected: one error per member that was not extracted (unsafe path, link, special file,
-            name conflict); ``str(error)`` names ``"<archive>!<member>"``.
+            name clash); each names ``"<archive>!<member>"`` as its path.
         total_bytes: bytes written.
     """
 
@@ -120,90 +112,15 @@ class ExtractionResult:
     total_bytes: int
 
 
-@dataclass(frozen=True)
-class _Member:
-    name: str
-    kind: MemberKind
-    link: str = ""
-
-
-@dataclass
-class _Budget:
-    """Counts the bytes written and raises as soon as the archive behaves like a bomb."""
-
-    archive: Path
-    max_total_bytes: int
-    max_ratio: float
-    written: int = 0
-
-    def check_declared_total(self, declared: int) -> None:
-        if declared > self.max_total_bytes:
-            raise DecompressionBombError(
-                f"declares {declared} bytes of content, more than the limit of "
-                f"{self.max_total_bytes} bytes",
-                path=self.archive,
-            )
-
-    def check_ratio(self, expanded: int, compressed: int, what: str) -> None:
-        if expanded > RATIO_MIN_BYTES and expanded > self.max_ratio * max(compressed, 1):
-            raise DecompressionBombError(
-                f"{what} expands {expanded / max(compressed, 1):.0f}-fold ({compressed} bytes to "
-                f"{expanded} or more), more than the limit of {self.max_ratio:g}-fold",
-                path=self.archive,
-            )
-
-    def add(self, size: int, member: str) -> None:
-        self.written += size
-        if self.written > self.max_total_bytes:
-            raise DecompressionBombError(
-                f"expands past the limit of {self.max_total_bytes} bytes (reached while "
-                f"extracting '{member}')",
-                path=self.archive,
-            )
-
-
 def archive_format(path: str | Path) -> ArchiveFormat | None:
     """The archive format implied by a file name, or ``None`` when it is not an archive name."""
     name = Path(path).name.lower()
-    return next((fmt for suffix, fmt in ARCHIVE_SUFFIXES.items() if name.endswith(suffix)), None)
+    return next((fmt for suffix, fmt in _FORMATS.items() if name.endswith(suffix)), None)
 
 
 def is_archive(path: str | Path) -> bool:
-    """Whether ``path``'s name ends in an archive suffix (the content is not looked at)."""
+    """Whether ``path``'s name ends in one of :data:`ARCHIVE_SUFFIXES` (content not looked at)."""
     return archive_format(path) is not None
-
-
-def safe_member_path(name: str) -> PurePosixPath | None:
-    """The member's path relative to the archive root, or ``None`` if it would leave the root.
-
-    Args:
-        name: the member name as stored in the archive.
-
-    Returns:
-        The normalised relative path (empty for the root itself), or ``None`` for an absolute
-        path, a drive letter or a ``..`` component.
-    """
-    normalized = name.replace("\\", "/")
-    if normalized.startswith("/") or _DRIVE.match(normalized):
-        return None
-    parts = [part for part in normalized.split("/") if part not in ("", ".")]
-    return None if ".." in parts else PurePosixPath(*parts)
-
-
-def _resolve_lexically(base: PurePosixPath, link: str) -> PurePosixPath | None:
-    """``base / link`` with ``..`` applied, or ``None`` if it is absolute or climbs above root."""
-    link = link.replace("\\", "/")
-    if link.startswith("/") or _DRIVE.match(link):
-        return None
-    parts = list(base.parts)
-    for part in link.split("/"):
-        if part == "..":
-            if not parts:
-                return None
-            parts.pop()
-        elif part not in ("", "."):
-            parts.append(part)
-    return PurePosixPath(*parts)
 
 
 def extract_archive(
@@ -216,8 +133,7 @@ def extract_archive(
     """Extract a zip or tar archive into ``destination``, refusing anything unsafe.
 
     Args:
-        archive: the archive; its format is decided by its name (see :data:`ARCHIVE_SUFFIXES`).
-            It is only read.
+        archive: the archive, only read; its format is decided by its name.
         destination: folder to extract into; created if missing, and it must be empty.
         max_total_bytes: most bytes the extraction may write (default:
             ``get_settings().max_extract_bytes``).
@@ -238,27 +154,29 @@ def extract_archive(
     archive, destination = Path(archive), Path(destination)
     fmt = archive_format(archive)
     if fmt is None:
-        raise ArchiveError(
-            f"is not named like an archive (expected one of {', '.join(ARCHIVE_SUFFIXES)})",
-            path=archive,
-        )
+        expected = ", ".join(ARCHIVE_SUFFIXES)
+        raise ArchiveError(f"is not named like an archive ({expected})", path=archive)
     require_nonempty_file(archive)
     settings = get_settings()
-    budget = _Budget(
+    created = _prepare_destination(destination)
+    extractor = _Extractor(
         archive,
+        destination.resolve(),
         max_total_bytes if max_total_bytes is not None else settings.max_extract_bytes,
         max_ratio if max_ratio is not None else settings.max_compression_ratio,
     )
-    created = _prepare_destination(destination)
-    extractor = _Extractor(archive, destination.resolve(), budget)
     try:
         if fmt == "zip":
-            _extract_zip(archive, extractor)
+            _extract_zip(extractor)
         else:
-            _extract_tar(archive, fmt, extractor)
+            _extract_tar(extractor, fmt)
         extractor.copy_links()
-    except BaseException:
+    except BaseException as error:
         _clean(destination, remove_folder=created)
+        if isinstance(error, OSError) and not isinstance(error, SegflowError):
+            # Reads are wrapped where they happen, so a bare OSError comes from writing.
+            reason = f"extraction failed while writing ({error})"
+            raise OutputError(reason, path=destination) from error
         raise
     return extractor.result()
 
@@ -267,9 +185,7 @@ def _prepare_destination(destination: Path) -> bool:
     """Create ``destination`` if needed; return whether it was created here."""
     if destination.exists():
         if not destination.is_dir() or any(destination.iterdir()):
-            raise OutputError(
-                "must be an empty folder to extract an archive into", path=destination
-            )
+            raise OutputError("must be an empty folder to extract into", path=destination)
         return False
     try:
         destination.mkdir(parents=True)
@@ -289,257 +205,254 @@ def _clean(destination: Path, *, remove_folder: bool) -> None:
             child.unlink(missing_ok=True)
 
 
-@dataclass
-class _Extractor:
-    """Writes members under ``root`` and keeps the books (written, rejected, pending links)."""
-
-    archive: Path
-    root: Path
-    budget: _Budget
-    written: dict[PurePosixPath, None] = field(default_factory=dict)
-    rejected: list[SegflowError] = field(default_factory=list)
-    links: list[tuple[str, PurePosixPath, PurePosixPath]] = field(default_factory=list)
-
-    def reject(self, error: SegflowError) -> None:
-        logger.warning("%s", error)
-        self.rejected.append(error)
-
-    def admit(self, member: _Member) -> PurePosixPath | None:
-        """Where a member goes, or ``None`` (after recording why) if it must not be written."""
-        where = f"{self.archive}!{member.name}"
-        relative = safe_member_path(member.name)
-        if relative is None:
-            self.reject(UnsafeArchivePathError(_unsafe_reason(member.name), path=where))
-            return None
-        if member.kind == "special":
-            self.reject(
-                ArchiveSpecialFileError(
-                    "is a device, FIFO or other special file and was not extracted", path=where
-                )
-            )
-            return None
-        if member.kind in ("symlink", "hardlink"):
-            # A symlink is relative to its folder, a tar hard link to the archive root.
-            base = relative.parent if member.kind == "symlink" else PurePosixPath()
-            target = _resolve_lexically(base, member.link)
-            if target is None:
-                reason = f"is a link to '{member.link}', outside the archive; it was not extracted"
-                self.reject(ArchiveLinkError(reason, path=where))
-            else:
-                self.links.append((member.name, relative, target))
-            return None
-        return relative
-
-    def make_dir(self, member: _Member) -> None:
-        relative = self.admit(member)
-        if relative is not None:
-            self._guard(
-                member.name, lambda: (self.root / relative).mkdir(parents=True, exist_ok=True)
-            )
-
-    def write_file(
-        self, member: _Member, open_data: Callable[[], IO[bytes]], ratio: Callable[[int], None]
-    ) -> None:
-        """Stream one regular member to disk; ``ratio(member_bytes)`` raises on a bomb."""
-        relative = self.admit(member)
-        if relative is None:
-            return
-        target = self.root / relative
-        if not self._guard(member.name, lambda: target.parent.mkdir(parents=True, exist_ok=True)):
-            return
-        with ExitStack() as stack:
-            try:
-                out = stack.enter_context(open(target, "wb"))
-            except _CONFLICT_ERRORS as error:
-                self._conflict(member.name, error)
-                return
-            except OSError as error:
-                raise OutputError(f"cannot be written ({error.strerror})", path=target) from error
-            source = _read_guard(self.archive, member.name, open_data)
-            member_bytes = 0
-            for chunk in _chunks(self.archive, member.name, source):
-                member_bytes += len(chunk)
-                self.budget.add(len(chunk), member.name)
-                ratio(member_bytes)
-                _write(out, chunk, target)
-        self.written[relative] = None
-
-    def copy_links(self) -> None:
-        """Copy the targets of in-archive links, repeating while a link to a link resolves."""
-        pending = self.links
-        while pending:
-            unresolved = []
-            for name, relative, target in pending:
-                source = self.root / target
-                if source.is_file() and target in self.written:
-                    self.write_file(
-                        _Member(name, "file"), lambda s=source: open(s, "rb"), lambda _n: None
-                    )
-                else:
-                    unresolved.append((name, relative, target))
-            if len(unresolved) == len(pending):
-                break
-            pending = unresolved
-        for name, _relative, target in pending:
-            self.reject(
-                ArchiveLinkError(
-                    f"is a link to '{target}', which is not a file in the archive; it was not "
-                    "extracted",
-                    path=f"{self.archive}!{name}",
-                )
-            )
-        self.links = []
-
-    def result(self) -> ExtractionResult:
-        return ExtractionResult(
-            root=self.root,
-            extracted=tuple(self.root / relative for relative in self.written),
-            rejected=tuple(self.rejected),
-            total_bytes=self.budget.written,
-        )
-
-    def _guard(self, name: str, action: Callable[[], object]) -> bool:
-        try:
-            action()
-        except _CONFLICT_ERRORS as error:
-            self._conflict(name, error)
-            return False
-        except OSError as error:
-            raise OutputError(f"cannot be written ({error.strerror})", path=self.root) from error
-        return True
-
-    def _conflict(self, name: str, error: OSError) -> None:
-        reason = f"clashes with another member of the same name ({error.strerror}); not extracted"
-        self.reject(ArchiveError(reason, path=f"{self.archive}!{name}"))
+def _normalise(base: PurePosixPath, name: str, *, allow_parent: bool) -> PurePosixPath | None:
+    """``base / name`` normalised, or ``None`` if absolute or (not allowed to) climb with ``..``."""
+    name = name.replace("\\", "/")
+    if name.startswith("/") or _DRIVE.match(name):
+        return None
+    parts = list(base.parts)
+    for part in name.split("/"):
+        if part == "..":
+            if not allow_parent or not parts:
+                return None
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return PurePosixPath(*parts)
 
 
-def _unsafe_reason(name: str) -> str:
-    if name.replace("\\", "/").startswith("/") or _DRIVE.match(name):
-        return "has an absolute path and was not extracted"
-    return "climbs out of the extraction folder with '..' and was not extracted"
-
-
-def _corrupt(archive: Path, member: str, error: BaseException) -> ArchiveError:
-    detail = f" at member '{member}'" if member else ""
-    return ArchiveError(f"is corrupt, truncated or encrypted{detail} ({error})", path=archive)
-
-
-def _read_guard(archive: Path, member: str, open_data: Callable[[], IO[bytes]]) -> IO[bytes]:
+@contextmanager
+def _decoding(archive: Path, member: str = "") -> Iterator[None]:
+    """Turn the errors of a damaged archive into :class:`ArchiveError` (wrap reads only)."""
     try:
-        return open_data()
+        yield
     except _READ_ERRORS as error:
-        raise _corrupt(archive, member, error) from error
+        where = f" at member '{member}'" if member else ""
+        reason = f"is corrupt, truncated, encrypted or not what its name says{where} ({error})"
+        raise ArchiveError(reason, path=archive) from error
 
 
-def _chunks(archive: Path, member: str, source: IO[bytes]) -> Iterator[bytes]:
+def _chunks(source: IO[bytes], archive: Path, member: str) -> Iterator[bytes]:
     with source:
         while True:
-            try:
+            with _decoding(archive, member):
                 chunk = source.read(_CHUNK_BYTES)
-            except _READ_ERRORS as error:
-                raise _corrupt(archive, member, error) from error
             if not chunk:
                 return
             yield chunk
 
 
-def _write(out: IO[bytes], chunk: bytes, target: Path) -> None:
-    try:
-        out.write(chunk)
-    except OSError as error:
-        raise OutputError(f"writing failed ({error.strerror})", path=target) from error
+@dataclass
+class _Extractor:
+    """Writes members under ``root``, counts bytes, and keeps written / rejected / links."""
+
+    archive: Path
+    root: Path
+    max_total_bytes: int
+    max_ratio: float
+    total: int = 0
+    written: dict[PurePosixPath, None] = field(default_factory=dict)
+    rejected: list[SegflowError] = field(default_factory=list)
+    links: list[tuple[str, PurePosixPath]] = field(default_factory=list)
+
+    def check_declared(self, declared: int) -> None:
+        """Refuse the archive if its headers already declare too many bytes."""
+        if declared > self.max_total_bytes:
+            raise DecompressionBombError(
+                f"declares {declared} bytes of content, more than the limit of "
+                f"{self.max_total_bytes} bytes",
+                path=self.archive,
+            )
+
+    def check_ratio(self, expanded: int, compressed: int, what: str) -> None:
+        """Refuse the archive if ``what`` expands more than ``max_ratio``-fold."""
+        if expanded > RATIO_MIN_BYTES and expanded > self.max_ratio * max(compressed, 1):
+            raise DecompressionBombError(
+                f"{what} expands {expanded / max(compressed, 1):.0f}-fold ({compressed} bytes "
+                f"to {expanded} or more), more than the limit of {self.max_ratio:g}-fold",
+                path=self.archive,
+            )
+
+    def admit(self, name: str, kind: str, link: str = "") -> PurePosixPath | None:
+        """Where a member goes, or ``None`` (after recording why) if it is not written now."""
+        where = f"{self.archive}!{name}"
+        relative = _normalise(PurePosixPath(), name, allow_parent=False)
+        if relative is None:
+            absolute = name.replace("\\", "/").startswith("/") or _DRIVE.match(name)
+            reason = "has an absolute path" if absolute else "climbs out of the folder with '..'"
+            self._reject(UnsafeArchivePathError(f"{reason}; it was not extracted", path=where))
+        elif kind == "special":
+            reason = "is a device, FIFO or other special file; it was not extracted"
+            self._reject(ArchiveSpecialFileError(reason, path=where))
+        elif kind in ("symlink", "hardlink"):
+            # A symlink is relative to its own folder, a tar hard link to the archive root.
+            base = relative.parent if kind == "symlink" else PurePosixPath()
+            target = _normalise(base, link, allow_parent=True)
+            if target is None:
+                reason = f"is a link to '{link}', outside the archive; it was not extracted"
+                self._reject(ArchiveLinkError(reason, path=where))
+            else:
+                self.links.append((name, target))
+        elif kind == "dir":
+            try:
+                (self.root / relative).mkdir(parents=True, exist_ok=True)
+            except _CONFLICT_ERRORS as error:
+                self._clash(name, error)
+        else:
+            return relative
+        return None
+
+    def write(
+        self,
+        name: str,
+        relative: PurePosixPath,
+        open_source: Callable[[], IO[bytes]],
+        ratio: Callable[[int], None],
+    ) -> None:
+        """Stream one member to ``root / relative``; ``ratio(member_bytes)`` raises on a bomb."""
+        target = self.root / relative
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            out = target.open("wb")
+        except _CONFLICT_ERRORS as error:
+            self._clash(name, error)
+            return
+        with out:
+            with _decoding(self.archive, name):
+                source = open_source()
+            member_bytes = 0
+            for chunk in _chunks(source, self.archive, name):
+                member_bytes += len(chunk)
+                self._count(len(chunk), name)
+                ratio(member_bytes)
+                out.write(chunk)
+        self.written[relative] = None
+
+    def copy_links(self) -> None:
+        """Write in-archive links as copies of their targets (repeated for links to links)."""
+        pending = self.links
+        while pending:
+            unresolved = []
+            for name, target in pending:
+                relative = _normalise(PurePosixPath(), name, allow_parent=False)
+                if target in self.written and relative is not None:
+                    self.write(name, relative, _opener(self.root / target), lambda _: None)
+                else:
+                    unresolved.append((name, target))
+            if len(unresolved) == len(pending):
+                break
+            pending = unresolved
+        for name, target in pending:
+            reason = f"is a link to '{target}', which is not a file in the archive; not extracted"
+            self._reject(ArchiveLinkError(reason, path=f"{self.archive}!{name}"))
+        self.links = []
+
+    def result(self) -> ExtractionResult:
+        """The summary of a finished extraction."""
+        return ExtractionResult(
+            root=self.root,
+            extracted=tuple(self.root / relative for relative in self.written),
+            rejected=tuple(self.rejected),
+            total_bytes=self.total,
+        )
+
+    def _count(self, size: int, name: str) -> None:
+        self.total += size
+        if self.total > self.max_total_bytes:
+            raise DecompressionBombError(
+                f"expands past the limit of {self.max_total_bytes} bytes (reached while "
+                f"extracting '{name}')",
+                path=self.archive,
+            )
+
+    def _reject(self, error: SegflowError) -> None:
+        logger.warning("%s", error)
+        self.rejected.append(error)
+
+    def _clash(self, name: str, error: OSError) -> None:
+        reason = f"clashes with another member's path ({error.strerror}); it was not extracted"
+        self._reject(ArchiveError(reason, path=f"{self.archive}!{name}"))
 
 
-def _extract_zip(archive: Path, extractor: _Extractor) -> None:
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
-        raise ArchiveError(f"is not a readable zip archive ({error})", path=archive) from error
-    budget = extractor.budget
+def _opener(path: Path) -> Callable[[], IO[bytes]]:
+    return lambda: path.open("rb")
+
+
+def _extract_zip(ex: _Extractor) -> None:
+    with _decoding(ex.archive):
+        zf = zipfile.ZipFile(ex.archive)
     with zf:
         infos = zf.infolist()
-        budget.check_declared_total(sum(info.file_size for info in infos))
+        ex.check_declared(sum(info.file_size for info in infos))
         for info in infos:
-            budget.check_ratio(info.file_size, info.compress_size, f"member '{info.filename}'")
+            ex.check_ratio(info.file_size, info.compress_size, f"member '{info.filename}'")
         for info in infos:
-            member = _zip_member(zf, info, archive)
+            kind, link = _zip_kind(zf, info, ex.archive)
+            relative = ex.admit(info.filename, kind, link)
+            if relative is None:
+                continue
 
             def ratio(done: int, info: zipfile.ZipInfo = info) -> None:
-                budget.check_ratio(done, info.compress_size, f"member '{info.filename}'")
+                ex.check_ratio(done, info.compress_size, f"member '{info.filename}'")
 
-            if member.kind == "dir":
-                extractor.make_dir(member)
-            elif member.kind == "file":
-                extractor.write_file(member, lambda info=info: zf.open(info), ratio)
-            else:
-                extractor.admit(member)
+            def open_member(info: zipfile.ZipInfo = info) -> IO[bytes]:
+                return zf.open(info)
+
+            ex.write(info.filename, relative, open_member, ratio)
 
 
-def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path) -> _Member:
+def _zip_kind(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path) -> tuple[str, str]:
+    """The member's kind (and link target) from its Unix mode bits, when it has them."""
     mode = info.external_attr >> 16 if info.create_system == 3 else 0
-    if info.is_dir():
-        return _Member(info.filename, "dir")
+    if info.is_dir() or stat.S_ISDIR(mode):
+        return "dir", ""
     if stat.S_ISLNK(mode):
         # Zip stores a symlink's target as the member's content.
-        try:
-            with zf.open(info) as handle:
-                target = handle.read(_MAX_ZIP_LINK_BYTES).decode("utf-8", "replace")
-        except _READ_ERRORS as error:
-            raise _corrupt(archive, info.filename, error) from error
-        return _Member(info.filename, "symlink", target)
-    if stat.S_IFMT(mode) and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-        return _Member(info.filename, "special")
-    return _Member(info.filename, "file")
+        with _decoding(archive, info.filename), zf.open(info) as handle:
+            return "symlink", handle.read(_MAX_ZIP_LINK_BYTES).decode("utf-8", "replace")
+    if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+        return "special", ""
+    return "file", ""
 
 
-def _extract_tar(archive: Path, fmt: ArchiveFormat, ex: _Extractor) -> None:
-    budget = ex.budget
+def _extract_tar(ex: _Extractor, fmt: ArchiveFormat) -> None:
     declared = 0
-    with open(archive, "rb") as raw:
-        # The whole stream's ratio: bytes written over compressed bytes read so far.
+    with ex.archive.open("rb") as raw:
+        # Streamed, so headers are checked before their data is read. The ratio is the whole
+        # stream's: bytes written over compressed bytes read so far.
         def ratio(_member_bytes: int) -> None:
-            budget.check_ratio(budget.written, raw.tell(), "the archive")
+            ex.check_ratio(ex.total, raw.tell(), "the archive")
 
-        try:
-            tar = tarfile.open(fileobj=raw, mode=_TAR_MODES[fmt])
-        except _READ_ERRORS as error:
-            raise ArchiveError(
-                f"is not a readable {fmt} archive ({error})", path=archive
-            ) from error
+        with _decoding(ex.archive):
+            tar = tarfile.open(fileobj=raw, mode=_TAR_MODES[fmt])  # noqa: SIM115
         with tar:
-            while (info := _next_tar_member(tar, archive)) is not None:
-                member = _tar_member(info)
-                if member.kind == "file":
+            while True:
+                with _decoding(ex.archive):
+                    info = tar.next()
+                if info is None:
+                    return
+                if info.isreg():
                     declared += info.size
-                    budget.check_declared_total(declared)
-                    ex.write_file(member, lambda info=info: _tar_data(tar, info), ratio)
-                elif member.kind == "dir":
-                    ex.make_dir(member)
-                else:
-                    ex.admit(member)
+                    ex.check_declared(declared)
+                relative = ex.admit(info.name, _tar_kind(info), info.linkname)
+                if relative is not None:
+
+                    def open_member(info: tarfile.TarInfo = info) -> IO[bytes]:
+                        handle = tar.extractfile(info)
+                        if handle is None:
+                            raise tarfile.ReadError(f"no data for {info.name}")
+                        return handle
+
+                    ex.write(info.name, relative, open_member, ratio)
 
 
-def _next_tar_member(tar: tarfile.TarFile, archive: Path) -> tarfile.TarInfo | None:
-    try:
-        return tar.next()
-    except _READ_ERRORS as error:
-        raise _corrupt(archive, "", error) from error
-
-
-def _tar_data(tar: tarfile.TarFile, info: tarfile.TarInfo) -> IO[bytes]:
-    handle = tar.extractfile(info)
-    if handle is None:
-        raise tarfile.ReadError(f"no data for {info.name}")
-    return handle
-
-
-def _tar_member(info: tarfile.TarInfo) -> _Member:
+def _tar_kind(info: tarfile.TarInfo) -> str:
     if info.isreg():
-        return _Member(info.name, "file")
+        return "file"
     if info.isdir():
-        return _Member(info.name, "dir")
+        return "dir"
     if info.issym():
-        return _Member(info.name, "symlink", info.linkname)
+        return "symlink"
     if info.islnk():
-        return _Member(info.name, "hardlink", info.linkname)
-    return _Member(info.name, "special")
+        return "hardlink"
+    return "special"

@@ -26,6 +26,7 @@ from pipelines.ingest.candidates import CaseCandidate, DatasetDeclaration
 from pipelines.ingest.layouts import discover
 from pipelines.ingest.validate import LabelRules, validate_case
 from pipelines.io.formats import FileFormat, suffix_of
+from pipelines.io.raster import bounded_gdal_env
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +69,17 @@ def ingest(
     rules = _label_rules(options, declaration)
     cases: list[Case] = []
     total = len(declaration.candidates)
-    for done, candidate in enumerate(declaration.candidates, start=1):
-        try:
-            cases.append(validate_case(candidate, kinds.kind_of(candidate), options, rules, workdir / "labels"))
-        except InputError as error:
-            rejected.append(_rejection(error, candidate.case_id))
-        except PermissionError as error:
-            unreadable = UnreadableFileError(f"cannot be read ({error.strerror})", path=error.filename)
-            rejected.append(_rejection(unreadable, candidate.case_id))
-        if progress is not None:
-            progress(done, total, candidate.case_id)
+    with bounded_gdal_env():
+        for done, candidate in enumerate(declaration.candidates, start=1):
+            try:
+                cases.append(validate_case(candidate, kinds.kind_of(candidate), options, rules, workdir / "labels"))
+            except InputError as error:
+                rejected.append(_rejection(error, candidate.case_id))
+            except PermissionError as error:
+                unreadable = UnreadableFileError(f"cannot be read ({error.strerror})", path=error.filename)
+                rejected.append(_rejection(unreadable, candidate.case_id))
+            if progress is not None:
+                progress(done, total, candidate.case_id)
     return DatasetManifest(
         name=declaration.name,
         source=str(source),

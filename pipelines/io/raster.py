@@ -15,6 +15,13 @@ from data_contracts import CorruptFileError, GeoreferenceError, NotAnImageError,
 from pipelines.io.formats import detect_format
 
 _WINDOW_BYTES = 32 * 1024**2
+GDAL_CACHE_MB = 64
+
+
+def bounded_gdal_env() -> rasterio.Env:
+    """A GDAL environment whose block cache is small (GDAL's default is 5 % of RAM), so that
+    streaming a large scene does not grow the process by the size of the cache."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
 
 
 def open_raster(path: str | Path) -> rasterio.DatasetReader:

@@ -16,7 +16,6 @@ from rasterio.features import rasterize
 from rasterio.transform import Affine
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
-from rasterio.windows import transform as window_transform
 
 from data_contracts import RasterGeometry, VectorLabelError
 from pipelines.files import atomic_output, require_nonempty_file
@@ -153,7 +152,7 @@ def rasterize_to_file(
             window = Window(0, top, grid.width, min(_ROWS_PER_WINDOW, grid.height - top))
             block = rasterize(
                 labels.shapes, out_shape=(int(window.height), grid.width),
-                transform=window_transform(window, transform), fill=0, dtype=dtype,
+                transform=transform @ Affine.translation(0, top), fill=0, dtype=dtype,
             ) if labels.shapes else np.zeros((int(window.height), grid.width), dtype=dtype)
             out.write(block, 1, window=window)
     return destination

@@ -1,0 +1,1 @@
+"""Ratio benchmarks: each script measures ours against a baseline in one run."""

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Lint, type-check, then run pytest with any extra arguments (e.g. -m "slow or not slow").
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/bootstrap.sh
+echo "== ruff" && .venv/bin/ruff check data_contracts seg_models pipelines flows tests benchmarks
+.venv/bin/ruff format --check data_contracts seg_models pipelines flows tests benchmarks
+echo "== mypy" && .venv/bin/mypy
+echo "== pytest"
+export SEGFLOW_HOME="${SEGFLOW_TEST_HOME:-$(mktemp -d)/segflow-home}"
+exec .venv/bin/python -m pytest "$@"

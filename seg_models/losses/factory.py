@@ -1,0 +1,163 @@
+"""``build_loss``: losses and weighted sums of losses by name."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from data_contracts import ModelError
+from seg_models.losses._common import SegLoss
+from seg_models.losses.compound import ComboLoss, SumLoss
+from seg_models.losses.cross_entropy import (
+    BalancedCrossEntropyLoss,
+    CrossEntropyLoss,
+    FocalLoss,
+    WeightedCrossEntropyLoss,
+)
+from seg_models.losses.distance import HausdorffDTLoss, ShapeAwareLoss
+from seg_models.losses.overlap import (
+    DiceLoss,
+    ExpLogLoss,
+    LogCoshDiceLoss,
+    SensitivitySpecificityLoss,
+)
+
+__all__ = ["LossInfo", "available_losses", "build_loss", "loss_info"]
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """One row of the loss table.
+
+    Attributes:
+        name: the name :func:`build_loss` takes.
+        cls: the loss class.
+        source: the paper it follows.
+        implementation: "MONAI" when MONAI computes it, else "segflow".
+    """
+
+    name: str
+    cls: type[SegLoss]
+    source: str
+    implementation: str = "segflow"
+
+
+_LOSSES = {
+    info.name: info
+    for info in (
+        LossInfo("ce", CrossEntropyLoss, "standard (Jadon, CIBCB 2020 survey)", "PyTorch"),
+        LossInfo("weighted_ce", WeightedCrossEntropyLoss, "Ronneberger et al., MICCAI 2015"),
+        LossInfo("balanced_ce", BalancedCrossEntropyLoss, "Xie & Tu, HED, ICCV 2015"),
+        LossInfo("focal", FocalLoss, "Lin et al., ICCV 2017", "MONAI"),
+        LossInfo("dice", DiceLoss, "Milletari et al., V-Net, 3DV 2016", "MONAI"),
+        LossInfo(
+            "sensitivity_specificity", SensitivitySpecificityLoss, "Brosch et al., MICCAI 2015"
+        ),
+        LossInfo("log_cosh_dice", LogCoshDiceLoss, "Jadon, CIBCB 2020", "MONAI Dice"),
+        LossInfo("hausdorff_dt", HausdorffDTLoss, "Karimi & Salcudean, IEEE TMI 2020", "MONAI"),
+        LossInfo("shape_aware", ShapeAwareLoss, "Hayder et al., CVPR 2017; Jadon, CIBCB 2020"),
+        LossInfo("combo", ComboLoss, "Taghanaki et al., CMIG 2019"),
+        LossInfo("exp_log", ExpLogLoss, "Wong et al., MICCAI 2018"),
+    )
+}
+_ALIASES = {"bce": "ce", "cross_entropy": "ce"}
+_TERM = re.compile(r"^\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*\s*)?([a-z_]+)\s*$")
+
+
+def available_losses() -> list[str]:
+    """Canonical loss names, sorted (aliases: ``bce`` and ``cross_entropy`` → ``ce``)."""
+    return sorted(_LOSSES)
+
+
+def loss_info(name: str) -> LossInfo:
+    """The :class:`LossInfo` of a loss name or alias.
+
+    Raises:
+        ModelError: for an unknown name.
+    """
+    key = _ALIASES.get(name, name)
+    if key not in _LOSSES:
+        raise ModelError(
+            f"unknown loss {name!r}", hint=f"choose from {', '.join(available_losses())}"
+        )
+    return _LOSSES[key]
+
+
+def build_loss(name: str, **options: Any) -> SegLoss:
+    """Builds a loss, or a weighted sum of losses, by name.
+
+    Every loss takes ``(logits, target)``: logits ``(B, C, *spatial)`` (C = 1: binary sigmoid
+    mode, C ≥ 2: multiclass softmax mode) and integer class indices ``(B, 1, *spatial)`` or
+    ``(B, *spatial)``, 2D or 3D, and returns a scalar.
+
+    ``name`` is one loss (``"dice"``) or a sum of terms ``[weight*]name`` joined by ``+``
+    (``"dice+focal"``, ``"0.5*dice+ce"``). Options:
+
+    - ``ignore_index``: target value removed from every term (nodata pixels).
+    - ``<loss name>={...}``: options for that term only, e.g. ``focal={"gamma": 1.0}``.
+    - any other keyword goes to every term that accepts it (``gamma=1.0`` reaches ``focal``);
+      a keyword that no term accepts is an error.
+
+    Args:
+        name: loss name or sum expression; see :func:`available_losses`.
+        **options: as above.
+
+    Returns:
+        The loss module.
+
+    Raises:
+        ModelError: for unknown names, unknown options or invalid option values.
+    """
+    ignore_index = options.pop("ignore_index", None)
+    terms = [_parse_term(term, name) for term in name.split("+")]
+    canonical = [loss_info(term_name).name for _, term_name in terms]
+    nested = {k: options.pop(k) for k in list(options) if k in canonical or k in _ALIASES}
+    used: set[str] = set()
+    losses = []
+    for (_, term_name), key in zip(terms, canonical, strict=True):
+        cls = _LOSSES[key].cls
+        accepted = _keywords(cls)
+        kwargs = {k: v for k, v in options.items() if k in accepted}
+        used |= kwargs.keys()
+        kwargs |= nested.get(key, nested.get(term_name, {}))
+        losses.append(_construct(key, cls, kwargs, ignore_index))
+    if unused := sorted(options.keys() - used):
+        raise ModelError(
+            f"loss {name!r} accepts no option {', '.join(unused)}",
+            hint="check the option names in docs/models.md",
+        )
+    if len(losses) == 1 and terms[0][0] == 1.0:
+        return losses[0]
+    return SumLoss(losses, [w for w, _ in terms], ignore_index=ignore_index)
+
+
+def _parse_term(term: str, expression: str) -> tuple[float, str]:
+    match = _TERM.match(term)
+    if match is None:
+        raise ModelError(
+            f"cannot parse loss term {term!r} in {expression!r}",
+            hint='write losses as "name" or "weight*name" joined by "+", e.g. "0.5*dice+focal"',
+        )
+    weight, name = match.groups()
+    return (float(weight) if weight else 1.0), name
+
+
+def _keywords(cls: type[SegLoss]) -> set[str]:
+    params = inspect.signature(cls.__init__).parameters
+    return {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY} - {"ignore_index"}
+
+
+def _construct(
+    name: str, cls: type[SegLoss], kwargs: dict[str, Any], ignore_index: int | None
+) -> SegLoss:
+    if bad := sorted(kwargs.keys() - _keywords(cls)):
+        raise ModelError(
+            f"loss {name!r} accepts no option {', '.join(bad)}",
+            hint=f"its options are {', '.join(sorted(_keywords(cls))) or 'none'}",
+        )
+    try:
+        return cls(**kwargs, ignore_index=ignore_index)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"invalid options for loss {name!r}: {exc}") from exc

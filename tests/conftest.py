@@ -1,0 +1,46 @@
+"""Test-wide fixtures: an isolated SEGFLOW_HOME, and the gpu marker's skip."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from data_contracts import get_settings
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test gets its own SEGFLOW_HOME, so MLflow/Prefect state never leaks between tests."""
+    home = tmp_path_factory.mktemp("segflow-home")
+    monkeypatch.setenv("SEGFLOW_HOME", str(home))
+    for variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+        if variable not in os.environ.get("SEGFLOW_KEEP_ENV", ""):
+            monkeypatch.delenv(variable, raising=False)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu`` tests when no CUDA device is present."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; none is present on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only real data beside the repository (../shared/data)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"the real data folder {SHARED_DATA} is missing: CI lays it beside the clone")
+    return SHARED_DATA
