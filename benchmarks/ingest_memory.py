@@ -32,9 +32,17 @@ BUDGET_MB = 300.0
 def write_scene(root: Path, size: int) -> Path:
     """Write ``images/scene.tif`` (1 band uint8) and ``labels/scene.tif`` (classes 0..3)."""
     profile = {
-        "driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint8",
-        "crs": "EPSG:32633", "transform": from_origin(500000, 4_000_000 + size, 1.0, 1.0),
-        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": from_origin(500000, 4_000_000 + size, 1.0, 1.0),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
     }
     columns = np.arange(size, dtype=np.int64)
     for folder, nodata in (("images", 0), ("labels", None)):
@@ -111,12 +119,20 @@ def main() -> None:
             raise SystemExit(f"ingestion did not accept the scene: {manifest.rejected}")
         increase_mb = (peak - baseline) / 1024**2
         ratio = increase_mb / BUDGET_MB
-        print(f"RSS before ingest {baseline / 1024**2:.0f} MB, peak {peak / 1024**2:.0f} MB, increase {increase_mb:.0f} MB "
-              f"(budget {BUDGET_MB:.0f} MB) -> ratio {ratio:.3f}; ingest took {seconds:.1f} s")
+        print(
+            f"RSS before ingest {baseline / 1024**2:.0f} MB, peak {peak / 1024**2:.0f} MB, increase {increase_mb:.0f} MB "
+            f"(budget {BUDGET_MB:.0f} MB) -> ratio {ratio:.3f}; ingest took {seconds:.1f} s"
+        )
         record(
             "ingest_memory_20k",
-            {"size_px": args.size, "rss_before_mb": round(baseline / 1024**2, 1), "peak_increase_mb": round(increase_mb, 1),
-             "budget_mb": BUDGET_MB, "ratio_to_budget": round(ratio, 3), "ingest_seconds": round(seconds, 1)},
+            {
+                "size_px": args.size,
+                "rss_before_mb": round(baseline / 1024**2, 1),
+                "peak_increase_mb": round(increase_mb, 1),
+                "budget_mb": BUDGET_MB,
+                "ratio_to_budget": round(ratio, 3),
+                "ingest_seconds": round(seconds, 1),
+            },
             command=f"python -m benchmarks.ingest_memory --size {args.size}",
         )
     finally:

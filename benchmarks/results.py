@@ -12,7 +12,9 @@ from typing import Any
 RESULTS_FILE = Path(__file__).with_name("results.json")
 
 
-def record(name: str, metrics: dict[str, Any], *, command: str, results_file: Path = RESULTS_FILE) -> dict[str, Any]:
+def record(
+    name: str, metrics: dict[str, Any], *, command: str, results_file: Path = RESULTS_FILE
+) -> dict[str, Any]:
     """Store ``metrics`` under ``name`` in the results file (atomically) and return the entry."""
     results: dict[str, Any] = {}
     if results_file.is_file():
@@ -21,7 +23,11 @@ def record(name: str, metrics: dict[str, Any], *, command: str, results_file: Pa
         "metrics": metrics,
         "command": command,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
     }
     results[name] = entry
     temp = results_file.with_suffix(".json.part")

@@ -141,7 +141,9 @@ class InvalidGeometryError(InputError):
 class GeoreferenceError(InputError):
     """A raster lacks a CRS or transform, or has one segflow cannot use."""
 
-    default_hint = "assign a CRS and geotransform (e.g. gdal_edit.py -a_srs), or pass --allow-ungeoreferenced"
+    default_hint = (
+        "assign a CRS and geotransform (e.g. gdal_edit.py -a_srs), or pass --allow-ungeoreferenced"
+    )
 
 
 class GeometryMismatchError(InputError):
@@ -159,7 +161,9 @@ class ChannelGeometryError(GeometryMismatchError):
 class LabelGeometryError(GeometryMismatchError):
     """The label is not on the image's grid (shape, affine, CRS or transform)."""
 
-    default_hint = "resample the label onto the image grid (nearest neighbour), or pair the right file"
+    default_hint = (
+        "resample the label onto the image grid (nearest neighbour), or pair the right file"
+    )
 
 
 class LabelValueError(InputError):
@@ -171,7 +175,9 @@ class LabelValueError(InputError):
 class NonIntegerLabelError(LabelValueError):
     """A label holds non-integer values (e.g. 0.5): it looks like a probability or image."""
 
-    default_hint = "labels must hold integer class values: threshold or round it, or pair the right file"
+    default_hint = (
+        "labels must hold integer class values: threshold or round it, or pair the right file"
+    )
 
 
 class NonFiniteLabelError(LabelValueError):
@@ -183,7 +189,9 @@ class NonFiniteLabelError(LabelValueError):
 class PairingError(InputError):
     """Images and labels cannot be paired (missing channel, label without image, duplicate)."""
 
-    default_hint = "check file names: a case's channels end in _0000, _0001…; labels share the case stem"
+    default_hint = (
+        "check file names: a case's channels end in _0000, _0001…; labels share the case stem"
+    )
 
 
 class DatasetLayoutError(InputError):
@@ -195,7 +203,9 @@ class DatasetLayoutError(InputError):
 class VectorLabelError(InputError):
     """A vector label (GeoJSON/GeoPackage) cannot be read or rasterised."""
 
-    default_hint = "check the vector file, its CRS (a .crs.wkt sidecar or --vector-crs) and its attribute"
+    default_hint = (
+        "check the vector file, its CRS (a .crs.wkt sidecar or --vector-crs) and its attribute"
+    )
 
 
 class ArchiveError(InputError):

@@ -6,7 +6,7 @@ import sys
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from typer.exceptions import Abort, TyperException
@@ -48,25 +48,62 @@ def parse_labels(text: str | None) -> dict[str, int] | None:
     for item in text.split(","):
         name, _, value = item.partition("=")
         if not name.strip() or not value.strip().lstrip("-").isdigit():
-            raise UsageError(f"--labels item {item!r} is not name=integer", hint="write e.g. --labels background=0,building=1")
+            raise UsageError(
+                f"--labels item {item!r} is not name=integer",
+                hint="write e.g. --labels background=0,building=1",
+            )
         labels[name.strip()] = int(value)
     return labels
 
 
 @app.command()
 def ingest(
-    source: Annotated[Path, typer.Argument(help="Dataset folder, .zip/.tar/.tar.gz archive, or CSV (columns image,label).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Manifest JSON to write.")] = Path("manifest.json"),
-    label_suffix: Annotated[str, typer.Option(help="Text between case id and extension of label files, e.g. _mask.")] = "",
-    labels: Annotated[str | None, typer.Option(help="Label set as name=value pairs, e.g. background=0,building=1 (overrides dataset.json).")] = None,
-    ignore_value: Annotated[int | None, typer.Option(help="Label value meaning 'no label' (nodata), e.g. -1 or 0.")] = None,
-    label_kind: Annotated[str, typer.Option(help="semantic (class maps) or instance (0 background, 1..N objects).")] = "semantic",
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Dataset folder, .zip/.tar/.tar.gz archive, or CSV (columns image,label)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Manifest JSON to write.")] = Path(
+        "manifest.json"
+    ),
+    label_suffix: Annotated[
+        str, typer.Option(help="Text between case id and extension of label files, e.g. _mask.")
+    ] = "",
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            help="Label set as name=value pairs, e.g. background=0,building=1 (overrides dataset.json)."
+        ),
+    ] = None,
+    ignore_value: Annotated[
+        int | None, typer.Option(help="Label value meaning 'no label' (nodata), e.g. -1 or 0.")
+    ] = None,
+    label_kind: Annotated[
+        str, typer.Option(help="semantic (class maps) or instance (0 background, 1..N objects).")
+    ] = "semantic",
     kind: Annotated[str, typer.Option(help="auto, volume, raster or image.")] = "auto",
-    allow_ungeoreferenced: Annotated[bool, typer.Option(help="Accept TIFFs without CRS/transform as rasters.")] = False,
-    vector_attribute: Annotated[str | None, typer.Option(help="Feature property holding the class of vector labels.")] = None,
-    vector_crs: Annotated[str | None, typer.Option(help="CRS of vector label coordinates when the file has none (default EPSG:4326, RFC 7946).")] = None,
-    subdir: Annotated[str | None, typer.Option(help="Folder inside SOURCE (or the archive) to ingest.")] = None,
-    workdir: Annotated[Path | None, typer.Option(help="Where extracted archives and rasterised vector labels go (default: <out>.files/ beside the manifest).")] = None,
+    allow_ungeoreferenced: Annotated[
+        bool, typer.Option(help="Accept TIFFs without CRS/transform as rasters.")
+    ] = False,
+    vector_attribute: Annotated[
+        str | None, typer.Option(help="Feature property holding the class of vector labels.")
+    ] = None,
+    vector_crs: Annotated[
+        str | None,
+        typer.Option(
+            help="CRS of vector label coordinates when the file has none (default EPSG:4326, RFC 7946)."
+        ),
+    ] = None,
+    subdir: Annotated[
+        str | None, typer.Option(help="Folder inside SOURCE (or the archive) to ingest.")
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where extracted archives and rasterised vector labels go (default: <out>.files/ beside the manifest)."
+        ),
+    ] = None,
 ) -> None:
     """Validate a dataset into a manifest: pair images and labels, check grids and label values.
 
@@ -86,17 +123,23 @@ def ingest(
     if kind not in ("auto", "volume", "raster", "image"):
         raise UsageError(f"--kind must be auto, volume, raster or image, not {kind!r}")
     options = IngestOptions(
-        label_suffix=label_suffix, labels=parse_labels(labels), ignore_value=ignore_value,
+        label_suffix=label_suffix,
+        labels=parse_labels(labels),
+        ignore_value=ignore_value,
         label_kind=label_kind,  # type: ignore[arg-type]
         kind=kind,  # type: ignore[arg-type]
-        allow_ungeoreferenced=allow_ungeoreferenced, vector_attribute=vector_attribute,
-        vector_crs=vector_crs, subdir=subdir,
+        allow_ungeoreferenced=allow_ungeoreferenced,
+        vector_attribute=vector_attribute,
+        vector_crs=vector_crs,
+        subdir=subdir,
     )
     manifest = run_ingest(source, out, options, workdir)
     raise typer.Exit(int(outcome(len(manifest.cases), len(manifest.rejected))))
 
 
-def run_ingest(source: Path, out: Path, options: IngestOptions, workdir: Path | None) -> DatasetManifest:
+def run_ingest(
+    source: Path, out: Path, options: IngestOptions, workdir: Path | None
+) -> DatasetManifest:
     """Ingest with a progress bar, write the manifest and print the summary tables."""
     from pipelines.ingest import ingest as ingest_source
     from pipelines.ingest import write_manifest
@@ -119,7 +162,9 @@ def run_ingest(source: Path, out: Path, options: IngestOptions, workdir: Path | 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the sample archive and its manifests.")] = Path("segflow-demo"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the sample archive and its manifests.")
+    ] = Path("segflow-demo"),
     seed: Annotated[int, typer.Option(help="Seed of the generated sample data.")] = 0,
 ) -> None:
     """Run the main job on embedded defaults: build a sample archive (NIfTI volumes and
@@ -132,7 +177,9 @@ def demo(
     results = []
     for subdir in ("volumes", "rasters"):
         options = IngestOptions(subdir=subdir)
-        results.append(run_ingest(archive, out / f"{subdir}_manifest.json", options, out / f"{subdir}.files"))
+        results.append(
+            run_ingest(archive, out / f"{subdir}_manifest.json", options, out / f"{subdir}.files")
+        )
     valid = sum(len(m.cases) for m in results)
     rejected = sum(len(m.rejected) for m in results)
     raise typer.Exit(int(outcome(valid, rejected)))
@@ -148,7 +195,15 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Segment medical volumes and georeferenced rasters; see each command's --help."""
 

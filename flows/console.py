@@ -38,7 +38,9 @@ def _geometry_cells(case: Case) -> tuple[str, str, str]:
 
 def manifest_table(manifest: DatasetManifest, *, max_rows: int = 30) -> Table:
     """One row per valid case: kind, channels, size, spacing/resolution, CRS, label values."""
-    table = Table(title=f"{manifest.name}: {len(manifest.cases)} valid, {len(manifest.rejected)} rejected")
+    table = Table(
+        title=f"{manifest.name}: {len(manifest.cases)} valid, {len(manifest.rejected)} rejected"
+    )
     table.add_column("case", overflow="fold")
     for column in ("kind", "channels", "size", "spacing / res.", "orient. / CRS", "label values"):
         table.add_column(column)
@@ -46,8 +48,15 @@ def manifest_table(manifest: DatasetManifest, *, max_rows: int = 30) -> Table:
         size, spacing, frame = _geometry_cells(case)
         values = case.label_stats.values if case.label_stats else ()
         shown = ", ".join(map(str, values[:8])) + (" …" if len(values) > 8 else "")
-        table.add_row(case.case_id[:40], case.kind, str(sum(case.channel_counts)), size, spacing, frame,
-                      shown if case.label else "[dim]unlabelled[/dim]")
+        table.add_row(
+            case.case_id[:40],
+            case.kind,
+            str(sum(case.channel_counts)),
+            size,
+            spacing,
+            frame,
+            shown if case.label else "[dim]unlabelled[/dim]",
+        )
     if len(manifest.cases) > max_rows:
         table.caption = f"… and {len(manifest.cases) - max_rows} more cases"
     return table

@@ -291,7 +291,7 @@ class _Extractor:
             if target is None:
                 reason = f"is a link to '{link}', outside the archive; it was not extracted"
                 self._reject(ArchiveLinkError(reason, path=where))
-            else:
+            elif target != relative:  # a link to itself adds nothing
                 self.links.append((name, target))
         elif kind == "dir":
             try:
@@ -366,7 +366,7 @@ class _Extractor:
             )
 
     def _reject(self, error: SegflowError) -> None:
-        logger.warning("%s", error)
+        logger.info("%s", error)
         self.rejected.append(error)
 
     def _clash(self, name: str, error: OSError) -> None:

@@ -77,14 +77,18 @@ def atomic_output(destination: str | Path, *, suffix: str | None = None) -> Iter
         )
         os.close(handle)
     except OSError as error:
-        raise OutputError(f"cannot create a file here ({error.strerror})", path=destination) from error
+        raise OutputError(
+            f"cannot create a file here ({error.strerror})", path=destination
+        ) from error
     temp_path = Path(temp_name)
     try:
         yield temp_path
         os.replace(temp_path, destination)
     except OSError as error:
         temp_path.unlink(missing_ok=True)
-        raise OutputError(f"writing failed ({error.strerror or error})", path=destination) from error
+        raise OutputError(
+            f"writing failed ({error.strerror or error})", path=destination
+        ) from error
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise

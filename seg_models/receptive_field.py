@@ -62,8 +62,15 @@ def _geometry(layers: Iterable[Layer] | nn.Module) -> list[tuple[int, int, int]]
     return out
 
 
-_WINDOWED = (nn.modules.conv._ConvNd, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-             nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_WINDOWED = (
+    nn.modules.conv._ConvNd,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+)
 
 
 def _has_window(module: nn.Module) -> bool:

@@ -14,7 +14,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
     """Each test gets its own SEGFLOW_HOME, so MLflow/Prefect state never leaks between tests."""
     home = tmp_path_factory.mktemp("segflow-home")
     monkeypatch.setenv("SEGFLOW_HOME", str(home))

@@ -30,16 +30,25 @@ DATASETS: dict[str, dict[str, Any]] = {
     "unlabeled_georef": {},
 }
 EXPECTED_CASES = {
-    "brats2015_deepmedic": 3, "msd_spleen_ct_crop": 1, "sct_spinalcord_mri": 4,
-    "totalsegmentator_examples": 2, "dsb2018_nuclei": 40, "landsat_center_pivots_albers": 1,
-    "nc_landsat7_landcover": 2, "spacenet3_vegas_roads": 1, "spacenet4_atlanta_buildings": 2,
+    "brats2015_deepmedic": 3,
+    "msd_spleen_ct_crop": 1,
+    "sct_spinalcord_mri": 4,
+    "totalsegmentator_examples": 2,
+    "dsb2018_nuclei": 40,
+    "landsat_center_pivots_albers": 1,
+    "nc_landsat7_landcover": 2,
+    "spacenet3_vegas_roads": 1,
+    "spacenet4_atlanta_buildings": 2,
     "unlabeled_georef": 2,
 }
 
 
 def _check_geometry_against_files(manifest: DatasetManifest) -> None:
     for case in manifest.cases:
-        files = [*(record.path for record in case.channels), *([case.label.path] if case.label else [])]
+        files = [
+            *(record.path for record in case.channels),
+            *([case.label.path] if case.label else []),
+        ]
         for path in files:
             if isinstance(case.geometry, VolumeGeometry):
                 image = nib.load(path)
@@ -50,8 +59,13 @@ def _check_geometry_against_files(manifest: DatasetManifest) -> None:
                 with rasterio.open(path) as dataset:
                     assert CRS.from_wkt(case.geometry.crs_wkt) == dataset.crs
                     pixel = case.geometry.resolution[0]
-                    np.testing.assert_allclose(case.geometry.transform, tuple(dataset.transform)[:6], atol=1e-3 * pixel)
-                    assert (case.geometry.width, case.geometry.height) == (dataset.width, dataset.height)
+                    np.testing.assert_allclose(
+                        case.geometry.transform, tuple(dataset.transform)[:6], atol=1e-3 * pixel
+                    )
+                    assert (case.geometry.width, case.geometry.height) == (
+                        dataset.width,
+                        dataset.height,
+                    )
         if isinstance(case.geometry, RasterGeometry):
             with rasterio.open(case.channels[0].path) as first:
                 assert case.geometry.epsg == first.crs.to_epsg()
@@ -69,13 +83,19 @@ def test_real_dataset_ingests_fully(name: str, shared_data: Path, tmp_path: Path
     assert len(manifest.cases) == EXPECTED_CASES[name]
     _check_geometry_against_files(manifest)
     # The manifest survives a JSON round trip unchanged.
-    assert DatasetManifest.model_validate_json(manifest.model_dump_json()).model_dump_json() == manifest.model_dump_json()
+    assert (
+        DatasetManifest.model_validate_json(manifest.model_dump_json()).model_dump_json()
+        == manifest.model_dump_json()
+    )
 
 
 def test_sen1floods_pairs_through_a_csv(shared_data: Path, tmp_path: Path) -> None:
     """S1 and S2 files of one chip are two channel files of one case; names do not pair by stem."""
     folder = shared_data / "sen1floods11_spain_sample"
-    images = ";".join(os.path.relpath(folder / "images" / f"Spain_7370579_{s}Hand.tif", tmp_path) for s in ("S1", "S2"))
+    images = ";".join(
+        os.path.relpath(folder / "images" / f"Spain_7370579_{s}Hand.tif", tmp_path)
+        for s in ("S1", "S2")
+    )
     label = os.path.relpath(folder / "labels" / "Spain_7370579_LabelHand.tif", tmp_path)
     csv_path = tmp_path / "sen1floods.csv"
     csv_path.write_text(f"image,label\n{images},{label}\n")
@@ -85,7 +105,11 @@ def test_sen1floods_pairs_through_a_csv(shared_data: Path, tmp_path: Path) -> No
     (case,) = manifest.cases
     assert case.channel_counts == (2, 13)
     assert case.label_stats is not None
-    assert dict(zip(case.label_stats.values, case.label_stats.voxel_counts, strict=True)) == {-1: 99, 0: 192010, 1: 70035}
+    assert dict(zip(case.label_stats.values, case.label_stats.voxel_counts, strict=True)) == {
+        -1: 99,
+        0: 192010,
+        1: 70035,
+    }
     assert isinstance(case.geometry, RasterGeometry) and case.geometry.epsg == 4326
     assert case.geometry.nodata is not None and np.isnan(case.geometry.nodata)
     _check_geometry_against_files(manifest)
@@ -98,14 +122,25 @@ def test_sen1floods_pairs_through_a_csv(shared_data: Path, tmp_path: Path) -> No
         ("spacenet4_atlanta_buildings", "_buildings", "sn4_atl_nw_mask.tif"),
     ],
 )
-def test_vector_labels_rasterise_onto_the_image_grid(name: str, suffix: str, shipped_mask: str, shared_data: Path, tmp_path: Path) -> None:
+def test_vector_labels_rasterise_onto_the_image_grid(
+    name: str, suffix: str, shipped_mask: str, shared_data: Path, tmp_path: Path
+) -> None:
     """GeoJSON labels (a WKT sidecar CRS for Albers; an EPSG member for SpaceNet) burn exactly
     onto the grid the dataset's own rasterised mask uses."""
-    manifest = ingest(shared_data / name, options=IngestOptions(label_suffix=suffix), workdir=tmp_path)
+    manifest = ingest(
+        shared_data / name, options=IngestOptions(label_suffix=suffix), workdir=tmp_path
+    )
     assert manifest.rejected == ()
     case = next(c for c in manifest.cases if shipped_mask.startswith(c.case_id))
-    assert case.label is not None and case.label.source is not None and case.label.source.endswith(".geojson")
-    with rasterio.open(case.label.path) as ours, rasterio.open(shared_data / name / "labels" / shipped_mask) as theirs:
+    assert (
+        case.label is not None
+        and case.label.source is not None
+        and case.label.source.endswith(".geojson")
+    )
+    with (
+        rasterio.open(case.label.path) as ours,
+        rasterio.open(shared_data / name / "labels" / shipped_mask) as theirs,
+    ):
         assert ours.crs == theirs.crs and ours.transform == theirs.transform
         assert (ours.read(1) == theirs.read(1)).mean() > 0.999
 
@@ -114,5 +149,7 @@ def test_medical_label_counts_match_the_readme(shared_data: Path, tmp_path: Path
     manifest = ingest(shared_data / "msd_spleen_ct_crop", workdir=tmp_path)
     (case,) = manifest.cases
     assert case.label_stats is not None
-    assert dict(zip(case.label_stats.values, case.label_stats.voxel_counts, strict=True))[1] == 96672
+    assert (
+        dict(zip(case.label_stats.values, case.label_stats.voxel_counts, strict=True))[1] == 96672
+    )
     assert manifest.labels == {"background": 0, "spleen": 1}

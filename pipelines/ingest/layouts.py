@@ -43,7 +43,9 @@ def discover(root: Path, *, label_suffix: str = "") -> DatasetDeclaration:
     else:
         _pair_folder(root, None, declaration, label_suffix)
     if not declaration.candidates and not declaration.failures:
-        raise DatasetLayoutError("holds no image files (.nii.gz, .nii, .tif, .png) that segflow can read", path=root)
+        raise DatasetLayoutError(
+            "holds no image files (.nii.gz, .nii, .tif, .png) that segflow can read", path=root
+        )
     return declaration
 
 
@@ -60,7 +62,9 @@ def _read_dataset_json(root: Path) -> DatasetDeclaration:
     declaration.labels = _declared_labels(document.get("labels"), declaration, path)
     channels = document.get("channel_names") or document.get("modality") or {}
     if isinstance(channels, dict):
-        declaration.channel_names = tuple(str(channels[key]) for key in sorted(channels, key=lambda k: int(k)))
+        declaration.channel_names = tuple(
+            str(channels[key]) for key in sorted(channels, key=lambda k: int(k))
+        )
     listed = document.get("cases") or document.get("training")
     if isinstance(listed, list) and not (root / "imagesTr").is_dir():
         for entry in listed:
@@ -68,7 +72,9 @@ def _read_dataset_json(root: Path) -> DatasetDeclaration:
     return declaration
 
 
-def _declared_labels(raw: object, declaration: DatasetDeclaration, path: Path) -> dict[str, int] | None:
+def _declared_labels(
+    raw: object, declaration: DatasetDeclaration, path: Path
+) -> dict[str, int] | None:
     """nnU-Net style ``{name: value}`` or MSD style ``{"value": name}``; anything else is ignored."""
     if not isinstance(raw, dict) or not raw:
         return None
@@ -76,13 +82,22 @@ def _declared_labels(raw: object, declaration: DatasetDeclaration, path: Path) -
         return {str(name): int(value) for name, value in raw.items()}
     if all(str(key).lstrip("-").isdigit() for key in raw):
         return {str(name): int(key) for key, name in raw.items()}
-    declaration.warnings.append(f"{path}: 'labels' is not a name→integer map ({raw!r}); label values are taken from the label files")
+    declaration.warnings.append(
+        f"{path}: 'labels' is not a name→integer map ({raw!r}); label values are taken from the label files"
+    )
     return None
 
 
 def _add_listed_case(root: Path, entry: object, declaration: DatasetDeclaration) -> None:
     if not isinstance(entry, dict) or "image" not in entry:
-        declaration.failures.append((None, DatasetLayoutError(f"has a case entry without 'image': {entry!r}", path=root / "dataset.json")))
+        declaration.failures.append(
+            (
+                None,
+                DatasetLayoutError(
+                    f"has a case entry without 'image': {entry!r}", path=root / "dataset.json"
+                ),
+            )
+        )
         return
     images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
     channels = tuple((root / str(image)).resolve() for image in images)
@@ -90,7 +105,12 @@ def _add_listed_case(root: Path, entry: object, declaration: DatasetDeclaration)
     case_id = split_channel(channels[0])[0]
     missing = [p for p in (*channels, *([label] if label else [])) if not p.is_file()]
     if missing:
-        declaration.failures.append((case_id, MissingFileError("is listed in dataset.json but does not exist", path=missing[0])))
+        declaration.failures.append(
+            (
+                case_id,
+                MissingFileError("is listed in dataset.json but does not exist", path=missing[0]),
+            )
+        )
         return
     declaration.candidates.append(CaseCandidate(case_id=case_id, channels=channels, label=label))
 
@@ -124,15 +144,25 @@ def _pair_folder(
     for case_id, channels in sorted(groups.items()):
         wanted = list(range(expected_channels or len(channels)))
         if sorted(channels) != wanted:
-            missing = [f"_{c:04d}" for c in wanted if c not in channels]
             first = next(iter(channels.values()))
-            declaration.failures.append((case_id, PairingError(
-                f"case {case_id!r} has channels {sorted(channels)} but {len(wanted)} are expected (missing {missing})",
-                path=first)))
+            suffix = first.name[len(strip_image_suffix(first)) :]
+            missing = [f"{case_id}_{c:04d}{suffix}" for c in wanted if c not in channels]
+            declaration.failures.append(
+                (
+                    case_id,
+                    PairingError(
+                        f"case {case_id!r} has channels {sorted(channels)} of {len(wanted)}: "
+                        f"missing {', '.join(missing)}",
+                        path=first,
+                    ),
+                )
+            )
             labels.pop(case_id + label_suffix, None)
             continue
         label = labels.pop(case_id + label_suffix, None)
-        declaration.candidates.append(CaseCandidate(case_id, tuple(channels[c] for c in wanted), label))
+        declaration.candidates.append(
+            CaseCandidate(case_id, tuple(channels[c] for c in wanted), label)
+        )
     _report_unpaired_labels(labels, set(groups), label_suffix, declaration)
 
 
@@ -158,7 +188,15 @@ def _report_unpaired_labels(
         if any(stem.startswith(f"{case_id}_") for case_id in case_ids):
             alternatives.append(path.name)
             continue
-        declaration.failures.append((stem, PairingError(f"is a label without an image (no case {stem.removesuffix(label_suffix)!r} in the images folder)", path=path)))
+        declaration.failures.append(
+            (
+                stem,
+                PairingError(
+                    f"is a label without an image (no case {stem.removesuffix(label_suffix)!r} in the images folder)",
+                    path=path,
+                ),
+            )
+        )
     if alternatives:
         declaration.warnings.append(
             f"label files not used (choose with --label-suffix): {', '.join(alternatives[:8])}"
@@ -175,11 +213,15 @@ def _discover_csv(csv_path: Path) -> DatasetDeclaration:
     except (UnicodeDecodeError, csv.Error) as error:
         raise DatasetLayoutError(f"cannot be read as CSV ({error})", path=csv_path) from error
     if not rows or "image" not in rows[0]:
-        raise DatasetLayoutError("needs a header with columns 'image' and optionally 'label'", path=csv_path)
+        raise DatasetLayoutError(
+            "needs a header with columns 'image' and optionally 'label'", path=csv_path
+        )
     for number, row in enumerate(rows, start=2):
         images = [part.strip() for part in (row.get("image") or "").split(";") if part.strip()]
         if not images:
-            declaration.failures.append((None, DatasetLayoutError(f"row {number} has no image", path=csv_path)))
+            declaration.failures.append(
+                (None, DatasetLayoutError(f"row {number} has no image", path=csv_path))
+            )
             continue
         entry: dict[str, Any] = {"image": images, "label": (row.get("label") or "").strip() or None}
         _add_listed_case(csv_path.parent, entry, declaration)

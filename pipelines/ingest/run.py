@@ -72,11 +72,17 @@ def ingest(
     with bounded_gdal_env():
         for done, candidate in enumerate(declaration.candidates, start=1):
             try:
-                cases.append(validate_case(candidate, kinds.kind_of(candidate), options, rules, workdir / "labels"))
+                cases.append(
+                    validate_case(
+                        candidate, kinds.kind_of(candidate), options, rules, workdir / "labels"
+                    )
+                )
             except InputError as error:
                 rejected.append(_rejection(error, candidate.case_id))
             except PermissionError as error:
-                unreadable = UnreadableFileError(f"cannot be read ({error.strerror})", path=error.filename)
+                unreadable = UnreadableFileError(
+                    f"cannot be read ({error.strerror})", path=error.filename
+                )
                 rejected.append(_rejection(unreadable, candidate.case_id))
             if progress is not None:
                 progress(done, total, candidate.case_id)
@@ -95,10 +101,14 @@ def ingest(
 
 def _rejection(error: InputError | Exception, case_id: str | None) -> RejectedInput:
     path = getattr(error, "path", None) or ""
-    return RejectedInput(path=str(path), case_id=case_id, error=type(error).__name__, reason=str(error))
+    return RejectedInput(
+        path=str(path), case_id=case_id, error=type(error).__name__, reason=str(error)
+    )
 
 
-def _resolve_root(source: Path, options: IngestOptions, workdir: Path, rejected: list[RejectedInput]) -> Path:
+def _resolve_root(
+    source: Path, options: IngestOptions, workdir: Path, rejected: list[RejectedInput]
+) -> Path:
     if not source.exists():
         raise MissingFileError("does not exist", path=source)
     root = source
@@ -127,18 +137,32 @@ class _KindResolver:
     def kind_of(self, candidate: CaseCandidate) -> CaseKind:
         path = candidate.channels[0]
         suffix = suffix_of(path)
-        file_format = {".nii.gz": FileFormat.NIFTI, ".nii": FileFormat.NIFTI, ".png": FileFormat.PNG}.get(suffix or "", FileFormat.GEOTIFF)
+        file_format = {
+            ".nii.gz": FileFormat.NIFTI,
+            ".nii": FileFormat.NIFTI,
+            ".png": FileFormat.PNG,
+        }.get(suffix or "", FileFormat.GEOTIFF)
         natural: CaseKind = "volume" if file_format is FileFormat.NIFTI else "image"
         if file_format is FileFormat.GEOTIFF:
-            natural = "raster" if self._forced == "raster" or (self._forced == "auto" and self._dataset_is_geo()) else "image"
+            natural = (
+                "raster"
+                if self._forced == "raster" or (self._forced == "auto" and self._dataset_is_geo())
+                else "image"
+            )
         if self._forced not in ("auto", natural):
-            raise UnsupportedFormatError(f"cannot be read as a {self._forced} (it is a {suffix} file)", path=path)
+            raise UnsupportedFormatError(
+                f"cannot be read as a {self._forced} (it is a {suffix} file)", path=path
+            )
         return natural
 
     def _dataset_is_geo(self) -> bool:
         """True when any TIFF of the dataset carries a CRS: then every TIFF must."""
         if self._geo is None:
-            self._geo = any(_has_crs(c.channels[0]) for c in self._candidates if suffix_of(c.channels[0]) in (".tif", ".tiff"))
+            self._geo = any(
+                _has_crs(c.channels[0])
+                for c in self._candidates
+                if suffix_of(c.channels[0]) in (".tif", ".tiff")
+            )
         return self._geo
 
 
@@ -157,13 +181,18 @@ def _label_rules(options: IngestOptions, declaration: DatasetDeclaration) -> Lab
     return LabelRules(allowed=allowed, ignore_value=options.ignore_value, instance=instance)
 
 
-def _final_labels(options: IngestOptions, declaration: DatasetDeclaration, cases: list[Case], rules: LabelRules) -> dict[str, int]:
+def _final_labels(
+    options: IngestOptions, declaration: DatasetDeclaration, cases: list[Case], rules: LabelRules
+) -> dict[str, int]:
     declared = options.labels if options.labels is not None else declaration.labels
     if declared:
         return dict(sorted(declared.items(), key=lambda item: item[1]))
     if rules.instance:
         return {"background": 0, "object": 1}
-    found = sorted({v for case in cases if case.label_stats for v in case.label_stats.values} - {options.ignore_value})
+    found = sorted(
+        {v for case in cases if case.label_stats for v in case.label_stats.values}
+        - {options.ignore_value}
+    )
     return {("background" if value == 0 else f"class_{value}"): value for value in found}
 
 
@@ -198,4 +227,7 @@ def read_manifest(path: str | Path) -> DatasetManifest:
     try:
         return DatasetManifest.model_validate_json(path.read_bytes())
     except ValidationError as error:
-        raise DatasetLayoutError(f"is not a valid segflow manifest ({error.error_count()} errors: {error.errors()[0]['msg']})", path=path) from error
+        raise DatasetLayoutError(
+            f"is not a valid segflow manifest ({error.error_count()} errors: {error.errors()[0]['msg']})",
+            path=path,
+        ) from error

@@ -27,8 +27,7 @@ from data_contracts import (
 )
 from pipelines.files import sha256_file
 from pipelines.ingest.candidates import CaseCandidate
-from pipelines.io import PixelStats
-from pipelines.io import image2d, nifti, raster
+from pipelines.io import PixelStats, image2d, nifti, raster
 from pipelines.io.formats import is_vector_name
 from pipelines.io.vector import rasterize_to_file, read_vector_labels
 
@@ -69,18 +68,28 @@ def validate_case(
     for path in candidate.channels:
         geometry, bad_pixels = _read_channel(path, kind, options)
         if geometries:
-            _check_same_grid(geometries[0], geometry, candidate.channels[0], path, options, ChannelGeometryError)
+            _check_same_grid(
+                geometries[0], geometry, candidate.channels[0], path, options, ChannelGeometryError
+            )
         geometries.append(geometry)
         nonfinite.append(bad_pixels)
         counts.append(_channel_count(geometry))
-    warnings = [f"{path.name}: {n} non-finite pixels" for path, n in zip(candidate.channels, nonfinite, strict=True) if n]
+    warnings = [
+        f"{path.name}: {n} non-finite pixels"
+        for path, n in zip(candidate.channels, nonfinite, strict=True)
+        if n
+    ]
     label_record, label_stats = None, None
     if candidate.label is not None:
         label_path, source = candidate.label, None
         if is_vector_name(label_path):
             source = str(label_path)
-            label_path = _rasterize_vector(label_path, candidate.case_id, geometries[0], options, rules, derived_dir)
-        label_stats = _check_label(label_path, kind, geometries[0], candidate.channels[0], options, rules)
+            label_path = _rasterize_vector(
+                label_path, candidate.case_id, geometries[0], options, rules, derived_dir
+            )
+        label_stats = _check_label(
+            label_path, kind, geometries[0], candidate.channels[0], options, rules
+        )
         label_record = _record(label_path, source=source)
     return Case(
         case_id=candidate.case_id,
@@ -96,7 +105,12 @@ def validate_case(
 
 
 def _record(path: Path, *, source: str | None = None) -> FileRecord:
-    return FileRecord(path=str(path.resolve()), sha256=sha256_file(path), size_bytes=path.stat().st_size, source=source)
+    return FileRecord(
+        path=str(path.resolve()),
+        sha256=sha256_file(path),
+        size_bytes=path.stat().st_size,
+        source=source,
+    )
 
 
 def _channel_count(geometry: AnyGeometry) -> int:
@@ -114,7 +128,9 @@ def _read_channel(path: Path, kind: CaseKind, options: IngestOptions) -> tuple[A
         stats.consume(nifti.iter_volume_slabs(image, path))
     elif kind == "raster":
         with raster.open_raster(path) as dataset:
-            geometry = raster.raster_geometry(dataset, path, allow_ungeoreferenced=options.allow_ungeoreferenced)
+            geometry = raster.raster_geometry(
+                dataset, path, allow_ungeoreferenced=options.allow_ungeoreferenced
+            )
             for band in range(1, dataset.count + 1):
                 for values, _ in raster.iter_band_windows(dataset, path, band):
                     stats.update(values)
@@ -135,11 +151,16 @@ def _check_same_grid(
     """Raise ``error`` listing each differing property of the two grids (TorchIO style)."""
     differences = _grid_differences(reference, other, options)
     if differences:
-        listing = "; ".join(f"{name}: {reference_path.name}={a} vs {other_path.name}={b}" for name, a, b in differences)
+        listing = "; ".join(
+            f"{name}: {reference_path.name}={a} vs {other_path.name}={b}"
+            for name, a, b in differences
+        )
         raise error(f"is not on the grid of {reference_path.name} ({listing})", path=other_path)
 
 
-def _grid_differences(reference: AnyGeometry, other: AnyGeometry, options: IngestOptions) -> list[tuple[str, object, object]]:
+def _grid_differences(
+    reference: AnyGeometry, other: AnyGeometry, options: IngestOptions
+) -> list[tuple[str, object, object]]:
     if type(reference) is not type(other):
         return [("kind", reference.kind, other.kind)]
     found: list[tuple[str, object, object]] = []
@@ -155,11 +176,16 @@ def _grid_differences(reference: AnyGeometry, other: AnyGeometry, options: Inges
         if not _same_crs(reference.crs_wkt, other.crs_wkt):
             found.append(("crs", _crs_name(reference.crs_wkt), _crs_name(other.crs_wkt)))
         pixel = min(reference.resolution)
-        if not np.allclose(reference.transform, other.transform, rtol=0, atol=options.rtol_pixel * pixel):
+        if not np.allclose(
+            reference.transform, other.transform, rtol=0, atol=options.rtol_pixel * pixel
+        ):
             found.append(("transform", reference.transform, other.transform))
-    elif isinstance(reference, ImageGeometry) and isinstance(other, ImageGeometry):
-        if (reference.height, reference.width) != (other.height, other.width):
-            found.append(("size", (reference.height, reference.width), (other.height, other.width)))
+    elif (
+        isinstance(reference, ImageGeometry)
+        and isinstance(other, ImageGeometry)
+        and (reference.height, reference.width) != (other.height, other.width)
+    ):
+        found.append(("size", (reference.height, reference.width), (other.height, other.width)))
     return found
 
 
@@ -182,30 +208,45 @@ def _rasterize_vector(
     derived_dir: Path,
 ) -> Path:
     if not isinstance(grid, RasterGeometry) or grid.crs_wkt is None:
-        raise LabelGeometryError("is a vector label but its image is not a georeferenced raster", path=vector_path)
+        raise LabelGeometryError(
+            "is a vector label but its image is not a georeferenced raster", path=vector_path
+        )
     labels = read_vector_labels(
-        vector_path, grid.crs_wkt, attribute=options.vector_attribute,
-        label_names=options.labels, instance=rules.instance, vector_crs=options.vector_crs,
+        vector_path,
+        grid.crs_wkt,
+        attribute=options.vector_attribute,
+        label_names=options.labels,
+        instance=rules.instance,
+        vector_crs=options.vector_crs,
     )
     dtype = "uint16" if rules.instance else "uint8"
     return rasterize_to_file(labels, grid, derived_dir / f"{case_id}_label.tif", dtype=dtype)
 
 
 def _check_label(
-    path: Path, kind: CaseKind, grid: AnyGeometry, image_path: Path, options: IngestOptions, rules: LabelRules
+    path: Path,
+    kind: CaseKind,
+    grid: AnyGeometry,
+    image_path: Path,
+    options: IngestOptions,
+    rules: LabelRules,
 ) -> LabelStats:
     """Check the label's grid and values; returns its value counts (streamed)."""
     stats = PixelStats()
     if kind == "volume":
         image = nifti.open_volume(path)
-        geometry: AnyGeometry = nifti.volume_geometry(image, path)
-        if geometry.channels != 1:  # type: ignore[union-attr]
-            raise InvalidGeometryError(f"is a label with {geometry.channels} channels (4D); labels must be 3D", path=path)  # type: ignore[union-attr]
-        _check_same_grid(grid, geometry, image_path, path, options, LabelGeometryError)
+        volume = nifti.volume_geometry(image, path)
+        if volume.channels != 1:
+            raise InvalidGeometryError(
+                f"is a label with {volume.channels} channels (4D); labels must be 3D", path=path
+            )
+        _check_same_grid(grid, volume, image_path, path, options, LabelGeometryError)
         stats.consume(nifti.iter_volume_slabs(image, path))
     elif kind == "raster":
         with raster.open_raster(path) as dataset:
-            geometry = raster.raster_geometry(dataset, path, allow_ungeoreferenced=options.allow_ungeoreferenced)
+            geometry: AnyGeometry = raster.raster_geometry(
+                dataset, path, allow_ungeoreferenced=options.allow_ungeoreferenced
+            )
             _check_same_grid(grid, geometry, image_path, path, options, LabelGeometryError)
             for values, _ in raster.iter_band_windows(dataset, path, 1):
                 stats.update(values)
@@ -221,7 +262,10 @@ def _single_channel(array: np.ndarray, path: Path) -> np.ndarray:
         return array
     if all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, array.shape[-1])):
         return array[..., 0]
-    raise InvalidGeometryError(f"is a label with {array.shape[-1]} different channels; labels must be single-channel", path=path)
+    raise InvalidGeometryError(
+        f"is a label with {array.shape[-1]} different channels; labels must be single-channel",
+        path=path,
+    )
 
 
 def _label_stats(stats: PixelStats, path: Path, rules: LabelRules) -> LabelStats:
@@ -229,14 +273,21 @@ def _label_stats(stats: PixelStats, path: Path, rules: LabelRules) -> LabelStats
         raise NonFiniteLabelError(f"holds {stats.nonfinite} NaN/infinite pixels", path=path)
     if stats.noninteger:
         raise NonIntegerLabelError(
-            f"holds {stats.noninteger} non-integer values (e.g. {stats.first_noninteger})", path=path
+            f"holds {stats.noninteger} non-integer values (e.g. {stats.first_noninteger})",
+            path=path,
         )
     counts = stats.integer_counts()
     values = list(counts)
-    extra = [v for v in values if v != rules.ignore_value and rules.allowed is not None and v not in rules.allowed]
+    extra = [
+        v
+        for v in values
+        if v != rules.ignore_value and rules.allowed is not None and v not in rules.allowed
+    ]
     if rules.instance:
         extra = [v for v in values if v < 0 and v != rules.ignore_value]
     if extra:
         allowed = "non-negative instance ids" if rules.instance else sorted(rules.allowed or ())
-        raise LabelValueError(f"holds label values {extra[:10]} outside the declared set {allowed}", path=path)
+        raise LabelValueError(
+            f"holds label values {extra[:10]} outside the declared set {allowed}", path=path
+        )
     return LabelStats(values=tuple(values), voxel_counts=tuple(counts.values()))

@@ -11,8 +11,18 @@ from PIL import Image, UnidentifiedImageError
 from data_contracts import CorruptFileError, ImageGeometry, NotAnImageError
 from pipelines.io.formats import FileFormat, detect_format
 
-_PIL_DTYPES = {"1": "bool", "L": "uint8", "P": "uint8", "RGB": "uint8", "RGBA": "uint8",
-               "LA": "uint8", "I;16": "uint16", "I;16B": "uint16", "I": "int32", "F": "float32"}
+_PIL_DTYPES = {
+    "1": "bool",
+    "L": "uint8",
+    "P": "uint8",
+    "RGB": "uint8",
+    "RGBA": "uint8",
+    "LA": "uint8",
+    "I;16": "uint16",
+    "I;16B": "uint16",
+    "I": "int32",
+    "F": "float32",
+}
 
 
 def read_image_geometry(path: str | Path) -> ImageGeometry:
@@ -34,8 +44,9 @@ def read_image_geometry(path: str | Path) -> ImageGeometry:
             raise NotAnImageError(f"is not a decodable PNG ({error})", path=path) from error
         except OSError as error:
             raise CorruptFileError(f"has a damaged PNG header ({error})", path=path) from error
-        return ImageGeometry(height=height, width=width, channels=channels,
-                             dtype=_PIL_DTYPES.get(mode, "uint8"))
+        return ImageGeometry(
+            height=height, width=width, channels=channels, dtype=_PIL_DTYPES.get(mode, "uint8")
+        )
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -72,7 +83,9 @@ def read_image(path: str | Path) -> np.ndarray:
         else:
             array = tifffile.imread(path)
     except (OSError, ValueError, tifffile.TiffFileError, UnidentifiedImageError) as error:
-        raise CorruptFileError(f"pixel data cannot be decoded: truncated or damaged ({error})", path=path) from error
+        raise CorruptFileError(
+            f"pixel data cannot be decoded: truncated or damaged ({error})", path=path
+        ) from error
     if array.ndim == 3 and array.shape[0] < 5 and array.shape[-1] >= 5:
         array = np.moveaxis(array, 0, -1)
     return array

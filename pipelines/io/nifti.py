@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import io
+import logging
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.openers import ImageOpener
 
 from data_contracts import CorruptFileError, InvalidGeometryError, NotAnImageError, VolumeGeometry
 from pipelines.io.formats import detect_format
@@ -27,14 +30,47 @@ def open_volume(path: str | Path) -> nib.Nifti1Image | nib.Nifti2Image:
     path = Path(path)
     detect_format(path)
     try:
-        image = nib.load(path)
+        with _quiet_header_fixes():
+            image = nib.load(path)
     except (ImageFileError, ValueError) as error:
         raise NotAnImageError(f"is not a readable NIfTI file ({error})", path=path) from error
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as error:
         raise CorruptFileError(f"has a damaged or truncated header ({error})", path=path) from error
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise NotAnImageError(f"is a {type(image).__name__}, not NIfTI", path=path)
+    _check_raw_spacing(image, path)
     return image
+
+
+def _check_raw_spacing(image: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> None:
+    """Reject zero/negative pixdim when no sform overrides it.
+
+    nibabel silently replaces a zero pixdim by 1 while loading; the raw header is re-read
+    without its fixes so that a broken spacing is reported instead of invented.
+    """
+    if int(image.header["sform_code"]) > 0:
+        return
+    size = image.header_class.sizeof_hdr
+    with ImageOpener(path, "rb") as handle:
+        raw = image.header_class.from_fileobj(io.BytesIO(handle.read(size)), check=False)
+    ndim = max(1, min(3, int(raw["dim"][0])))
+    spacing = [float(v) for v in raw["pixdim"][1 : 1 + ndim]]
+    if any(not np.isfinite(v) or v <= 0 for v in spacing):
+        raise InvalidGeometryError(
+            f"declares voxel spacing {spacing} (pixdim) with no sform to override it", path=path
+        )
+
+
+class _quiet_header_fixes:
+    """Silence nibabel's log of header fixes: segflow reports header problems itself."""
+
+    def __enter__(self) -> None:
+        self._logger = logging.getLogger("nibabel.global")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.setLevel(self._level)
 
 
 def volume_geometry(image: nib.Nifti1Image | nib.Nifti2Image, path: str | Path) -> VolumeGeometry:
@@ -51,7 +87,9 @@ def volume_geometry(image: nib.Nifti1Image | nib.Nifti2Image, path: str | Path) 
     if len(shape) == 2:
         shape = (*shape, 1)
     if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] < 1):
-        raise InvalidGeometryError(f"has {len(shape)} dimensions {shape}; expected 3 (or 4 for channels)", path=path)
+        raise InvalidGeometryError(
+            f"has {len(shape)} dimensions {shape}; expected 3 (or 4 for channels)", path=path
+        )
     affine = np.asarray(image.affine, dtype=float)
     if not np.all(np.isfinite(affine)):
         raise InvalidGeometryError("has a non-finite (NaN/inf) affine in its header", path=path)
@@ -64,7 +102,9 @@ def volume_geometry(image: nib.Nifti1Image | nib.Nifti2Image, path: str | Path) 
         )
     codes = nib.aff2axcodes(affine)
     if None in codes:
-        raise InvalidGeometryError(f"has an affine whose axes cannot be oriented {codes}", path=path)
+        raise InvalidGeometryError(
+            f"has an affine whose axes cannot be oriented {codes}", path=path
+        )
     return VolumeGeometry(
         shape=(shape[0], shape[1], shape[2]),
         affine=tuple(tuple(float(v) for v in row) for row in affine),  # type: ignore[arg-type]
@@ -103,7 +143,9 @@ def iter_volume_slabs(
         for start in range(0, depth, step):
             yield np.asanyarray(proxy[:, :, start : start + step, ...])
     except (EOFError, OSError, ValueError, zlib.error) as error:
-        raise CorruptFileError(f"voxel data cannot be read: truncated or damaged ({error})", path=path) from error
+        raise CorruptFileError(
+            f"voxel data cannot be read: truncated or damaged ({error})", path=path
+        ) from error
 
 
 def load_volume(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image | nib.Nifti2Image]:
@@ -116,5 +158,7 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image | nib.Nif
     try:
         data = np.asanyarray(image.dataobj)
     except (EOFError, OSError, ValueError, zlib.error) as error:
-        raise CorruptFileError(f"voxel data cannot be read: truncated or damaged ({error})", path=path) from error
+        raise CorruptFileError(
+            f"voxel data cannot be read: truncated or damaged ({error})", path=path
+        ) from error
     return data, image

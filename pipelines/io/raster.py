@@ -84,13 +84,17 @@ def raster_geometry(
     )
 
 
-def read_raster_geometry(path: str | Path, *, allow_ungeoreferenced: bool = False) -> RasterGeometry:
+def read_raster_geometry(
+    path: str | Path, *, allow_ungeoreferenced: bool = False
+) -> RasterGeometry:
     """Open ``path`` and return its validated geometry."""
     with open_raster(path) as dataset:
         return raster_geometry(dataset, path, allow_ungeoreferenced=allow_ungeoreferenced)
 
 
-def row_windows(dataset: rasterio.DatasetReader, *, max_bytes: int = _WINDOW_BYTES) -> Iterator[Window]:
+def row_windows(
+    dataset: rasterio.DatasetReader, *, max_bytes: int = _WINDOW_BYTES
+) -> Iterator[Window]:
     """Full-width windows of whole block rows, each at most about ``max_bytes`` per band."""
     block_rows = dataset.block_shapes[0][0]
     itemsize = max(np.dtype(dataset.dtypes[0]).itemsize, 1)
@@ -101,7 +105,11 @@ def row_windows(dataset: rasterio.DatasetReader, *, max_bytes: int = _WINDOW_BYT
 
 
 def iter_band_windows(
-    dataset: rasterio.DatasetReader, path: str | Path, band: int = 1, *, max_bytes: int = _WINDOW_BYTES
+    dataset: rasterio.DatasetReader,
+    path: str | Path,
+    band: int = 1,
+    *,
+    max_bytes: int = _WINDOW_BYTES,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Yield ``(values, valid)`` for one band window by window; ``valid`` is False at nodata.
 
@@ -113,7 +121,9 @@ def iter_band_windows(
         try:
             values = dataset.read(band, window=window)
         except RasterioIOError as error:
-            raise CorruptFileError(f"pixel data cannot be read at {window}: {error}", path=path) from error
+            raise CorruptFileError(
+                f"pixel data cannot be read at {window}: {error}", path=path
+            ) from error
         if nodata is None:
             yield values, None
         elif np.isnan(nodata):

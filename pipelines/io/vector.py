@@ -35,7 +35,10 @@ class VectorLabels:
 def sidecar_crs(vector_path: Path) -> str | None:
     """WKT from a ``<name>.crs.wkt`` sidecar beside the vector file, when there is one."""
     stem = vector_path.name.rsplit(".", 1)[0]
-    for candidate in (vector_path.with_name(f"{stem}.crs.wkt"), vector_path.with_suffix(".crs.wkt")):
+    for candidate in (
+        vector_path.with_name(f"{stem}.crs.wkt"),
+        vector_path.with_suffix(".crs.wkt"),
+    ):
         if candidate.is_file():
             return candidate.read_text(encoding="utf-8").strip()
     sibling = [p for p in vector_path.parent.glob("*.crs.wkt") if stem.startswith(p.name[:-8])]
@@ -143,16 +146,32 @@ def rasterize_to_file(
     destination = Path(destination)
     transform = Affine(*grid.transform)
     profile = {
-        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1,
-        "dtype": dtype, "crs": grid.crs_wkt, "transform": transform, "nodata": None,
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": 1,
+        "dtype": dtype,
+        "crs": grid.crs_wkt,
+        "transform": transform,
+        "nodata": None,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
     }
     with atomic_output(destination) as temp_path, rasterio.open(temp_path, "w", **profile) as out:
         for top in range(0, grid.height, _ROWS_PER_WINDOW):
             window = Window(0, top, grid.width, min(_ROWS_PER_WINDOW, grid.height - top))
-            block = rasterize(
-                labels.shapes, out_shape=(int(window.height), grid.width),
-                transform=transform @ Affine.translation(0, top), fill=0, dtype=dtype,
-            ) if labels.shapes else np.zeros((int(window.height), grid.width), dtype=dtype)
+            block = (
+                rasterize(
+                    labels.shapes,
+                    out_shape=(int(window.height), grid.width),
+                    transform=transform @ Affine.translation(0, top),
+                    fill=0,
+                    dtype=dtype,
+                )
+                if labels.shapes
+                else np.zeros((int(window.height), grid.width), dtype=dtype)
+            )
             out.write(block, 1, window=window)
     return destination

@@ -78,20 +78,18 @@ class ShapeAwareLoss(SegLoss):
 def contour_distance(p: Prepared) -> torch.Tensor:
     """Mean distance of predicted contour points to the true contour, per image ``(B,)``."""
     if p.binary:
-        pred = (p.probs > 0.5).squeeze(1)
+        hard = (p.probs > 0.5).squeeze(1).long()
         classes = [1]
     else:
-        pred = p.probs.argmax(dim=1)
+        hard = p.probs.argmax(dim=1)
         classes = list(range(1, p.probs.shape[1]))
     valid = p.valid.squeeze(1).bool()
-    pred = torch.where(valid, pred.long(), 0).cpu().numpy()
+    pred = torch.where(valid, hard, 0).cpu().numpy()
     true = p.index.squeeze(1).cpu().numpy()
     valid_np = valid.cpu().numpy()
     out = np.zeros(len(pred))
     for b in range(len(pred)):
-        dists = [
-            _mean_contour_distance(pred[b] == c, true[b] == c, valid_np[b]) for c in classes
-        ]
+        dists = [_mean_contour_distance(pred[b] == c, true[b] == c, valid_np[b]) for c in classes]
         out[b] = float(np.mean(dists))
     return torch.from_numpy(out)
 

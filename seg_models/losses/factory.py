@@ -113,15 +113,23 @@ def build_loss(name: str, **options: Any) -> SegLoss:
     ignore_index = options.pop("ignore_index", None)
     terms = [_parse_term(term, name) for term in name.split("+")]
     canonical = [loss_info(term_name).name for _, term_name in terms]
-    nested = {k: options.pop(k) for k in list(options) if k in canonical or k in _ALIASES}
+    nested: dict[str, dict[str, Any]] = {}
+    for key in [k for k in options if _ALIASES.get(k, k) in canonical]:
+        value = options.pop(key)
+        if not isinstance(value, dict):
+            raise ModelError(
+                f"option {key!r} of loss {name!r} must be a dict of that term's options",
+                hint=f'e.g. {key}={{"gamma": 1.0}}',
+            )
+        nested[_ALIASES.get(key, key)] = value
     used: set[str] = set()
     losses = []
-    for (_, term_name), key in zip(terms, canonical, strict=True):
+    for key in canonical:
         cls = _LOSSES[key].cls
         accepted = _keywords(cls)
         kwargs = {k: v for k, v in options.items() if k in accepted}
         used |= kwargs.keys()
-        kwargs |= nested.get(key, nested.get(term_name, {}))
+        kwargs |= nested.get(key, {})
         losses.append(_construct(key, cls, kwargs, ignore_index))
     if unused := sorted(options.keys() - used):
         raise ModelError(

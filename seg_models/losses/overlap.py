@@ -128,12 +128,16 @@ class ExpLogLoss(SegLoss):
         axes = [0, *range(2, p.probs.ndim)]
         inter = (p.probs * p.onehot).sum(axes)
         dice = (2 * inter + 1) / (p.probs.sum(axes) + p.onehot.sum(axes) + 1)
-        # Clamping keeps x**0.3 away from its infinite slope at 0.
-        dice_term = (-torch.log(dice)).clamp(min=1e-6).pow(self.gamma_dice).mean()
+        dice_term = _soft_pow(-torch.log(dice), self.gamma_dice).mean()
         probs, onehot = p.two_class()
         counts = onehot.detach().sum(axes).clamp(min=1.0)
         weight = (counts.sum() / counts).sqrt()
         p_true = (probs * onehot).sum(dim=1, keepdim=True).clamp(min=1e-7)
-        cross = (-torch.log(p_true)).clamp(min=1e-6).pow(self.gamma_cross)
+        cross = _soft_pow(-torch.log(p_true), self.gamma_cross)
         cross_term = masked_mean(class_weights_per_pixel(p, weight) * cross, p.valid)
         return self.w_dice * dice_term + self.w_cross * cross_term
+
+
+def _soft_pow(x: torch.Tensor, gamma: float, eps: float = 1e-6) -> torch.Tensor:
+    """``x**gamma`` for ``x ≥ 0`` with a finite slope at 0 (``gamma < 1`` has an infinite one)."""
+    return (x + eps).pow(gamma) - eps**gamma

@@ -91,7 +91,11 @@ class ResNetBackbone(nn.Module):
     """
 
     def __init__(
-        self, name: str = "resnet50", in_channels: int = 3, *, output_stride: Literal[8, 16, 32] = 32
+        self,
+        name: str = "resnet50",
+        in_channels: int = 3,
+        *,
+        output_stride: Literal[8, 16, 32] = 32,
     ) -> None:
         super().__init__()
         if name not in RESNETS:

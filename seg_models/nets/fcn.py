@@ -85,7 +85,8 @@ class FCN(nn.Module):
 def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
     conv = nn.Conv2d(in_channels, out_channels, 1)
     nn.init.zeros_(conv.weight)
-    nn.init.zeros_(conv.bias)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
     return conv
 
 

@@ -63,7 +63,9 @@ def build_maskrcnn(
         ``masks`` (N, 1, H, W) probabilities.
     """
     if backbone not in MASKRCNN_BACKBONES:
-        raise ValueError(f"unknown Mask R-CNN backbone {backbone!r}; use one of {MASKRCNN_BACKBONES}")
+        raise ValueError(
+            f"unknown Mask R-CNN backbone {backbone!r}; use one of {MASKRCNN_BACKBONES}"
+        )
     if num_classes < 2:
         raise ValueError("Mask R-CNN needs num_classes ≥ 2 (background included)")
     if len(anchor_sizes) != 5:

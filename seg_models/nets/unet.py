@@ -26,7 +26,9 @@ class DoubleConv(nn.Sequential):
     ) -> None:
         layers: list[nn.Module] = []
         for c_in in (in_ch, out_ch):
-            layers.append(_CONV[spatial_dims](c_in, out_ch, 3, padding=padding, bias=not batch_norm))
+            layers.append(
+                _CONV[spatial_dims](c_in, out_ch, 3, padding=padding, bias=not batch_norm)
+            )
             if batch_norm:
                 layers.append(_NORM[spatial_dims](out_ch))
             layers.append(nn.ReLU(inplace=True))
@@ -105,7 +107,9 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for ``x`` of shape ``(B, in_channels, *spatial)``."""
         if x.ndim != self.spatial_dims + 2:
-            raise ValueError(f"expected {self.spatial_dims + 2}-D input, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"expected {self.spatial_dims + 2}-D input, got shape {tuple(x.shape)}"
+            )
         size = x.shape[2:]
         if self.padding == "same":
             x = pad_to_multiple(x, 2**self.depth)
