@@ -18,7 +18,8 @@ Decisions:
       streaming, before it is written. Past ``max_total_bytes`` of output, or past ``max_ratio``
       expansion once more than :data:`RATIO_MIN_BYTES` came out (zip: per member, over its
       compressed size; tar: over the compressed bytes read so far), the whole archive is refused
-      with :class:`DecompressionBombError`.
+      with :class:`DecompressionBombError`. Copies of links count too (their ratio is over the
+      archive's size).
     * Member permissions, owners and times are not restored: files get the process's defaults.
 """
 
@@ -329,14 +330,23 @@ class _Extractor:
         self.written[relative] = None
 
     def copy_links(self) -> None:
-        """Write in-archive links as copies of their targets (repeated for links to links)."""
+        """Write in-archive links as copies of their targets (repeated for links to links).
+
+        Copies count toward both limits; their ratio is over the archive's size, so that many
+        links to one big file are a bomb too.
+        """
+        archive_bytes = self.archive.stat().st_size
+
+        def ratio(_member_bytes: int) -> None:
+            self.check_ratio(self.total, archive_bytes, "the archive, with its links copied,")
+
         pending = self.links
         while pending:
             unresolved = []
             for name, target in pending:
                 relative = _normalise(PurePosixPath(), name, allow_parent=False)
                 if target in self.written and relative is not None:
-                    self.write(name, relative, _opener(self.root / target), lambda _: None)
+                    self.write(name, relative, _opener(self.root / target), ratio)
                 else:
                     unresolved.append((name, target))
             if len(unresolved) == len(pending):

@@ -4,9 +4,13 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/bootstrap.sh
-echo "== ruff" && .venv/bin/ruff check data_contracts seg_models pipelines flows tests benchmarks
-.venv/bin/ruff format --check data_contracts seg_models pipelines flows tests benchmarks
-echo "== mypy" && .venv/bin/mypy && .venv/bin/mypy --strict data_contracts
+paths=(data_contracts seg_models pipelines flows tests benchmarks)
+echo "== ruff"
+.venv/bin/ruff check "${paths[@]}"
+.venv/bin/ruff format --check "${paths[@]}"
+echo "== mypy"
+.venv/bin/mypy
+.venv/bin/mypy --strict data_contracts
 echo "== pytest"
 export SEGFLOW_HOME="${SEGFLOW_TEST_HOME:-$(mktemp -d)/segflow-home}"
 exec .venv/bin/python -m pytest "$@"

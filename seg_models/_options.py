@@ -88,7 +88,7 @@ class Options:
             return None if default is None else list(default)
         if not isinstance(value, list) or not all(_is_pos_int(v) for v in value):
             raise self._error(key, "a list of positive integers", value)
-        return [int(v) for v in value]  # type: ignore[arg-type]
+        return [int(v) for v in value]
 
     def float_list(self, key: str, length: int | None = None) -> list[float] | None:
         """A list of numbers (of ``length`` values when given), or None when absent."""
@@ -98,10 +98,10 @@ class Options:
         ok = isinstance(value, list) and all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in value
         )
-        if not ok or (length is not None and len(value) != length):  # type: ignore[arg-type]
+        if not ok or (length is not None and len(value) != length):
             size = f"{length} " if length is not None else ""
             raise self._error(key, f"a list of {size}numbers", value)
-        return [float(v) for v in value]  # type: ignore[arg-type,union-attr]
+        return [float(v) for v in value]
 
     def nested_int_list(self, key: str) -> list[list[int]] | None:
         """A list of lists of positive integers (e.g. anchor sizes per level), or None."""
@@ -113,7 +113,7 @@ class Options:
             for level in value
         ):
             raise self._error(key, "a list of lists of positive integers", value)
-        return [[int(v) for v in level] for level in value]  # type: ignore[arg-type,union-attr]
+        return [[int(v) for v in level] for level in value]
 
     def finish(self) -> None:
         """Raises when an option was given that the model does not read."""

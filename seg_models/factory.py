@@ -30,20 +30,20 @@ __all__ = ["build_classical", "build_model", "predict", "predict_instances"]
 )
 def _unet(spec: ModelSpec, opt: Options) -> nn.Module:
     features = opt.int_list("features", None)
+    if features is not None and {"base_features", "depth"} & spec.options.keys():
+        raise ModelError(
+            "unet takes either features or base_features/depth, not both",
+            hint="drop base_features and depth, or drop features",
+        )
     base, depth = opt.integer("base_features", 64), opt.integer("depth", 4)
+    kwargs: dict[str, Any] = {
+        "padding": opt.choice("padding", "same", ["same", "valid"]),
+        "batch_norm": opt.flag("batch_norm", True),
+    }
+    opt.finish()
     if features is None:
         features = [base * 2**i for i in range(depth + 1)]
-    padding = opt.choice("padding", "same", ["same", "valid"])
-    batch_norm = opt.flag("batch_norm", True)
-    opt.finish()
-    return UNet(
-        spec.spatial_dims,
-        spec.in_channels,
-        spec.num_classes,
-        features,
-        padding=padding,  # type: ignore[arg-type]
-        batch_norm=batch_norm,
-    )
+    return UNet(spec.spatial_dims, spec.in_channels, spec.num_classes, features, **kwargs)
 
 
 @register_model(
@@ -53,14 +53,14 @@ def _unet(spec: ModelSpec, opt: Options) -> nn.Module:
     summary="nnU-Net-like U-Net with instance norm and leaky ReLU",
 )
 def _dynunet(spec: ModelSpec, opt: Options) -> nn.Module:
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "depth": opt.integer("depth", 4),
         "filters": opt.int_list("filters", None),
         "res_block": opt.flag("res_block", False),
         "norm_name": opt.choice("norm", "instance", ["instance", "batch"]),
     }
     opt.finish()
-    return PaddedDynUNet(spec.spatial_dims, spec.in_channels, spec.num_classes, **kwargs)  # type: ignore[arg-type]
+    return PaddedDynUNet(spec.spatial_dims, spec.in_channels, spec.num_classes, **kwargs)
 
 
 def _fcn_builder(stride: int) -> None:
@@ -78,7 +78,7 @@ def _fcn_builder(stride: int) -> None:
         return FCN(
             spec.in_channels,
             spec.num_classes,
-            stride,  # type: ignore[arg-type]
+            stride,
             backbone=backbone,
             width_divisor=width_divisor,
             batch_norm=batch_norm,
@@ -95,14 +95,14 @@ for _stride in (32, 16, 8):
     summary="dilated ResNet, ASPP rates 6/12/18 + image pooling",
 )
 def _deeplabv3(spec: ModelSpec, opt: Options) -> nn.Module:
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "backbone": opt.choice("backbone", "resnet50", list(RESNETS)),
         "output_stride": opt.choice("output_stride", 16, [8, 16]),
         "atrous_rates": opt.int_list("atrous_rates", None),
         "aspp_channels": opt.integer("aspp_channels", 256),
     }
     opt.finish()
-    return DeepLabV3(spec.in_channels, spec.num_classes, **kwargs)  # type: ignore[arg-type]
+    return DeepLabV3(spec.in_channels, spec.num_classes, **kwargs)
 
 
 @register_model(
@@ -111,14 +111,14 @@ def _deeplabv3(spec: ModelSpec, opt: Options) -> nn.Module:
     summary="dilated ResNet, pyramid pooling bins 1/2/3/6",
 )
 def _pspnet(spec: ModelSpec, opt: Options) -> nn.Module:
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "backbone": opt.choice("backbone", "resnet50", list(RESNETS)),
         "output_stride": opt.choice("output_stride", 8, [8, 16]),
         "bins": opt.int_list("bins", (1, 2, 3, 6)),
         "head_channels": opt.integer("head_channels", 512),
     }
     opt.finish()
-    return PSPNet(spec.in_channels, spec.num_classes, **kwargs)  # type: ignore[arg-type]
+    return PSPNet(spec.in_channels, spec.num_classes, **kwargs)
 
 
 @register_model(
@@ -154,7 +154,7 @@ def _maskrcnn(spec: ModelSpec, opt: Options) -> nn.Module:
 )
 def _random_forest(spec: ModelSpec, opt: Options) -> ClassicalSegmenter:
     ignore = opt.optional_integer("ignore_index", minimum=-(2**31))
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "n_estimators": opt.integer("n_estimators", 50),
         "max_depth": opt.integer("max_depth", 10),
         "sigma_min": opt.number("sigma_min", 1.0),
@@ -163,7 +163,7 @@ def _random_forest(spec: ModelSpec, opt: Options) -> ClassicalSegmenter:
         "seed": opt.integer("seed", 0, minimum=0),
     }
     opt.finish()
-    return RandomForestSegmenter(ignore_index=ignore, **kwargs)  # type: ignore[arg-type]
+    return RandomForestSegmenter(ignore_index=ignore, **kwargs)
 
 
 @register_model(
@@ -176,13 +176,13 @@ def _random_forest(spec: ModelSpec, opt: Options) -> ClassicalSegmenter:
 )
 def _otsu_watershed(spec: ModelSpec, opt: Options) -> ClassicalSegmenter:
     distance = opt.optional_integer("min_distance")
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "smoothing_sigma": opt.number("smoothing_sigma", 1.0),
         "min_size": opt.integer("min_size", 10, minimum=0),
         "bright_objects": opt.choice("bright_objects", None, [True, False]),
     }
     opt.finish()
-    return OtsuWatershed(min_distance=distance, **kwargs)  # type: ignore[arg-type]
+    return OtsuWatershed(min_distance=distance, **kwargs)
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -202,7 +202,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
             f"model {spec.name!r} is a classical baseline, not a network",
             hint="build it with seg_models.build_classical(spec)",
         )
-    return _build(spec)  # type: ignore[no-any-return]
+    return _build(spec)
 
 
 def build_classical(spec: ModelSpec) -> ClassicalSegmenter:
@@ -216,7 +216,7 @@ def build_classical(spec: ModelSpec) -> ClassicalSegmenter:
         raise ModelError(
             f"model {spec.name!r} is a neural network", hint="build it with build_model(spec)"
         )
-    return _build(spec)  # type: ignore[no-any-return]
+    return _build(spec)
 
 
 def _build(spec: ModelSpec) -> Any:

@@ -84,7 +84,7 @@ def _first(value: int | Sequence[int]) -> int:
 
 
 def _module_geometry(module: nn.Module) -> tuple[int, int, int]:
-    kernel = _first(module.kernel_size)  # type: ignore[arg-type]
+    kernel = _first(module.kernel_size)
     dilation = _first(getattr(module, "dilation", 1))
-    stride = _first(module.stride)  # type: ignore[arg-type]
+    stride = _first(module.stride)
     return kernel, dilation, stride

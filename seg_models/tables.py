@@ -8,7 +8,7 @@ import torch
 
 from data_contracts import ModelSpec
 from seg_models.factory import build_model
-from seg_models.losses.factory import _ALIASES, available_losses, loss_info
+from seg_models.losses.factory import LOSS_ALIASES, available_losses, loss_info
 from seg_models.registry import available_models, model_info
 
 __all__ = [
@@ -104,7 +104,7 @@ def loss_table_markdown() -> str:
     ]
     for name in available_losses():
         info = loss_info(name)
-        aliases = [a for a, target in _ALIASES.items() if target == name]
+        aliases = [a for a, target in LOSS_ALIASES.items() if target == name]
         label = f"`{name}`" + (
             f" (alias {', '.join(f'`{a}`' for a in aliases)})" if aliases else ""
         )

@@ -208,6 +208,14 @@ def test_links_to_folders_or_missing_files_are_rejected(tmp_path: Path) -> None:
     assert (tmp_path / "out/chain").read_bytes() == GOOD["readme.txt"]
 
 
+def test_many_links_to_one_big_file_are_a_bomb(tmp_path: Path) -> None:
+    links = [_tar_info(f"copy_{i}", tarfile.LNKTYPE, "big.bin") for i in range(6)]
+    archive = _tar(tmp_path / "links.tar", {"big.bin": bytes(archives.RATIO_MIN_BYTES)}, links)
+    with pytest.raises(DecompressionBombError, match="links copied"):
+        extract_archive(archive, tmp_path / "out", max_ratio=3)
+    assert not (tmp_path / "out").exists()
+
+
 def test_member_clashing_with_a_file_is_rejected(tmp_path: Path) -> None:
     archive = _tar(tmp_path / "clash.tar", {"a": b"file", "a/b": b"under a file", "c": b"ok"})
     result = extract_archive(archive, tmp_path / "out")

@@ -102,6 +102,8 @@ def test_archives_ingest_like_folders(
         Path(case.channels[0].path).is_relative_to(tmp_path / "work") for case in manifest.cases
     )
     assert archive.read_bytes() == before  # inputs are never modified
+    again = ingest(archive, workdir=tmp_path / "work")  # a rerun into the same workdir
+    assert again.model_dump(exclude={"created_at"}) == manifest.model_dump(exclude={"created_at"})
 
 
 def test_manifest_file_round_trip(fixtures: dict[str, Path], tmp_path: Path) -> None:

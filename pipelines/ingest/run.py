@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,7 +114,10 @@ def _resolve_root(
         raise MissingFileError("does not exist", path=source)
     root = source
     if source.is_file() and is_archive(source):
-        result = extract_archive(source, workdir / "extracted")
+        destination = workdir / "extracted" / source.name
+        if destination.exists():  # segflow's own derived copy from an earlier run: start afresh
+            shutil.rmtree(destination)
+        result = extract_archive(source, destination)
         rejected.extend(_rejection(error, None) for error in result.rejected)
         root = result.root
         entries = [p for p in root.iterdir() if not p.name.startswith(".")]

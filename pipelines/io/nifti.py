@@ -51,7 +51,7 @@ def _check_raw_spacing(image: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> 
     if int(image.header["sform_code"]) > 0:
         return
     size = image.header_class.sizeof_hdr
-    with ImageOpener(path, "rb") as handle:
+    with ImageOpener(str(path), "rb") as handle:
         raw = image.header_class.from_fileobj(io.BytesIO(handle.read(size)), check=False)
     ndim = max(1, min(3, int(raw["dim"][0])))
     spacing = [float(v) for v in raw["pixdim"][1 : 1 + ndim]]

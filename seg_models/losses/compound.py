@@ -7,8 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from seg_models.losses._common import Prepared, SegLoss
-from seg_models.losses.cross_entropy import WeightedCrossEntropyLoss
+from seg_models.losses._common import (
+    Prepared,
+    SegLoss,
+    class_weights_per_pixel,
+    masked_mean,
+    per_pixel_ce,
+)
 from seg_models.losses.overlap import DiceLoss
 
 __all__ = ["ComboLoss", "SumLoss"]
@@ -18,7 +23,7 @@ class ComboLoss(SegLoss):
     """Combo loss (Taghanaki et al., Comput. Med. Imaging Graph. 2019).
 
     ``α · L_wCE(β) + (1 − α) · L_Dice`` where ``L_wCE`` weighs positives (non-background
-    classes) by β and negatives by 1 − β, i.e. :class:`WeightedCrossEntropyLoss` with weights
+    classes) by β and negatives by 1 − β, i.e. ``WeightedCrossEntropyLoss`` with weights
     ``[1 − β, β, …, β]``, and ``L_Dice`` is :class:`DiceLoss`. The paper subtracts the Dice
     coefficient instead of adding the Dice loss: the two differ by the constant 1 − α and have
     the same gradients. So α = 1 is the weighted cross-entropy and α = 0 the Dice loss.
@@ -48,8 +53,8 @@ class ComboLoss(SegLoss):
     def compute(self, p: Prepared) -> torch.Tensor:
         """``α · wCE + (1 − α) · Dice``."""
         classes = 2 if p.binary else p.logits.shape[1]
-        weight = [1 - self.beta] + [self.beta] * (classes - 1)
-        ce = WeightedCrossEntropyLoss(weight=weight).to(p.logits.device).compute(p)
+        weight = torch.tensor([1 - self.beta] + [self.beta] * (classes - 1))
+        ce = masked_mean(class_weights_per_pixel(p, weight) * per_pixel_ce(p), p.valid)
         return self.alpha * ce + (1 - self.alpha) * self.dice.compute(p)
 
 

@@ -24,7 +24,7 @@ from seg_models.losses.overlap import (
     SensitivitySpecificityLoss,
 )
 
-__all__ = ["LossInfo", "available_losses", "build_loss", "loss_info"]
+__all__ = ["LOSS_ALIASES", "LossInfo", "available_losses", "build_loss", "loss_info"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ _LOSSES = {
         LossInfo("exp_log", ExpLogLoss, "Wong et al., MICCAI 2018"),
     )
 }
-_ALIASES = {"bce": "ce", "cross_entropy": "ce"}
+LOSS_ALIASES = {"bce": "ce", "cross_entropy": "ce"}
 _TERM = re.compile(r"^\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*\s*)?([a-z_]+)\s*$")
 
 
@@ -77,7 +77,7 @@ def loss_info(name: str) -> LossInfo:
     Raises:
         ModelError: for an unknown name.
     """
-    key = _ALIASES.get(name, name)
+    key = LOSS_ALIASES.get(name, name)
     if key not in _LOSSES:
         raise ModelError(
             f"unknown loss {name!r}", hint=f"choose from {', '.join(available_losses())}"
@@ -114,14 +114,14 @@ def build_loss(name: str, **options: Any) -> SegLoss:
     terms = [_parse_term(term, name) for term in name.split("+")]
     canonical = [loss_info(term_name).name for _, term_name in terms]
     nested: dict[str, dict[str, Any]] = {}
-    for key in [k for k in options if _ALIASES.get(k, k) in canonical]:
+    for key in [k for k in options if LOSS_ALIASES.get(k, k) in canonical]:
         value = options.pop(key)
         if not isinstance(value, dict):
             raise ModelError(
                 f"option {key!r} of loss {name!r} must be a dict of that term's options",
                 hint=f'e.g. {key}={{"gamma": 1.0}}',
             )
-        nested[_ALIASES.get(key, key)] = value
+        nested[LOSS_ALIASES.get(key, key)] = value
     used: set[str] = set()
     losses = []
     for key in canonical:

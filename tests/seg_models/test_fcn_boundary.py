@@ -64,7 +64,9 @@ def _train_and_score(name: str, seed: int) -> tuple[float, float]:
     pred = predict(model, test_images, spec).argmax(1).bool()
     truth = test_masks.bool()
     iou = float((pred & truth).sum() / (pred | truth).sum().clamp(min=1))
-    bf1 = float(np.mean([_boundary_f1(p.numpy(), t.numpy()) for p, t in zip(pred, truth)]))
+    bf1 = float(
+        np.mean([_boundary_f1(p.numpy(), t.numpy()) for p, t in zip(pred, truth, strict=True)])
+    )
     return iou, bf1
 
 

@@ -96,3 +96,15 @@ def test_instance_models_are_2d_and_use_predict_instances() -> None:
     spec = _spec(3, SMALL)
     with pytest.raises(ModelError, match="predict_instances"):
         predict(build_model(spec), torch.rand(1, 3, 64, 64), spec)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "depth"), [("resnet50", 1), ("resnet50_v2", 2), ("resnet101", 1)]
+)
+def test_full_size_backbones_and_anchor_shapes(backbone: str, depth: int) -> None:
+    options = {"backbone": backbone, "aspect_ratios": [0.25, 0.5, 1.0, 2.0]}
+    with torch.device("meta"):  # no memory, no initialisation cost
+        model = build_model(_spec(4, options))
+    assert model.rpn.head.cls_logits.out_channels == 4
+    assert len(model.rpn.head.conv) == depth
+    assert model.backbone.body.conv1.in_channels == 4

@@ -7,7 +7,7 @@ import torch
 
 from data_contracts import ModelError, ModelSpec
 from seg_models import available_models, build_loss, build_model, model_info, predict
-from seg_models.nets import unet_output_size
+from seg_models.nets import ResNetBackbone, unet_output_size
 
 TINY_VGG = {"width_divisor": 16, "batch_norm": True}
 TINY_RESNET = {"backbone": "resnet18"}
@@ -125,3 +125,15 @@ def test_predict_refuses_inputs_that_do_not_fit(shape: tuple[int, ...]) -> None:
     spec = _spec("unet", 2, 2, 2, {"features": [4, 8]})
     with pytest.raises(ModelError, match="does not fit"):
         predict(build_model(spec), torch.randn(*shape), spec)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_dilated_backbones_keep_their_output_stride(name: str, output_stride: int) -> None:
+    with torch.device("meta"):
+        backbone = ResNetBackbone(name, 2, output_stride=output_stride)
+        c2, c3, c4 = backbone(torch.empty(1, 2, 64, 96))
+    assert c2.shape[2:] == (8, 12)
+    assert c3.shape[2:] == (64 // min(16, output_stride), 96 // min(16, output_stride))
+    assert c4.shape[2:] == (64 // output_stride, 96 // output_stride)
+    assert c4.shape[1] == backbone.channels[-1]
