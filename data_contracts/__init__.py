@@ -14,11 +14,21 @@ from data_contracts.errors import __all__ as _error_names
 from data_contracts.geometry import Geometry, ImageGeometry, RasterGeometry, VolumeGeometry
 from data_contracts.ingest_options import IngestOptions
 from data_contracts.model_spec import ModelSpec
+from data_contracts.plan import (
+    ChannelNormalization,
+    ChannelStats,
+    DatasetFingerprint,
+    NormalizationScheme,
+    TrainingPlan,
+)
 from data_contracts.settings import Settings, apply_environment, get_settings
 
 __all__ = [
     "Case",
     "CaseKind",
+    "ChannelNormalization",
+    "ChannelStats",
+    "DatasetFingerprint",
     "DatasetManifest",
     "FileRecord",
     "Geometry",
@@ -27,9 +37,11 @@ __all__ = [
     "LabelKind",
     "LabelStats",
     "ModelSpec",
+    "NormalizationScheme",
     "RasterGeometry",
     "RejectedInput",
     "Settings",
+    "TrainingPlan",
     "VolumeGeometry",
     "apply_environment",
     "get_settings",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +19,8 @@ def _isolated_home(
     """Each test gets its own SEGFLOW_HOME, so MLflow/Prefect state never leaks between tests."""
     home = tmp_path_factory.mktemp("segflow-home")
     monkeypatch.setenv("SEGFLOW_HOME", str(home))
-    for variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
-        if variable not in os.environ.get("SEGFLOW_KEEP_ENV", ""):
-            monkeypatch.delenv(variable, raising=False)
+    for variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME"):
+        monkeypatch.delenv(variable, raising=False)
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()

@@ -1,0 +1,143 @@
+"""Dataset fingerprint and training plan: what segflow derives from the data, nnU-Net style.
+
+The fingerprint is measured from a manifest; the plan is derived from the fingerprint (and can
+be overridden field by field from flags or a YAML config). Both travel with a registered model.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from data_contracts._base import Contract
+from data_contracts.dataset import CaseKind, LabelKind
+
+NormalizationScheme = Literal["ct", "zscore", "zscore_nonzero", "percentile", "none"]
+
+
+class ChannelStats(Contract):
+    """Intensity statistics of one input channel (foreground-only for medical volumes).
+
+    Attributes:
+        name: channel (modality or band) name.
+        mean: mean intensity.
+        std: standard deviation.
+        percentile_00_5: 0.5th percentile.
+        percentile_99_5: 99.5th percentile.
+        nonzero_fraction: fraction of voxels that are non-zero (MRI background is 0).
+    """
+
+    name: str
+    mean: float
+    std: float = Field(ge=0)
+    percentile_00_5: float
+    percentile_99_5: float
+    nonzero_fraction: float = Field(ge=0, le=1)
+
+
+class DatasetFingerprint(Contract):
+    """What a dataset looks like, measured once from its manifest.
+
+    Attributes:
+        dataset_name: the manifest's name.
+        kind: volume, raster or image cases.
+        n_cases: labelled cases measured.
+        median_shape: median spatial shape (volumes: X, Y, Z voxels; 2D: H, W pixels).
+        median_spacing: median voxel spacing in mm (volumes) or pixel size in CRS units.
+        spacings: per-case spacing (same units), for anisotropy checks.
+        channels: intensity statistics per input channel.
+        class_frequencies: label value → fraction of labelled pixels.
+        modality_hint: ``"ct"`` when channel names or intensities say CT, else ``"mr"``/``"other"``.
+    """
+
+    dataset_name: str
+    kind: CaseKind
+    n_cases: int = Field(ge=0)
+    median_shape: tuple[int, ...]
+    median_spacing: tuple[float, ...]
+    spacings: tuple[tuple[float, ...], ...] = ()
+    channels: tuple[ChannelStats, ...]
+    class_frequencies: dict[int, float] = Field(default_factory=dict)
+    modality_hint: Literal["ct", "mr", "other"] = "other"
+
+
+class ChannelNormalization(Contract):
+    """How one channel is normalised before the network sees it.
+
+    Attributes:
+        scheme: ``ct`` (clip to [lower, upper] then z-score with mean/std), ``zscore``,
+            ``zscore_nonzero`` (statistics and output only inside the non-zero mask, MRI),
+            ``percentile`` (scale [lower, upper] to [0, 1], rasters), ``none``.
+        mean: subtracted mean (z-score schemes).
+        std: divisor (z-score schemes).
+        lower: clip or scale lower bound.
+        upper: clip or scale upper bound.
+    """
+
+    scheme: NormalizationScheme
+    mean: float = 0.0
+    std: float = Field(default=1.0, gt=0)
+    lower: float | None = None
+    upper: float | None = None
+
+
+class TrainingPlan(Contract):
+    """Everything training and inference need to treat the data identically.
+
+    Attributes:
+        dataset_name: name of the dataset the plan was made for.
+        kind: volume, raster or image.
+        label_kind: semantic or instance labels.
+        spatial_dims: 2 or 3.
+        target_spacing: resampling target in mm for volumes; ``None`` keeps the native grid.
+        patch_size: training patch (and sliding-window ROI) size, spatial axes only.
+        batch_size: patches per training step.
+        in_channels: network input channels.
+        class_values: label values in the files, in class-index order (index 0 = background).
+        class_names: one name per class index.
+        ignore_value: label value excluded from losses and metrics (nodata), if any.
+        normalization: one entry per input channel.
+        foreground_oversample: fraction of patches centred on foreground.
+        memory_budget_mb: activation memory the patch and batch size were fitted to.
+        overrides: fields the user set explicitly (flag or YAML), for the record.
+    """
+
+    dataset_name: str
+    kind: CaseKind
+    label_kind: LabelKind = "semantic"
+    spatial_dims: Literal[2, 3]
+    target_spacing: tuple[float, ...] | None = None
+    patch_size: tuple[int, ...]
+    batch_size: int = Field(ge=1)
+    in_channels: int = Field(ge=1)
+    class_values: tuple[int, ...] = Field(min_length=1)
+    class_names: tuple[str, ...] = Field(min_length=1)
+    ignore_value: int | None = None
+    normalization: tuple[ChannelNormalization, ...]
+    foreground_oversample: float = Field(default=0.33, ge=0, le=1)
+    memory_budget_mb: int = Field(default=2048, ge=64)
+    overrides: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingPlan:
+        if len(self.patch_size) != self.spatial_dims:
+            raise ValueError(f"patch_size {self.patch_size} does not have {self.spatial_dims} axes")
+        if self.target_spacing is not None and len(self.target_spacing) != self.spatial_dims:
+            raise ValueError(
+                f"target_spacing {self.target_spacing} does not have {self.spatial_dims} axes"
+            )
+        if len(self.class_names) != len(self.class_values):
+            raise ValueError("class_names and class_values must have the same length")
+        if len(self.normalization) != self.in_channels:
+            raise ValueError(
+                f"{len(self.normalization)} normalisation entries for {self.in_channels} channels"
+            )
+        if self.ignore_value is not None and self.ignore_value in self.class_values:
+            raise ValueError(f"ignore_value {self.ignore_value} is also a class value")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return len(self.class_values)
