@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
-
-from pydantic import JsonValue
+from typing import TypeGuard, TypeVar
 
 from data_contracts import ModelError
 
@@ -22,12 +20,12 @@ class Options:
         options: the spec's options.
     """
 
-    def __init__(self, model: str, options: Mapping[str, JsonValue]) -> None:
+    def __init__(self, model: str, options: Mapping[str, object]) -> None:
         self._model = model
         self._left = dict(options)
         self._known: list[str] = []
 
-    def _take(self, key: str) -> JsonValue | None:
+    def _take(self, key: str) -> object | None:
         self._known.append(key)
         return self._left.pop(key, None)
 
@@ -86,34 +84,33 @@ class Options:
         value = self._take(key)
         if value is None:
             return None if default is None else list(default)
-        if not isinstance(value, list) or not all(_is_pos_int(v) for v in value):
+        ints = _positive_ints(value)
+        if ints is None:
             raise self._error(key, "a list of positive integers", value)
-        return [int(v) for v in value]
+        return ints
 
     def float_list(self, key: str, length: int | None = None) -> list[float] | None:
         """A list of numbers (of ``length`` values when given), or None when absent."""
         value = self._take(key)
         if value is None:
             return None
-        ok = isinstance(value, list) and all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in value
-        )
-        if not ok or (length is not None and len(value) != length):
+        numbers = [float(v) for v in value if _is_number(v)] if isinstance(value, list) else []
+        wanted = length if length is not None else len(numbers)
+        if not isinstance(value, list) or len(numbers) != len(value) or len(value) != wanted:
             size = f"{length} " if length is not None else ""
             raise self._error(key, f"a list of {size}numbers", value)
-        return [float(v) for v in value]
+        return numbers
 
     def nested_int_list(self, key: str) -> list[list[int]] | None:
         """A list of lists of positive integers (e.g. anchor sizes per level), or None."""
         value = self._take(key)
         if value is None:
             return None
-        if not isinstance(value, list) or not all(
-            isinstance(level, list) and level and all(_is_pos_int(v) for v in level)
-            for level in value
-        ):
+        levels = [_positive_ints(level) for level in value] if isinstance(value, list) else []
+        kept = [level for level in levels if level]
+        if not isinstance(value, list) or len(kept) != len(value):
             raise self._error(key, "a list of lists of positive integers", value)
-        return [[int(v) for v in level] for level in value]
+        return kept
 
     def finish(self) -> None:
         """Raises when an option was given that the model does not read."""
@@ -124,5 +121,17 @@ class Options:
             )
 
 
-def _is_pos_int(value: object) -> bool:
+def _positive_ints(value: object) -> list[int] | None:
+    """The list's items when all are positive integers, else None."""
+    if not isinstance(value, list):
+        return None
+    ints = [v for v in value if _is_pos_int(v)]
+    return ints if len(ints) == len(value) else None
+
+
+def _is_pos_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -154,7 +154,7 @@ class OtsuWatershed:
             inside.append(intensity[label > 0])
             outside.append(intensity[label == 0])
             sizes = np.bincount(label.ravel().astype(np.int64))[1:]
-            radii += list((sizes[sizes > 0] / np.pi) ** 0.5)
+            radii += list(_equivalent_radius(sizes[sizes > 0], label.ndim))
         if self.bright_objects is None and any(a.size for a in inside):
             self.bright_objects = bool(
                 np.concatenate(inside).mean() >= np.concatenate(outside).mean()
@@ -186,3 +186,10 @@ class OtsuWatershed:
         markers = np.zeros(mask.shape, np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
         return watershed(-distance, markers, mask=mask).astype(np.int32)
+
+
+def _equivalent_radius(sizes: np.ndarray, dims: int) -> np.ndarray:
+    """Radius of the disc (2D) or ball (3D) with the given area or volume."""
+    if dims == 2:
+        return np.sqrt(sizes / np.pi)
+    return np.cbrt(sizes * 3 / (4 * np.pi))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 from torch import nn
 
@@ -84,7 +85,7 @@ def _first(value: int | Sequence[int]) -> int:
 
 
 def _module_geometry(module: nn.Module) -> tuple[int, int, int]:
-    kernel = _first(module.kernel_size)
-    dilation = _first(getattr(module, "dilation", 1))
-    stride = _first(module.stride)
+    kernel = _first(cast(int | Sequence[int], module.kernel_size))
+    dilation = _first(cast(int | Sequence[int], getattr(module, "dilation", 1)))
+    stride = _first(cast(int | Sequence[int], module.stride))
     return kernel, dilation, stride

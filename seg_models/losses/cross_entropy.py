@@ -53,7 +53,7 @@ class WeightedCrossEntropyLoss(SegLoss):
 
     def compute(self, p: Prepared) -> torch.Tensor:
         """Weighted mean cross-entropy over valid pixels."""
-        weight: torch.Tensor = self.weight
+        weight = self.get_buffer("weight")
         needed = 2 if p.binary else p.logits.shape[1]
         if weight.numel() != needed:
             raise ValueError(f"weight needs {needed} values, got {weight.numel()}")

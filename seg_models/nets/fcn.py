@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
@@ -43,7 +41,7 @@ class FCN(nn.Module):
         self,
         in_channels: int,
         num_classes: int,
-        stride: Literal[32, 16, 8] = 8,
+        stride: int = 8,
         *,
         backbone: str = "vgg16",
         width_divisor: int = 1,
