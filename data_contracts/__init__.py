@@ -22,6 +22,7 @@ from data_contracts.plan import (
     TrainingPlan,
 )
 from data_contracts.settings import Settings, apply_environment, get_settings
+from data_contracts.train_config import TrainConfig
 
 __all__ = [
     "Case",
@@ -41,6 +42,7 @@ __all__ = [
     "RasterGeometry",
     "RejectedInput",
     "Settings",
+    "TrainConfig",
     "TrainingPlan",
     "VolumeGeometry",
     "apply_environment",

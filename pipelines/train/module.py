@@ -1,0 +1,136 @@
+"""The Lightning module that trains any semantic model of the factory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from monai.inferers import sliding_window_inference
+
+from data_contracts import ModelSpec
+from seg_models import build_loss, build_model
+
+IGNORE_INDEX = -100
+"""Label value of pixels excluded from losses and metrics after preprocessing."""
+
+
+def dice_per_class(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Dice of each foreground class for class-index maps ``(B, *S)``; ignored pixels excluded.
+
+    A class absent from both prediction and target scores 1 (nothing to find, nothing found).
+    """
+    valid = target != ignore_index
+    scores = []
+    for index in range(1, max(num_classes, 2)):
+        predicted = (prediction == index) & valid
+        truth = (target == index) & valid
+        denominator = predicted.sum() + truth.sum()
+        overlap = 2 * (predicted & truth).sum()
+        scores.append(
+            torch.where(denominator > 0, overlap / denominator.clamp(min=1), torch.ones(()))
+        )
+    return torch.stack(scores).float()
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains a factory model with a factory loss; validates whole cases by sliding window.
+
+    Args:
+        spec: the model spec (as a dict, so that checkpoints hold only plain data).
+        loss: loss name or sum (``"dice+ce"``).
+        loss_options: keyword options of the loss.
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        roi_size: sliding-window size for validation (the training patch size).
+        class_names: one name per class index, for logged metric names.
+        max_epochs: horizon of the learning-rate schedule.
+    """
+
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        loss: str = "dice+ce",
+        loss_options: dict[str, Any] | None = None,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-5,
+        roi_size: Sequence[int] = (96, 96, 96),
+        class_names: Sequence[str] = (),
+        max_epochs: int = 50,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = ModelSpec.model_validate(spec)
+        self.network = build_model(self.spec)
+        self.loss_fn = build_loss(loss, ignore_index=IGNORE_INDEX, **(loss_options or {}))
+        self._val_scores: list[torch.Tensor] = []
+        self.history: dict[str, list[float]] = {"train_loss": [], "val_dice": []}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K, *S)`` for images ``(B, C, *S)``."""
+        return self.network(x)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss_fn(self(batch["image"]), batch["label"].long())
+        self.log(
+            "train_loss",
+            loss,
+            prog_bar=True,
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch["image"].shape[0],
+        )
+        return loss
+
+    def predict_classes(self, image: torch.Tensor) -> torch.Tensor:
+        """Class-index map ``(B, *S)`` of whole images by gaussian sliding window."""
+        roi = tuple(int(v) for v in self.hparams["roi_size"])
+        logits = sliding_window_inference(
+            image, roi, sw_batch_size=4, predictor=self.network, overlap=0.25, mode="gaussian"
+        )
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError("sliding_window_inference returned no tensor")
+        if self.spec.is_binary:
+            return (logits[:, 0] > 0).long()
+        return logits.argmax(dim=1)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        prediction = self.predict_classes(batch["image"])
+        target = (
+            batch["label"].long()[:, 0]
+            if batch["label"].dim() == prediction.dim() + 1
+            else batch["label"].long()
+        )
+        self._val_scores.append(dice_per_class(prediction, target, self.spec.num_classes))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_scores:
+            return
+        per_class = torch.stack(self._val_scores).mean(dim=0)
+        self._val_scores.clear()
+        names = list(self.hparams["class_names"])[1:] or [
+            f"class_{i}" for i in range(1, len(per_class) + 1)
+        ]
+        for name, score in zip(names, per_class, strict=False):
+            self.log(f"val_dice_{name}", score)
+        self.log("val_dice", per_class.mean(), prog_bar=True)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(
+            self.parameters(),
+            lr=self.hparams["learning_rate"],
+            weight_decay=self.hparams["weight_decay"],
+        )
+        schedule = torch.optim.lr_scheduler.PolynomialLR(
+            optimizer, total_iters=int(self.hparams["max_epochs"]), power=0.9
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
+        }

@@ -1,0 +1,191 @@
+"""Run a Lightning training: budgets, checkpoints, exact resume, early stopping, devices."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sized
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
+from torch.utils.data import DataLoader, Dataset
+
+from data_contracts import TrainConfig
+from pipelines.train.sampler import EpochSeededSampler
+
+logger = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+"""Called as ``on_epoch(epoch, metrics)`` after each validated epoch (e.g. to log to MLflow)."""
+
+
+@dataclass
+class TrainResult:
+    """What a training produced.
+
+    Attributes:
+        best_score: best validation Dice seen (``nan`` when never validated).
+        best_checkpoint: checkpoint of the best validation Dice.
+        last_checkpoint: checkpoint at the end (resume from it).
+        epochs: epochs completed.
+        history: metric name → one value per epoch.
+        stopped_by: ``"epochs"``, ``"early_stopping"`` or ``"time_budget"``.
+    """
+
+    best_score: float
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    epochs: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+    stopped_by: str = "epochs"
+
+
+class _History(Callback):
+    """Collects epoch metrics and forwards them to an optional callback."""
+
+    def __init__(self, on_epoch: EpochCallback | None) -> None:
+        self.history: dict[str, list[float]] = {}
+        self._on_epoch = on_epoch
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {
+            name: float(value)
+            for name, value in trainer.callback_metrics.items()
+            if value.numel() == 1
+        }
+        for name, value in metrics.items():
+            self.history.setdefault(name, []).append(value)
+        if self._on_epoch is not None:
+            self._on_epoch(trainer.current_epoch, metrics)
+
+
+def resolve_precision(config: TrainConfig) -> str:
+    """``auto`` → bf16/16 mixed precision on CUDA (AMP), full precision on CPU."""
+    if config.precision != "auto":
+        return config.precision
+    if torch.cuda.is_available() and config.accelerator != "cpu":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def make_loaders(
+    train_dataset: Dataset[Any], val_dataset: Dataset[Any], config: TrainConfig, batch_size: int
+) -> tuple[DataLoader[Any], DataLoader[Any]]:
+    """Training loader of ``steps_per_epoch`` batches in a (seed, epoch)-determined order, and a
+    validation loader of whole cases. Memory is pinned when CUDA is used."""
+    pin = torch.cuda.is_available() and config.accelerator != "cpu"
+    if not isinstance(train_dataset, Sized):
+        raise TypeError("the training dataset must have a length")
+    sampler = EpochSeededSampler(
+        train_dataset, config.steps_per_epoch * batch_size, seed=config.seed
+    )
+    workers, persistent = config.num_workers, config.num_workers > 0
+    train = DataLoader(
+        train_dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        pin_memory=pin,
+        num_workers=workers,
+        persistent_workers=persistent,
+    )
+    val = DataLoader(
+        val_dataset,
+        batch_size=1,
+        shuffle=False,
+        pin_memory=pin,
+        num_workers=workers,
+        persistent_workers=persistent,
+    )
+    return train, val
+
+
+def fit(
+    module: L.LightningModule,
+    train_loader: DataLoader[Any],
+    val_loader: DataLoader[Any] | None,
+    config: TrainConfig,
+    checkpoint_dir: Path,
+    *,
+    resume: bool = True,
+    on_epoch: EpochCallback | None = None,
+    extra_callbacks: list[Callback] | None = None,
+    progress_bar: bool = True,
+) -> TrainResult:
+    """Train ``module``; checkpoints go to ``checkpoint_dir`` (``best.ckpt``, ``last.ckpt``).
+
+    With ``resume`` and a ``last.ckpt`` present, training continues exactly where it stopped:
+    weights, optimiser, scheduler, epoch and callbacks are restored (checkpoints are loaded with
+    ``weights_only=True``), and the sampler's order depends only on (seed, epoch).
+    """
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="best", monitor="val_dice", mode="max", save_last=True
+    )
+    stopper = EarlyStopping(
+        monitor="val_dice", mode="max", patience=config.patience, check_on_train_epoch_end=False
+    )
+    history = _History(on_epoch)
+    callbacks: list[Callback] = [checkpoints, stopper, history, *(extra_callbacks or [])]
+    timer = Timer(duration=timedelta(minutes=config.max_minutes)) if config.max_minutes else None
+    if timer is not None:
+        callbacks.append(timer)
+    trainer = L.Trainer(
+        max_epochs=config.max_epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        precision=resolve_precision(config),  # type: ignore[arg-type]
+        deterministic=config.deterministic,
+        check_val_every_n_epoch=config.val_every,
+        callbacks=callbacks,
+        default_root_dir=checkpoint_dir,
+        logger=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if val_loader is not None else 0,
+    )
+    last = checkpoint_dir / "last.ckpt"
+    ckpt_path = str(last) if resume and last.is_file() else None
+    if ckpt_path:
+        logger.info("resuming from %s", ckpt_path)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+    return _result(trainer, checkpoints, stopper, timer, history)
+
+
+def _result(
+    trainer: L.Trainer,
+    checkpoints: ModelCheckpoint,
+    stopper: EarlyStopping,
+    timer: Timer | None,
+    history: _History,
+) -> TrainResult:
+    stopped_by = "epochs"
+    if stopper.stopped_epoch > 0:
+        stopped_by = "early_stopping"
+    elif (
+        timer is not None
+        and timer.time_remaining() is not None
+        and (timer.time_remaining() or 0) <= 0
+    ):
+        stopped_by = "time_budget"
+    best = checkpoints.best_model_score
+    return TrainResult(
+        best_score=float(best) if best is not None else float("nan"),
+        best_checkpoint=Path(checkpoints.best_model_path) if checkpoints.best_model_path else None,
+        last_checkpoint=Path(checkpoints.last_model_path) if checkpoints.last_model_path else None,
+        epochs=trainer.current_epoch,
+        history=history.history,
+        stopped_by=stopped_by,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (and data loader workers) for a reproducible run."""
+    L.seed_everything(seed, workers=True, verbose=False)
