@@ -139,3 +139,42 @@ def test_dice_per_class(
 ) -> None:
     scores = dice_per_class(torch.tensor(prediction), torch.tensor(target), num_classes=2)
     assert scores.tolist() == pytest.approx(expected)
+
+
+def test_maskrcnn_trains_from_instance_maps(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from pipelines.train.maskrcnn import InstanceChips, MaskRCNNModule, collate_instances
+
+    rng = torch.Generator().manual_seed(0)
+    images, maps = [], []
+    for _ in range(2):
+        label = torch.zeros(48, 48, dtype=torch.int64)
+        label[5:15, 5:15], label[25:40, 20:35] = 1, 2
+        images.append(
+            ((label > 0).float() + 0.1 * torch.randn(48, 48, generator=rng))
+            .expand(3, -1, -1)
+            .numpy()
+        )
+        maps.append(label.numpy())
+    spec = {
+        "name": "maskrcnn",
+        "spatial_dims": 2,
+        "in_channels": 3,
+        "num_classes": 2,
+        "task": "instance",
+        "options": {"backbone": "resnet18", "min_size": 48, "max_size": 48},
+    }
+    seed_everything(0)
+    module = MaskRCNNModule(spec, learning_rate=0.005, max_epochs=1)
+    config = TrainConfig(max_epochs=1, steps_per_epoch=1, accelerator="cpu", patience=5)
+    train = DataLoader(
+        InstanceChips(images, maps, chip_size=48), batch_size=2, collate_fn=collate_instances
+    )
+    val = DataLoader(
+        InstanceChips(images, maps, train=False), batch_size=1, collate_fn=collate_instances
+    )
+    result = fit(module, train, val, config, tmp_path, progress_bar=False, monitor="val_dsb2018")
+    assert result.epochs == 1 and "val_dsb2018" in result.history
+    assert 0.0 <= result.history["val_dsb2018"][0] <= 1.0
+    assert result.last_checkpoint is not None and result.last_checkpoint.is_file()

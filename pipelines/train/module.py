@@ -10,10 +10,8 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from data_contracts import ModelSpec
+from pipelines.preprocess.array import IGNORE_INDEX
 from seg_models import build_loss, build_model
-
-IGNORE_INDEX = -100
-"""Label value of pixels excluded from losses and metrics after preprocessing."""
 
 
 def dice_per_class(

@@ -51,7 +51,8 @@ class _History(Callback):
         self.history: dict[str, list[float]] = {}
         self._on_epoch = on_epoch
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # After the module's own epoch-end hook, so this epoch's metrics are in callback_metrics.
         if trainer.sanity_checking:
             return
         metrics = {
@@ -116,19 +117,22 @@ def fit(
     on_epoch: EpochCallback | None = None,
     extra_callbacks: list[Callback] | None = None,
     progress_bar: bool = True,
+    monitor: str = "val_dice",
 ) -> TrainResult:
     """Train ``module``; checkpoints go to ``checkpoint_dir`` (``best.ckpt``, ``last.ckpt``).
 
     With ``resume`` and a ``last.ckpt`` present, training continues exactly where it stopped:
     weights, optimiser, scheduler, epoch and callbacks are restored (checkpoints are loaded with
     ``weights_only=True``), and the sampler's order depends only on (seed, epoch).
+    ``monitor`` is the validation metric (higher is better) for the best checkpoint and early
+    stopping: ``val_dice`` for semantic models, ``val_dsb2018`` for instance models.
     """
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = ModelCheckpoint(
-        dirpath=checkpoint_dir, filename="best", monitor="val_dice", mode="max", save_last=True
+        dirpath=checkpoint_dir, filename="best", monitor=monitor, mode="max", save_last=True
     )
     stopper = EarlyStopping(
-        monitor="val_dice", mode="max", patience=config.patience, check_on_train_epoch_end=False
+        monitor=monitor, mode="max", patience=config.patience, check_on_train_epoch_end=False
     )
     history = _History(on_epoch)
     callbacks: list[Callback] = [checkpoints, stopper, history, *(extra_callbacks or [])]
