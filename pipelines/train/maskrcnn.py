@@ -121,10 +121,12 @@ class MaskRCNNModule(L.LightningModule):
     def validation_step(self, batch: list[InstanceItem], batch_idx: int) -> None:
         outputs = self.network([item["image"] for item in batch])
         for item, output in zip(batch, outputs, strict=True):
-            shape = tuple(item["instances"].shape)
+            height, width = item["instances"].shape
             detections = {key: value.detach().cpu() for key, value in output.items()}
             predicted = detections_to_instance_map(
-                detections, score_threshold=self.hparams["score_threshold"], shape=shape
+                detections,
+                score_threshold=self.hparams["score_threshold"],
+                shape=(int(height), int(width)),
             )
             self._scores.append(dsb2018_score(predicted, item["instances"].cpu().numpy()))
 
