@@ -21,6 +21,7 @@ from data_contracts import (
 )
 from flows.console import console, error_console, manifest_table, progress_bar, rejected_table
 from flows.exit_codes import ExitCode, outcome
+from flows.train_cli import train as train_command
 
 app = typer.Typer(
     name="segflow",
@@ -183,6 +184,9 @@ def demo(
     valid = sum(len(m.cases) for m in results)
     rejected = sum(len(m.rejected) for m in results)
     raise typer.Exit(int(outcome(valid, rejected)))
+
+
+app.command()(train_command)
 
 
 def _version_callback(value: bool) -> None:

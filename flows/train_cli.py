@@ -1,0 +1,189 @@
+"""``segflow train``: the command-line face of :func:`pipelines.train.run.train_from_manifest`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.table import Table
+
+from data_contracts import ConfigError, TrainConfig, TrainingPlan
+from flows.console import console
+from flows.exit_codes import ExitCode
+
+
+def load_train_yaml(path: Path | None) -> dict[str, Any]:
+    """Top-level TrainConfig fields of a YAML config (the ``plan:`` section is read separately).
+
+    Raises:
+        ConfigError: unreadable file or not a mapping.
+    """
+    if path is None:
+        return {}
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot be read as YAML ({error})", path=path) from error
+    if not isinstance(document, dict):
+        raise ConfigError("must hold a mapping of training options", path=path)
+    return {key: value for key, value in document.items() if key != "plan"}
+
+
+def build_config(
+    yaml_fields: dict[str, Any], flags: dict[str, Any], source: Path | None
+) -> TrainConfig:
+    """Merge YAML fields and explicit flags (flags win) into a validated TrainConfig."""
+    merged = {**yaml_fields, **{key: value for key, value in flags.items() if value is not None}}
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"training option {field!r}: {first['msg']}", path=source) from error
+
+
+def plan_rich_table(plan: TrainingPlan) -> Table:
+    """The plan as a two-column table (overridden fields marked with *)."""
+    from pipelines.plan import plan_table
+
+    table = Table(title="Training plan", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for field, value in plan_table(plan):
+        table.add_row(field, value)
+    return table
+
+
+def train(
+    manifest: Annotated[Path, typer.Argument(help="Manifest JSON written by `segflow ingest`.")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model name: unet, dynunet, fcn8s, deeplabv3, pspnet… (see docs/models.md)."
+        ),
+    ] = None,
+    model_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model-option",
+            help="Model option key=value, repeatable, e.g. --model-option base_features=16.",
+        ),
+    ] = None,
+    loss: Annotated[
+        str | None, typer.Option(help="Loss name or sum, e.g. dice+ce, dice+focal, 0.5*dice+ce.")
+    ] = None,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(help="Wall-clock budget; training stops cleanly when it is spent."),
+    ] = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Epochs at most.")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="Training batches per epoch.")] = None,
+    register: Annotated[
+        str | None,
+        typer.Option(
+            help="Register the model under this name (alias challenger; champion if it beats the current one)."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML file: training options at top level, plan overrides under `plan:`."
+        ),
+    ] = None,
+    plan: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plan", help="Plan override field=value, repeatable, e.g. --plan patch_size=96,96,64."
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every random generator.")] = None,
+    deterministic: Annotated[
+        bool | None, typer.Option(help="Deterministic algorithms (slower on GPU).")
+    ] = None,
+    accelerator: Annotated[
+        str | None, typer.Option(help="auto (CUDA when present), cpu or gpu.")
+    ] = None,
+    strategy: Annotated[str | None, typer.Option(help="auto, or ddp for several GPUs.")] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of labelled cases held out for validation.")
+    ] = 0.2,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkpoints, cache and plan (default: <manifest>.train/); a rerun resumes from it."
+        ),
+    ] = None,
+) -> None:
+    """Train a segmentation model on a manifest: plan from the data, train, validate, track in
+    MLflow, and optionally register (champion only when it beats the current one).
+
+    Examples:
+
+        segflow train brats.json --model unet --loss dice+ce --max-minutes 20 --register brats
+
+        segflow train tiles.json --model fcn8s --plan patch_size=256,256 --config train.yaml
+    """
+    from pipelines.ingest import read_manifest
+    from pipelines.plan import load_overrides_yaml, parse_override_flags
+    from pipelines.train.run import train_from_manifest
+
+    flags = {
+        "model": model,
+        "loss": loss,
+        "max_minutes": max_minutes,
+        "max_epochs": max_epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "seed": seed,
+        "deterministic": deterministic,
+        "accelerator": accelerator,
+        "strategy": strategy,
+    }
+    yaml_fields = load_train_yaml(config)
+    if model_option:
+        flags["model_options"] = {
+            **yaml_fields.get("model_options", {}),
+            **parse_override_flags(model_option),
+        }
+    settings = build_config(yaml_fields, flags, config)
+    overrides = {
+        **(load_overrides_yaml(config) if config else {}),
+        **parse_override_flags(plan or []),
+    }
+    dataset = read_manifest(manifest)
+    workdir = workdir or manifest.with_name(f"{manifest.stem}.train")
+    report = train_from_manifest(
+        dataset,
+        settings,
+        workdir,
+        plan_overrides=overrides,
+        register=register,
+        val_fraction=val_fraction,
+        on_plan=lambda p: console.print(plan_rich_table(p)),
+    )
+    console.print(_result_table(report))
+    raise typer.Exit(int(ExitCode.OK))
+
+
+def _result_table(report: Any) -> Table:
+    table = Table(
+        title=f"Training result ({report.evaluation.metric} on {len(report.validation_cases)} validation cases)"
+    )
+    table.add_column("case")
+    table.add_column("class")
+    table.add_column("scores")
+    for case_id, per_class in report.evaluation.per_case.items():
+        for class_name, metrics in per_class.items():
+            table.add_row(
+                case_id, class_name, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            )
+    table.caption = (
+        f"score {report.evaluation.score:.3f} · epochs {report.result.epochs} (stopped by {report.result.stopped_by}) · "
+        f"MLflow run {report.run_id} · model {report.model_uri}"
+    )
+    if report.registration is not None:
+        decision = report.registration.decision
+        table.caption += f" · registered {report.registration.name} v{report.registration.version}: {decision.reason}"
+    return table

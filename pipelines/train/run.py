@@ -1,0 +1,227 @@
+"""``train_from_manifest``: fingerprint → plan → data → Lightning → evaluate → MLflow → registry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_contracts import DatasetManifest, ModelError, ModelSpec, TrainConfig, TrainingPlan
+from pipelines.plan import apply_overrides, compute_fingerprint, make_plan, save_plan
+from pipelines.preprocess.datasets import build_datasets, split_cases
+from pipelines.registry import (
+    RegistrationResult,
+    load_model,
+    log_segmentation_model,
+    register_model,
+    validation_key,
+)
+from pipelines.tracking import (
+    log_epoch_metrics,
+    log_manifest_input,
+    log_overlays,
+    log_plan_and_spec,
+    log_training_curves,
+    training_run,
+)
+from pipelines.train.evaluate import Evaluation, evaluate_network
+from pipelines.train.module import SegmentationModule
+from pipelines.train.trainer import TrainResult, fit, make_loaders, seed_everything
+
+logger = logging.getLogger(__name__)
+
+PlanCallback = Callable[[TrainingPlan], None]
+
+
+@dataclass
+class TrainingReport:
+    """Everything a training produced.
+
+    Attributes:
+        plan: the plan used (after overrides).
+        spec: the model spec.
+        result: the Lightning training result (checkpoints, history, why it stopped).
+        evaluation: validation scores of the best checkpoint.
+        run_id: the MLflow run.
+        model_uri: the logged model (``models:/<id>``).
+        registration: the registered version and promotion decision, when ``register`` was given.
+        validation_cases: ids of the validation cases.
+    """
+
+    plan: TrainingPlan
+    spec: ModelSpec
+    result: TrainResult
+    evaluation: Evaluation
+    run_id: str
+    model_uri: str
+    registration: RegistrationResult | None = None
+    validation_cases: list[str] = field(default_factory=list)
+
+
+def plan_for(
+    manifest: DatasetManifest, config: TrainConfig, overrides: Mapping[str, Any] | None = None
+) -> TrainingPlan:
+    """Fingerprint the dataset and derive its plan, then apply user overrides."""
+    plan = make_plan(compute_fingerprint(manifest, seed=config.seed), manifest)
+    return apply_overrides(plan, overrides) if overrides else plan
+
+
+def spec_for(plan: TrainingPlan, config: TrainConfig) -> ModelSpec:
+    """The model spec that fits ``plan`` (channels, classes, dimensions)."""
+    return ModelSpec(
+        name=config.model,
+        spatial_dims=plan.spatial_dims,
+        in_channels=plan.in_channels,
+        num_classes=plan.num_classes,
+        options=dict(config.model_options),
+    )
+
+
+def train_from_manifest(
+    manifest: DatasetManifest,
+    config: TrainConfig,
+    workdir: Path,
+    *,
+    plan_overrides: Mapping[str, Any] | None = None,
+    register: str | None = None,
+    val_fraction: float = 0.2,
+    on_plan: PlanCallback | None = None,
+    progress_bar: bool = True,
+) -> TrainingReport:
+    """Train a semantic model on ``manifest`` and track it in MLflow; optionally register it.
+
+    Args:
+        manifest: the validated dataset (labelled cases are used).
+        config: model, loss, budgets and hardware.
+        workdir: checkpoints, cache and the plan JSON go here; a rerun resumes from it.
+        plan_overrides: plan fields to override (flags or YAML).
+        register: registered model name; the new version becomes ``challenger`` and
+            ``champion`` when it beats the current champion on the same validation cases.
+        val_fraction: share of labelled cases held out for validation.
+        on_plan: called with the plan before training starts (e.g. to print it).
+        progress_bar: show Lightning's progress bar.
+    """
+    if config.model == "maskrcnn":
+        raise ModelError(
+            "Mask R-CNN trains through pipelines.train.maskrcnn, not the semantic trainer",
+            hint="use the U-Net + boundary route (--model unet on instance labels) or the Mask R-CNN module",
+        )
+    seed_everything(config.seed)
+    plan = plan_for(manifest, config, plan_overrides)
+    save_plan(plan, workdir / "plan.json")
+    if on_plan is not None:
+        on_plan(plan)
+    spec = spec_for(plan, config)
+    _, val_cases = split_cases(manifest, val_fraction=val_fraction, seed=config.seed)
+    train_set, val_set = build_datasets(
+        manifest,
+        plan,
+        cache_dir=workdir / "cache",
+        val_fraction=val_fraction,
+        seed=config.seed,
+        num_workers=config.num_workers,
+    )
+    module = SegmentationModule(
+        spec.model_dump(),
+        loss=config.loss,
+        loss_options=dict(config.loss_options),
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        roi_size=plan.patch_size,
+        class_names=plan.class_names,
+        max_epochs=config.max_epochs,
+    )
+    tags = {
+        "segflow.dataset": manifest.name,
+        "segflow.seed": config.seed,
+        "segflow.model": config.model,
+    }
+    with training_run(manifest.name, run_name=f"{config.model}-{manifest.name}", tags=tags) as run:
+        log_plan_and_spec(plan, spec, extra={"train": config.model_dump(mode="json")})
+        log_manifest_input(manifest)
+        train_loader, val_loader = make_loaders(train_set, val_set, config, plan.batch_size)
+        # The three-class nuclei route also selects checkpoints by Dice; DSB-2018 is scored after.
+        result = fit(
+            module,
+            train_loader,
+            val_loader,
+            config,
+            workdir / "checkpoints",
+            on_epoch=lambda epoch, metrics: log_epoch_metrics(metrics, epoch),
+            progress_bar=progress_bar,
+        )
+        _load_best(module, result)
+        evaluation = evaluate_network(module.network, spec, plan, val_cases, _items(val_set))
+        _log_evaluation(evaluation, result)
+        model_uri = log_segmentation_model(
+            module.network,
+            spec,
+            plan,
+            class_names=plan.class_names,
+            channel_names=manifest.channel_names[: plan.in_channels]
+            or tuple(f"channel_{i}" for i in range(plan.in_channels)),
+        )
+        registration = None
+        if register:
+
+            def rescore(uri: str) -> float:
+                loaded = load_model(uri)
+                return evaluate_network(
+                    loaded.network,
+                    loaded.spec,
+                    loaded.plan,
+                    val_cases,
+                    _items(val_set),
+                    max_overlays=0,
+                ).score
+
+            registration = register_model(
+                model_uri,
+                register,
+                score=evaluation.score,
+                validation_key=validation_key(val_cases),
+                metric=evaluation.metric,
+                evaluate_champion=rescore,
+            )
+    return TrainingReport(
+        plan,
+        spec,
+        result,
+        evaluation,
+        run.info.run_id,
+        model_uri,
+        registration,
+        [case.case_id for case in val_cases],
+    )
+
+
+def _items(dataset: Any) -> list[dict[str, torch.Tensor]]:
+    return [dataset[index] for index in range(len(dataset))]
+
+
+def _load_best(module: SegmentationModule, result: TrainResult) -> None:
+    checkpoint = result.best_checkpoint or result.last_checkpoint
+    if checkpoint is None or not checkpoint.is_file():
+        return
+    state = torch.load(checkpoint, map_location=module.device, weights_only=True)
+    module.load_state_dict(state["state_dict"])
+
+
+def _log_evaluation(evaluation: Evaluation, result: TrainResult) -> None:
+    import mlflow
+
+    mlflow.log_metric(f"final_{evaluation.metric}", evaluation.score)
+    for case_id, per_class in evaluation.per_case.items():
+        for class_name, metrics in per_class.items():
+            for name, value in metrics.items():
+                if value == value and abs(value) != float("inf"):  # MLflow rejects NaN/inf poorly
+                    mlflow.log_metric(f"case.{case_id}.{class_name}.{name}", value)
+    mlflow.log_param("stopped_by", result.stopped_by)
+    if result.history:
+        log_training_curves(result.history)
+    if evaluation.overlays:
+        log_overlays(evaluation.overlays)
