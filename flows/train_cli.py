@@ -130,7 +130,7 @@ def train(
     from pipelines.plan import load_overrides_yaml, parse_override_flags
     from pipelines.train.run import train_from_manifest
 
-    flags = {
+    flags: dict[str, Any] = {
         "model": model,
         "loss": loss,
         "max_minutes": max_minutes,
