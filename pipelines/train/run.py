@@ -162,8 +162,7 @@ def train_from_manifest(
             spec,
             plan,
             class_names=plan.class_names,
-            channel_names=manifest.channel_names[: plan.in_channels]
-            or tuple(f"channel_{i}" for i in range(plan.in_channels)),
+            channel_names=_channel_names(manifest, plan.in_channels),
         )
         registration = None
         if register:
@@ -197,6 +196,12 @@ def train_from_manifest(
         registration,
         [case.case_id for case in val_cases],
     )
+
+
+def _channel_names(manifest: DatasetManifest, count: int) -> tuple[str, ...]:
+    """Exactly ``count`` channel names: the manifest's, completed with ``channel_<i>``."""
+    names = list(manifest.channel_names[:count])
+    return tuple(names + [f"channel_{index}" for index in range(len(names), count)])
 
 
 def _items(dataset: Any) -> list[dict[str, torch.Tensor]]:

@@ -1,0 +1,576 @@
+"""segflow models in MLflow: logging, registering, champion/challenger promotion, loading.
+
+A model is logged with :func:`log_segmentation_model` as a pyfunc in MLflow's "models from
+code" form (the model is the file ``pipelines/mlflow_model.py``; its artifacts are a
+``state_dict`` and JSON files, nothing pickled). :func:`register_model` adds a registry version
+tagged with its validation score and :func:`validation_key`, points the ``challenger`` alias at
+it, and moves ``champion`` to it only when :func:`promote_if_better` says so.
+
+:func:`load_model` never runs code stored with a model: it reads the MLmodel file, refuses
+anything that is not models-from-code, and builds the installed
+:class:`~pipelines.mlflow_model.SegflowModel` from the artifacts (tensors and JSON only).
+
+Registry state is read at call time with no locking: two trainings promoting the same model
+name at the same moment can race.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+import numpy as np
+import torch
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.types import Schema, TensorSpec
+from torch import nn
+
+import seg_models
+from data_contracts import Case, ModelError, ModelSpec, OutputError, TrainingPlan, UsageError
+from pipelines.mlflow_model import ARTIFACT_FILES, SegflowModel
+from pipelines.tracking import configure_mlflow
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "LoadedModel",
+    "PromotionDecision",
+    "RegistrationResult",
+    "export_model",
+    "load_model",
+    "log_segmentation_model",
+    "promote_if_better",
+    "register_model",
+    "validation_key",
+]
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+_REQUIREMENTS = ("segflow", "mlflow", "torch", "torchvision", "monai", "numpy", "pydantic")
+_TAG_SCORE, _TAG_METRIC, _TAG_KEY = "validation_score", "validation_metric", "validation_key"
+
+
+def _pip_requirements() -> list[str]:
+    # Explicit pins: MLflow's own inference takes ~9 s. Local versions (+cu130) are dropped so
+    # the same model installs on CPU and GPU machines.
+    pins = []
+    for dist in _REQUIREMENTS:
+        try:
+            pins.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(dist)
+    return pins
+
+
+def _example_input(spec: ModelSpec, plan: TrainingPlan) -> np.ndarray:
+    # Small, so that input_example.json stays small and MLflow's validation forward is cheap.
+    side = 32 if spec.spatial_dims == 2 else 16
+    shape = (1, spec.in_channels, *(min(int(s), side) for s in plan.patch_size))
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def _signature(spec: ModelSpec) -> ModelSignature:
+    # Spatial axes are -1: the networks accept any size (infer_signature would pin the
+    # example's size and MLflow would then reject every other one).
+    spatial = (-1,) * spec.spatial_dims
+    if spec.task == "instance":
+        output = TensorSpec(np.dtype(np.int32), (-1, 1, *spatial))
+    else:
+        output = TensorSpec(np.dtype(np.float32), (-1, spec.num_classes, *spatial))
+    inputs = TensorSpec(np.dtype(np.float32), (-1, spec.in_channels, *spatial))
+    return ModelSignature(inputs=Schema([inputs]), outputs=Schema([output]))
+
+
+def log_segmentation_model(
+    model: nn.Module,
+    spec: ModelSpec,
+    plan: TrainingPlan,
+    *,
+    class_names: Sequence[str],
+    channel_names: Sequence[str],
+    processing: Mapping[str, Any] | None = None,
+    name: str = "model",
+    input_example: np.ndarray | None = None,
+) -> str:
+    """Log a trained network as a models-from-code pyfunc in the active run.
+
+    Args:
+        model: the trained network (its ``state_dict`` is saved; buffers included).
+        spec: the spec it was built from.
+        plan: the training plan (normalisation, patch size, spacing, class values).
+        class_names: one name per class index.
+        channel_names: one name per input channel, ``spec.in_channels`` of them.
+        processing: pre/post-processing config (JSON values), e.g. ``{"score_threshold": 0.5}``.
+        name: the logged model's name.
+        input_example: float32 ``(1, C, *spatial)``; by default a seeded array of at most 32
+            (2D) or 16 (3D) pixels per axis.
+
+    Returns:
+        The model URI (``models:/<model id>``), for :func:`register_model`.
+
+    Raises:
+        UsageError: no active run.
+        ModelError: names that do not fit the spec, non-JSON processing config, or an example
+            the network cannot run.
+    """
+    if mlflow.active_run() is None:
+        raise UsageError(
+            "log_segmentation_model needs an active MLflow run", hint="call it in training_run()"
+        )
+    if len(channel_names) != spec.in_channels or not class_names:
+        raise ModelError(
+            f"{len(channel_names)} channel names for {spec.in_channels} input channels, "
+            f"{len(class_names)} class names",
+            hint="pass one name per input channel and at least one class name",
+        )
+    example = _example_input(spec, plan) if input_example is None else input_example
+    example = np.ascontiguousarray(example, dtype=np.float32)
+    classes = {
+        "class_names": list(class_names),
+        "channel_names": list(channel_names),
+        "processing": dict(processing or {}),
+    }
+    with tempfile.TemporaryDirectory(prefix="segflow-model-") as folder:
+        paths = {key: str(Path(folder) / file) for key, file in ARTIFACT_FILES.items()}
+        state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+        torch.save(state, paths["weights"])
+        Path(paths["model_spec"]).write_text(spec.model_dump_json(indent=2), encoding="utf-8")
+        Path(paths["plan"]).write_text(plan.model_dump_json(indent=2), encoding="utf-8")
+        try:
+            Path(paths["classes"]).write_text(json.dumps(classes, indent=2), encoding="utf-8")
+        except (TypeError, ValueError) as error:
+            raise ModelError(f"processing config is not JSON ({error})") from error
+        # Rebuild the model from the files, as the loader will, and run the example through it
+        # (not for Mask R-CNN: it resizes every input to min_size, seconds on a CPU).
+        rebuilt = SegflowModel.from_artifacts(paths)
+        if spec.task == "semantic":
+            rebuilt.predict(None, example)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(_MODEL_CODE),
+            artifacts=paths,
+            signature=_signature(spec),
+            input_example=example,
+            pip_requirements=_pip_requirements(),
+            metadata={"segflow_dataset": plan.dataset_name, "segflow_model": spec.name},
+        )
+    return str(info.model_uri)
+
+
+def validation_key(cases: Sequence[Case]) -> str:
+    """A hash of the validation cases (ids and file hashes): equal keys mean equal data.
+
+    Independent of case order.
+
+    Raises:
+        UsageError: no cases.
+    """
+    if not cases:
+        raise UsageError("no validation cases to key", hint="validate on at least one case")
+    lines = sorted(
+        "|".join(
+            [
+                case.case_id,
+                ",".join(record.sha256 for record in case.channels),
+                case.label.sha256 if case.label else "-",
+            ]
+        )
+        for case in cases
+    )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """Whether ``champion`` moved to the challenger, with both scores and why."""
+
+    promoted: bool
+    challenger_version: str
+    champion_version_before: str | None
+    challenger_score: float
+    champion_score: float | None
+    reason: str
+
+    @property
+    def decision(self) -> str:
+        """``"promoted"`` or ``"kept"``."""
+        return "promoted" if self.promoted else "kept"
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """A registered version (alias ``challenger``) and the promotion decision about it."""
+
+    name: str
+    version: str
+    model_uri: str
+    decision: PromotionDecision
+
+
+def register_model(
+    model_uri: str,
+    name: str,
+    *,
+    score: float,
+    validation_key: str,
+    metric: str = "val_dice",
+    evaluate_champion: Callable[[str], float] | None = None,
+    greater_is_better: bool = True,
+) -> RegistrationResult:
+    """Register a logged model as a new version, alias it ``challenger``, maybe promote it.
+
+    Args:
+        model_uri: from :func:`log_segmentation_model`.
+        name: registered model name (``--register``).
+        score: the new model's validation score.
+        validation_key: :func:`validation_key` of the cases ``score`` was measured on.
+        metric: the score's metric name.
+        evaluate_champion: re-scores a model URI on this model's validation cases; needed
+            when the champion was scored on other cases (see :func:`promote_if_better`).
+        greater_is_better: ``False`` for losses and distances.
+
+    Returns:
+        The version, its pinned URI ``models:/NAME/VERSION`` and the promotion decision.
+    """
+    configure_mlflow()
+    tags = {_TAG_SCORE: str(float(score)), _TAG_METRIC: metric, _TAG_KEY: validation_key}
+    registered = mlflow.register_model(model_uri, name, tags=tags)
+    number = str(registered.version)
+    mlflow.MlflowClient().set_registered_model_alias(name, CHALLENGER, number)
+    decision = promote_if_better(
+        name,
+        number,
+        score=score,
+        validation_key=validation_key,
+        evaluate_champion=evaluate_champion,
+        metric=metric,
+        greater_is_better=greater_is_better,
+    )
+    return RegistrationResult(name, number, f"models:/{name}/{number}", decision)
+
+
+def promote_if_better(
+    name: str,
+    version: str | int,
+    *,
+    score: float,
+    validation_key: str,
+    evaluate_champion: Callable[[str], float] | None = None,
+    metric: str = "val_dice",
+    greater_is_better: bool = True,
+) -> PromotionDecision:
+    """Move ``champion`` to ``version`` when there is none or ``score`` beats the champion's.
+
+    Scores are compared on the same validation cases: when the champion's ``validation_key``
+    tag (and metric) equal this one, its stored score is used; otherwise
+    ``evaluate_champion("models:/NAME/<champion version>")`` re-scores it, and without that
+    callable nothing is promoted. Ties and non-finite challenger scores are not promoted. The
+    decision, both scores and the reason are tagged on ``version`` (``promotion.*``) and logged
+    as params/metrics of the active run, if any.
+
+    Returns:
+        The decision.
+    """
+    configure_mlflow()
+    client = mlflow.MlflowClient()
+    version = str(version)
+    champion = _version_by_alias(client, name, CHAMPION)
+    before = str(champion.version) if champion is not None else None
+    champion_score: float | None = None
+    if not math.isfinite(score):
+        promoted, reason = False, f"the challenger's {metric} is {score}"
+    elif champion is None:
+        promoted, reason = True, "there was no champion"
+    elif before == version:
+        promoted, reason = False, f"version {version} is already the champion"
+    else:
+        champion_score, how = _champion_score(
+            name, champion, validation_key, metric, evaluate_champion
+        )
+        if champion_score is None:
+            promoted, reason = False, f"cannot compare with champion v{before}: {how}"
+        else:
+            promoted = not math.isfinite(champion_score) or (
+                score > champion_score if greater_is_better else score < champion_score
+            )
+            verdict = "beats" if promoted else "does not beat"
+            reason = (
+                f"{metric} {score:.6g} {verdict} champion v{before}'s {champion_score:.6g} ({how})"
+            )
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    decision = PromotionDecision(promoted, version, before, float(score), champion_score, reason)
+    _record(client, name, decision)
+    return decision
+
+
+def _champion_score(
+    name: str,
+    champion: Any,
+    validation_key: str,
+    metric: str,
+    evaluate_champion: Callable[[str], float] | None,
+) -> tuple[float | None, str]:
+    """The champion's score on the challenger's validation cases, and how it was obtained."""
+    tags = champion.tags
+    if (
+        tags.get(_TAG_KEY) == validation_key
+        and tags.get(_TAG_METRIC) == metric
+        and _TAG_SCORE in tags
+    ):
+        return float(tags[_TAG_SCORE]), "stored score, same validation cases"
+    if evaluate_champion is None:
+        return None, "champion scored on other validation cases and no evaluate_champion given"
+    score = float(evaluate_champion(f"models:/{name}/{champion.version}"))
+    return score, "champion re-scored on the challenger's validation cases"
+
+
+def _version_by_alias(client: mlflow.MlflowClient, name: str, alias: str) -> Any:
+    number = client.get_registered_model(name).aliases.get(alias)
+    return None if number is None else client.get_model_version(name, str(number))
+
+
+def _record(client: mlflow.MlflowClient, name: str, decision: PromotionDecision) -> None:
+    logger.info(
+        "model %s v%s: %s (%s)",
+        name,
+        decision.challenger_version,
+        decision.decision,
+        decision.reason,
+    )
+    values = {
+        "promotion.decision": decision.decision,
+        "promotion.reason": decision.reason,
+        "promotion.champion_version_before": decision.champion_version_before or "none",
+        "promotion.challenger_score": str(decision.challenger_score),
+        "promotion.champion_score": str(decision.champion_score),
+    }
+    for key, value in values.items():
+        client.set_model_version_tag(name, decision.challenger_version, key, value)
+    if mlflow.active_run() is not None:
+        mlflow.log_params(
+            {
+                "promotion.decision": decision.decision,
+                "promotion.reason": decision.reason[:6000],
+                "promotion.champion_version_before": values["promotion.champion_version_before"],
+            }
+        )
+        scores = {"promotion.challenger_score": decision.challenger_score}
+        if decision.champion_score is not None:
+            scores["promotion.champion_score"] = decision.champion_score
+        mlflow.log_metrics(scores)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model loaded for segflow's inference.
+
+    Attributes:
+        network: the ``nn.Module``, in eval mode on the CPU.
+        spec: its model spec.
+        plan: the training plan (preprocessing to apply before ``network``).
+        class_names: one name per class index.
+        channel_names: one name per input channel.
+        processing: pre/post-processing config.
+        name: registered model name (``None`` for run or logged-model URIs).
+        version: registry version (``None`` likewise).
+        uri: the URI or folder it was loaded from.
+    """
+
+    network: nn.Module
+    spec: ModelSpec
+    plan: TrainingPlan
+    class_names: tuple[str, ...]
+    channel_names: tuple[str, ...]
+    processing: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    version: str | None = None
+    uri: str = ""
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``(B, K, *spatial)`` for a preprocessed ``(B, C, *spatial)`` batch."""
+        return seg_models.predict(self.network, x, self.spec)
+
+
+def _local_folder(uri: str) -> Path | None:
+    """The local folder ``uri`` names, or ``None`` for a URI (``models:/``, ``runs:/``, ``s3://``)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if len(parsed.scheme) > 1:  # one letter is a Windows drive
+        return None
+    return Path(uri).expanduser()
+
+
+def _resolve(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@alias`` → ``models:/NAME/VERSION`` (pinned), with the name and version."""
+    if not uri.startswith("models:/"):
+        return uri, None, None
+    target = uri.removeprefix("models:/").strip("/")
+    client = mlflow.MlflowClient()
+    if "@" in target:
+        name, alias = target.rsplit("@", 1)
+        found = _lookup(client, name, lambda: client.get_model_version_by_alias(name, alias))
+    elif "/" in target:
+        name, number = target.rsplit("/", 1)
+        found = _lookup(client, name, lambda: client.get_model_version(name, number))
+    else:  # a logged model id (models:/m-...), not a registry entry
+        return uri, None, None
+    return f"models:/{name}/{found.version}", name, str(found.version)
+
+
+def _lookup(client: mlflow.MlflowClient, name: str, get: Callable[[], Any]) -> Any:
+    try:
+        return get()
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise ModelError(
+            f"no registered model matches ({error.message})",
+            path=f"models:/{name}",
+            hint=_available(client, name),
+        ) from error
+
+
+def _available(client: mlflow.MlflowClient, name: str) -> str:
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(model.name for model in client.search_registered_models(max_results=50))
+        return f"registered models: {', '.join(names) or 'none'}"
+    aliases = ", ".join(f"@{alias} → v{v}" for alias, v in sorted(registered.aliases.items()))
+    versions = sorted(
+        (int(v.version) for v in client.search_model_versions(f"name='{name}'")), reverse=True
+    )
+    return (
+        f"use one of the aliases {aliases or '(none)'} or versions "
+        f"{', '.join(map(str, versions)) or '(none)'} of {name!r}"
+    )
+
+
+def _from_folder(folder: Path) -> SegflowModel:
+    if not (folder / "MLmodel").is_file():
+        raise ModelError(
+            "is not an MLflow model folder (no MLmodel file)",
+            path=folder,
+            hint="pass a models:/ or runs:/ URI, or a folder from export_model",
+        )
+    flavor = Model.load(str(folder)).flavors.get("python_function", {})
+    if not flavor.get("model_code_path"):
+        raise ModelError(
+            "was not logged as models-from-code; segflow does not unpickle models",
+            path=folder,
+            hint="log it with pipelines.registry.log_segmentation_model",
+        )
+    artifacts = {key: folder / entry["path"] for key, entry in flavor.get("artifacts", {}).items()}
+    return SegflowModel.from_artifacts(artifacts)
+
+
+def load_model(uri: str | Path) -> LoadedModel:
+    """Load a segflow model for inference (no code or pickle from the model is executed).
+
+    Args:
+        uri: ``models:/NAME@alias``, ``models:/NAME/VERSION``, ``models:/<model id>``,
+            ``runs:/<run id>/<name>``, or a local model folder (from :func:`export_model`).
+
+    Returns:
+        The network in eval mode with its spec, plan, names and processing config.
+
+    Raises:
+        ModelError: unknown name/alias/version (the hint lists those available), or a folder
+            that is not a segflow model.
+    """
+    text = str(uri)
+    folder = _local_folder(text)
+    name = number = None
+    with tempfile.TemporaryDirectory(prefix="segflow-load-") as scratch:
+        if folder is None:
+            configure_mlflow()
+            resolved, name, number = _resolve(text)
+            folder = Path(mlflow.artifacts.download_artifacts(resolved, dst_path=scratch))
+        elif not folder.is_dir():
+            raise ModelError("does not exist or is not a folder", path=folder)
+        else:
+            name, number = _registered_meta(folder)
+        model = _from_folder(folder)
+    if model.network is None or model.spec is None or model.plan is None:
+        raise ModelError("loaded without a network", path=text)
+    return LoadedModel(
+        network=model.network,
+        spec=model.spec,
+        plan=model.plan,
+        class_names=model.class_names,
+        channel_names=model.channel_names,
+        processing=model.processing,
+        name=name,
+        version=number,
+        uri=text,
+    )
+
+
+def _registered_meta(folder: Path) -> tuple[str | None, str | None]:
+    meta = folder / "registered_model_meta"  # written by MLflow when a registry URI is downloaded
+    if not meta.is_file():
+        return None, None
+    values = yaml.safe_load(meta.read_text(encoding="utf-8")) or {}
+    name, number = values.get("model_name"), values.get("model_version")
+    return (str(name) if name else None), (str(number) if number else None)
+
+
+def export_model(uri: str, destination: str | Path) -> Path:
+    """Copy a model (e.g. ``models:/NAME@champion``) to a local folder for offline use.
+
+    The folder is a complete MLflow model (``mlflow.pyfunc.load_model`` works on it) and
+    remembers the registry name and version; :func:`load_model` accepts it.
+
+    Args:
+        uri: any URI :func:`load_model` accepts.
+        destination: a folder that does not exist yet or is empty.
+
+    Returns:
+        The folder.
+
+    Raises:
+        OutputError: ``destination`` exists and is not an empty folder.
+        ModelError: the model cannot be found.
+    """
+    destination = Path(destination).expanduser().resolve()
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise OutputError(
+            "exists and is not an empty folder",
+            path=destination,
+            hint="choose a new folder, or remove this one",
+        )
+    source = _local_folder(str(uri))
+    if source is not None:
+        _from_folder(source)  # refuse what load_model would refuse
+        shutil.copytree(source, destination, dirs_exist_ok=True)
+        return destination
+    configure_mlflow()
+    resolved, name, _ = _resolve(str(uri))
+    destination.mkdir(parents=True, exist_ok=True)
+    local = Path(mlflow.artifacts.download_artifacts(resolved, dst_path=str(destination)))
+    if local != destination:  # some stores nest the folder: flatten it
+        for item in local.iterdir():
+            shutil.move(str(item), destination / item.name)
+        local.rmdir()
+    if name is None:  # a run or logged-model URI: a stale registry note must not travel
+        (destination / "registered_model_meta").unlink(missing_ok=True)
+    _from_folder(destination)
+    return destination
