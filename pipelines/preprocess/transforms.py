@@ -1,0 +1,216 @@
+"""MONAI dictionary-transform pipelines built from a :class:`TrainingPlan`.
+
+Items are dicts with ``image`` (a list of channel files, stacked as channels), ``label`` (one
+file; absent at inference) and ``case_id`` (see :func:`pipelines.preprocess.case_to_item`).
+
+Every pipeline is a deterministic part (load, reorient, resample, crop to the non-zero region,
+map labels, mark nodata, normalise), cacheable, followed for training by a random part (pad to
+the patch, one patch centred on foreground with probability ``plan.foreground_oversample``,
+flips on every axis, 90° rotations in a plane where the patch is square, and for volumes
+intensity scaling/shifting). Output: ``image`` ``(C, *S)`` float32, ``label`` ``(1, *S)``
+int64 class indices (``0..K-1`` in plan order, :data:`IGNORE_INDEX` where no loss may look),
+and for instance labels ``instances`` ``(1, *S)`` int64 object ids.
+
+Volumes are reoriented to RAS, so ``plan.target_spacing`` and ``plan.patch_size`` are in R, A,
+S order (as :mod:`pipelines.plan` reports them). A volume plan forced to 2D trains on axial
+slices: patches are ``(X, Y, 1)`` crops squeezed to ``(C, X, Y)``; its validation items stay
+whole volumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    LoadImaged,
+    Orientationd,
+    RandFlipd,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Spacingd,
+    SpatialPadd,
+    SqueezeDimd,
+)
+
+from data_contracts import TrainingPlan
+from pipelines.preprocess.array import IGNORE_INDEX
+from pipelines.preprocess.dictionary import (
+    InstancesToClassesd,
+    MapLabelsd,
+    MarkNonFinited,
+    NormalizeChannelsd,
+    PosNegIndicesd,
+    RandPosNegPatchd,
+)
+from pipelines.preprocess.loaders import LoadImage2Dd, LoadRasterd
+
+__all__ = [
+    "IGNORE_INDEX",
+    "IMAGE_KEY",
+    "INSTANCE_KEY",
+    "LABEL_KEY",
+    "image_transforms",
+    "plan_transforms",
+    "raster_transforms",
+    "volume_transforms",
+]
+
+IMAGE_KEY, LABEL_KEY, INSTANCE_KEY = "image", "label", "instances"
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+_AUGMENT_PROB = 0.5
+_INTENSITY_PROB = 0.15
+
+
+def _nonzero(image: torch.Tensor) -> torch.Tensor:
+    """Foreground of the crop: any voxel that is non-zero (nnU-Net crops to the non-zero box)."""
+    return image != 0
+
+
+def _spatial_keys(plan: TrainingPlan) -> list[str]:
+    keys = [IMAGE_KEY, LABEL_KEY]
+    return [*keys, INSTANCE_KEY] if plan.label_kind == "instance" else keys
+
+
+def _label_and_intensity(plan: TrainingPlan) -> list[Any]:
+    """Map labels, mark nodata as ignored, normalise: the end of every deterministic part."""
+    if plan.label_kind == "instance":
+        labels: Any = InstancesToClassesd(
+            LABEL_KEY, plan.ignore_value, instance_key=INSTANCE_KEY, allow_missing_keys=True
+        )
+    else:
+        labels = MapLabelsd(
+            LABEL_KEY, plan.class_values, plan.ignore_value, allow_missing_keys=True
+        )
+    return [
+        labels,
+        MarkNonFinited(LABEL_KEY, image_key=IMAGE_KEY, allow_missing_keys=True),
+        NormalizeChannelsd(IMAGE_KEY, plan.normalization),
+    ]
+
+
+def _rotation_plane(patch: Sequence[int]) -> tuple[int, int] | None:
+    for first, second in ((0, 1), (0, 2), (1, 2)):
+        if second < len(patch) and patch[first] == patch[second]:
+            return first, second
+    return None
+
+
+def _random_part(plan: TrainingPlan, crop_size: Sequence[int], squeeze: bool) -> list[Any]:
+    """Pad, sample one patch, (squeeze a 2D slice of a volume), flip, rotate."""
+    keys = _spatial_keys(plan)
+    steps: list[Any] = [
+        SpatialPadd(IMAGE_KEY, crop_size, value=0),
+        SpatialPadd(LABEL_KEY, crop_size, value=IGNORE_INDEX),
+        SpatialPadd(INSTANCE_KEY, crop_size, value=0, allow_missing_keys=True),
+        PosNegIndicesd(LABEL_KEY),
+        RandPosNegPatchd(
+            keys, LABEL_KEY, crop_size, plan.foreground_oversample, allow_missing_keys=True
+        ),
+    ]
+    if squeeze:
+        steps.append(SqueezeDimd(keys, dim=len(crop_size), allow_missing_keys=True))
+    patch = plan.patch_size
+    steps += [
+        RandFlipd(keys, prob=_AUGMENT_PROB, spatial_axis=axis, allow_missing_keys=True)
+        for axis in range(len(patch))
+    ]
+    plane = _rotation_plane(patch)
+    if plane is not None:
+        steps.append(
+            RandRotate90d(
+                keys, prob=_AUGMENT_PROB, max_k=3, spatial_axes=plane, allow_missing_keys=True
+            )
+        )
+    return steps
+
+
+def volume_transforms(plan: TrainingPlan, *, train: bool) -> Compose:
+    """NIfTI volumes: load, RAS, resample, crop to non-zero, labels, normalise (+ augment).
+
+    Args:
+        plan: a volume plan.
+        train: add the random patch sampling and augmentations.
+
+    Returns:
+        The pipeline; its deterministic steps come first (``CacheDataset`` caches them).
+    """
+    keys = [IMAGE_KEY, LABEL_KEY]
+    steps: list[Any] = [
+        LoadImaged(
+            keys, reader="NibabelReader", ensure_channel_first=True, allow_missing_keys=True
+        ),
+        Orientationd(keys, axcodes="RAS", labels=_RAS_LABELS, allow_missing_keys=True),
+    ]
+    if plan.target_spacing is not None:
+        pixdim = (*plan.target_spacing, *(-1.0,) * (3 - len(plan.target_spacing)))
+        steps.append(
+            Spacingd(keys, pixdim=pixdim, mode=("bilinear", "nearest"), allow_missing_keys=True)
+        )
+    steps.append(
+        CropForegroundd(
+            keys,
+            source_key=IMAGE_KEY,
+            select_fn=_nonzero,
+            allow_smaller=True,
+            start_coord_key=None,
+            end_coord_key=None,
+            allow_missing_keys=True,
+        )
+    )
+    steps += _label_and_intensity(plan)
+    if train:
+        slices = plan.spatial_dims == 2
+        crop_size = (*plan.patch_size, 1) if slices else plan.patch_size
+        steps += _random_part(plan, crop_size, squeeze=slices)
+        steps += [
+            RandScaleIntensityd(IMAGE_KEY, factors=0.1, prob=_INTENSITY_PROB),
+            RandShiftIntensityd(IMAGE_KEY, offsets=0.1, prob=_INTENSITY_PROB),
+        ]
+    return Compose(steps)
+
+
+def raster_transforms(plan: TrainingPlan, *, train: bool) -> Compose:
+    """GeoTIFF rasters: read bands (nodata → NaN → ignored), labels, normalise (+ chips).
+
+    Args:
+        plan: a raster plan.
+        train: add chip sampling weighted toward labelled pixels, flips and 90° rotations.
+    """
+    steps: list[Any] = [
+        LoadRasterd([IMAGE_KEY, LABEL_KEY], IMAGE_KEY, plan.in_channels, allow_missing_keys=True),
+        *_label_and_intensity(plan),
+    ]
+    if train:
+        steps += _random_part(plan, plan.patch_size, squeeze=False)
+    return Compose(steps)
+
+
+def image_transforms(plan: TrainingPlan, *, train: bool) -> Compose:
+    """PNG/TIFF 2D images: read (alpha dropped, channels matched), labels, normalise (+ chips).
+
+    Args:
+        plan: an image plan.
+        train: add chip sampling weighted toward labelled pixels, flips and 90° rotations.
+    """
+    steps: list[Any] = [
+        LoadImage2Dd([IMAGE_KEY, LABEL_KEY], IMAGE_KEY, plan.in_channels, allow_missing_keys=True),
+        *_label_and_intensity(plan),
+    ]
+    if train:
+        steps += _random_part(plan, plan.patch_size, squeeze=False)
+    return Compose(steps)
+
+
+def plan_transforms(plan: TrainingPlan, *, train: bool) -> Compose:
+    """The pipeline for the plan's kind (volume, raster or image)."""
+    builders = {
+        "volume": volume_transforms,
+        "raster": raster_transforms,
+        "image": image_transforms,
+    }
+    return builders[plan.kind](plan, train=train)
