@@ -178,3 +178,48 @@ def test_maskrcnn_trains_from_instance_maps(tmp_path: Path) -> None:
     assert result.epochs == 1 and "val_dsb2018" in result.history
     assert 0.0 <= result.history["val_dsb2018"][0] <= 1.0
     assert result.last_checkpoint is not None and result.last_checkpoint.is_file()
+
+
+def test_resume_is_exact_with_random_patch_augmentation(tmp_path: Path) -> None:
+    """Real preprocessing (random patches, flips, rotations) re-seeded per epoch from the run seed."""
+    from pipelines.ingest import ingest
+    from pipelines.preprocess.datasets import build_datasets
+    from pipelines.synthetic import make_raster_dataset
+    from pipelines.train.run import plan_for, spec_for
+
+    make_raster_dataset(tmp_path / "data", n_tiles=3, size=(48, 48), seed=4)
+    manifest = ingest(tmp_path / "data", workdir=tmp_path / "work")
+    config = TrainConfig(
+        model="unet",
+        model_options={"base_features": 4, "depth": 2},
+        max_epochs=2,
+        steps_per_epoch=2,
+        accelerator="cpu",
+        seed=3,
+        patience=50,
+    )
+    plan = plan_for(manifest, config, {"patch_size": [32, 32], "batch_size": 2})
+
+    def run(folder: Path, epochs: int, recorder: StepLosses | None = None) -> None:
+        seed_everything(config.seed)
+        train_set, val_set = build_datasets(manifest, plan, seed=config.seed)
+        module = SegmentationModule(
+            spec_for(plan, config).model_dump(), roi_size=(32, 32), max_epochs=2, seed=config.seed
+        )
+        settings = config.model_copy(update={"max_epochs": epochs})
+        train, val = make_loaders(train_set, val_set, settings, plan.batch_size)
+        fit(
+            module,
+            train,
+            val,
+            settings,
+            folder,
+            extra_callbacks=[recorder] if recorder else None,
+            progress_bar=False,
+        )
+
+    uninterrupted, resumed = StepLosses(), StepLosses()
+    run(tmp_path / "a", 2, uninterrupted)
+    run(tmp_path / "b", 1)
+    run(tmp_path / "b", 2, resumed)
+    assert resumed.losses == pytest.approx(uninterrupted.losses[2:], rel=1e-5, abs=1e-6)

@@ -11,6 +11,7 @@ from monai.inferers import sliding_window_inference
 
 from data_contracts import ModelSpec
 from pipelines.preprocess.array import IGNORE_INDEX
+from pipelines.preprocess.datasets import seed_augmentation
 from seg_models import build_loss, build_model
 
 
@@ -49,6 +50,8 @@ class SegmentationModule(L.LightningModule):
         roi_size: sliding-window size for validation (the training patch size).
         class_names: one name per class index, for logged metric names.
         max_epochs: horizon of the learning-rate schedule.
+        seed: run seed; augmentation is re-seeded from (seed, epoch) at every epoch start, so
+            a resumed training draws the same patches as an uninterrupted one.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class SegmentationModule(L.LightningModule):
         roi_size: Sequence[int] = (96, 96, 96),
         class_names: Sequence[str] = (),
         max_epochs: int = 50,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -118,6 +122,11 @@ class SegmentationModule(L.LightningModule):
         for name, score in zip(names, per_class, strict=False):
             self.log(f"val_dice_{name}", score)
         self.log("val_dice", per_class.mean(), prog_bar=True)
+
+    def on_train_epoch_start(self) -> None:
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if dataset is not None:
+            seed_augmentation(dataset, int(self.hparams["seed"]) * 1000 + self.current_epoch)
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(

@@ -134,6 +134,7 @@ def train_from_manifest(
         roi_size=plan.patch_size,
         class_names=plan.class_names,
         max_epochs=config.max_epochs,
+        seed=config.seed,
     )
     tags = {
         "segflow.dataset": manifest.name,

@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
+from monai.data.utils import worker_init_fn as monai_worker_init
 from torch.utils.data import DataLoader, Dataset
 
 from data_contracts import TrainConfig
@@ -87,6 +88,8 @@ def make_loaders(
         train_dataset, config.steps_per_epoch * batch_size, seed=config.seed
     )
     workers, persistent = config.num_workers, config.num_workers > 0
+    # Each worker re-seeds its copy of the random transforms, so workers draw different patches.
+    init = monai_worker_init if workers else None
     train = DataLoader(
         train_dataset,
         batch_size=batch_size,
@@ -94,6 +97,7 @@ def make_loaders(
         pin_memory=pin,
         num_workers=workers,
         persistent_workers=persistent,
+        worker_init_fn=init,
     )
     val = DataLoader(
         val_dataset,
