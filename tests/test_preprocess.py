@@ -266,3 +266,20 @@ def test_image_channels(shape: tuple[int, ...], channels: int, expected: tuple[i
 def test_image_channel_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="3 channels"):
         to_channels_first(np.ones((4, 5, 3), np.uint8), 2)
+
+
+def test_explicit_validation_ids_share_a_split(tmp_path: Path) -> None:
+    from data_contracts import ConfigError
+    from pipelines.ingest import ingest
+    from pipelines.preprocess.datasets import split_cases
+    from pipelines.synthetic import make_raster_dataset
+
+    make_raster_dataset(tmp_path / "d", n_tiles=3, size=(32, 32), seed=0)
+    manifest = ingest(tmp_path / "d", workdir=tmp_path / "w")
+    train, val = split_cases(manifest, val_ids=["tile_001"])
+    assert [c.case_id for c in val] == ["tile_001"] and [c.case_id for c in train] == [
+        "tile_000",
+        "tile_002",
+    ]
+    with pytest.raises(ConfigError, match="tile_009"):
+        split_cases(manifest, val_ids=["tile_009"])

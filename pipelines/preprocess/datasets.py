@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ def split_cases(
     seed: int = 0,
     folds: int | None = None,
     fold: int = 0,
+    val_ids: Collection[str] | None = None,
 ) -> tuple[list[Case], list[Case]]:
     """Split the labelled cases into training and validation, deterministically.
 
@@ -47,6 +49,8 @@ def split_cases(
         seed: shuffling seed.
         folds: number of folds (k-fold cross-validation), or ``None``.
         fold: which fold validates, ``0 <= fold < folds``.
+        val_ids: explicit validation case ids (e.g. to share a split with a baseline); the
+            other labelled cases train. Overrides ``val_fraction`` and ``folds``.
 
     Returns:
         ``(train, val)`` lists of cases, each in case-id order.
@@ -55,6 +59,16 @@ def split_cases(
         ConfigError: an invalid fraction or fold, or fewer cases than folds.
     """
     cases = sorted(manifest.labelled_cases, key=lambda case: case.case_id)
+    if val_ids is not None:
+        unknown = set(val_ids) - {case.case_id for case in cases}
+        if unknown:
+            raise ConfigError(
+                f"validation case ids {sorted(unknown)} are not labelled cases",
+                path=manifest.source,
+            )
+        return [c for c in cases if c.case_id not in val_ids], [
+            c for c in cases if c.case_id in val_ids
+        ]
     order = np.random.default_rng(seed).permutation(len(cases))
     if folds is not None:
         if folds < 2 or not 0 <= fold < folds:
@@ -141,6 +155,7 @@ def build_datasets(
     folds: int | None = None,
     fold: int = 0,
     num_workers: int = 0,
+    val_ids: Collection[str] | None = None,
 ) -> tuple[Dataset, Dataset]:
     """Training and validation datasets with the deterministic preprocessing cached.
 
@@ -159,6 +174,7 @@ def build_datasets(
         folds: see :func:`split_cases`.
         fold: see :func:`split_cases`.
         num_workers: threads that fill the in-memory cache.
+        val_ids: see :func:`split_cases`.
 
     Returns:
         ``(train, val)``.
@@ -167,7 +183,7 @@ def build_datasets(
         ConfigError: no training case (fewer than 2 labelled cases with a validation split).
     """
     train_cases, val_cases = split_cases(
-        manifest, val_fraction=val_fraction, seed=seed, folds=folds, fold=fold
+        manifest, val_fraction=val_fraction, seed=seed, folds=folds, fold=fold, val_ids=val_ids
     )
     if not train_cases:
         raise ConfigError("no labelled case left for training", path=manifest.source)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from data_contracts import DatasetManifest, ModelError, ModelSpec, TrainConfig, TrainingPlan
+from data_contracts import (
+    DatasetManifest,
+    ModelError,
+    ModelSpec,
+    TrainConfig,
+    TrainingPlan,
+    VolumeGeometry,
+)
 from pipelines.plan import apply_overrides, compute_fingerprint, make_plan, save_plan
 from pipelines.preprocess.datasets import build_datasets, split_cases
 from pipelines.registry import (
@@ -89,6 +96,7 @@ def train_from_manifest(
     plan_overrides: Mapping[str, Any] | None = None,
     register: str | None = None,
     val_fraction: float = 0.2,
+    val_case_ids: Sequence[str] | None = None,
     on_plan: PlanCallback | None = None,
     progress_bar: bool = True,
 ) -> TrainingReport:
@@ -102,6 +110,7 @@ def train_from_manifest(
         register: registered model name; the new version becomes ``challenger`` and
             ``champion`` when it beats the current champion on the same validation cases.
         val_fraction: share of labelled cases held out for validation.
+        val_case_ids: explicit validation cases (overrides ``val_fraction``).
         on_plan: called with the plan before training starts (e.g. to print it).
         progress_bar: show Lightning's progress bar.
     """
@@ -116,14 +125,17 @@ def train_from_manifest(
     if on_plan is not None:
         on_plan(plan)
     spec = spec_for(plan, config)
-    _, val_cases = split_cases(manifest, val_fraction=val_fraction, seed=config.seed)
+    _, val_cases = split_cases(
+        manifest, val_fraction=val_fraction, seed=config.seed, val_ids=val_case_ids
+    )
     train_set, val_set = build_datasets(
         manifest,
         plan,
-        cache_dir=workdir / "cache",
+        cache_dir=None if _fits_in_memory(manifest) else workdir / "cache",
         val_fraction=val_fraction,
         seed=config.seed,
         num_workers=config.num_workers,
+        val_ids=val_case_ids,
     )
     module = SegmentationModule(
         spec.model_dump(),
@@ -197,6 +209,23 @@ def train_from_manifest(
         registration,
         [case.case_id for case in val_cases],
     )
+
+
+IN_MEMORY_CACHE_BYTES = 4 * 1024**3
+
+
+def _fits_in_memory(manifest: DatasetManifest) -> bool:
+    """True when every labelled case, as float32 channels plus label, fits the in-memory cache
+    (fastest: no re-reading); larger datasets are cached on disk instead."""
+    total = 0
+    for case in manifest.labelled_cases:
+        geometry = case.geometry
+        if isinstance(geometry, VolumeGeometry):
+            pixels = geometry.shape[0] * geometry.shape[1] * geometry.shape[2]
+        else:
+            pixels = geometry.width * geometry.height
+        total += pixels * (sum(case.channel_counts) + 1) * 4
+    return total < IN_MEMORY_CACHE_BYTES
 
 
 def _channel_names(manifest: DatasetManifest, count: int) -> tuple[str, ...]:
