@@ -137,7 +137,7 @@ def test_time_budget_stops_training(tmp_path: Path) -> None:
 def test_dice_per_class(
     prediction: list[list[int]], target: list[list[int]], expected: list[float]
 ) -> None:
-    scores = dice_per_class(torch.tensor(prediction), torch.tensor(target), num_classes=2)
+    scores = dice_per_class(torch.tensor(prediction), torch.tensor(target), classes=[1])
     assert scores.tolist() == pytest.approx(expected)
 
 
@@ -223,3 +223,15 @@ def test_resume_is_exact_with_random_patch_augmentation(tmp_path: Path) -> None:
     run(tmp_path / "b", 1)
     run(tmp_path / "b", 2, resumed)
     assert resumed.losses == pytest.approx(uninterrupted.losses[2:], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("class_values", "expected"),
+    [((0, 1, 2), [1, 2]), ((1, 2, 3), [0, 1, 2]), ((0, 255), [1])],
+)
+def test_foreground_indices_skip_only_value_zero(
+    class_values: tuple[int, ...], expected: list[int]
+) -> None:
+    from pipelines.train.module import foreground_indices
+
+    assert foreground_indices(class_values) == expected

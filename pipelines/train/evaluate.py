@@ -15,6 +15,7 @@ from pipelines.instances import three_class_to_instances
 from pipelines.io import image2d, raster
 from pipelines.metrics import dsb2018_score, semantic_scores
 from pipelines.preprocess.array import IGNORE_INDEX
+from pipelines.train.module import foreground_indices
 
 
 @dataclass
@@ -27,12 +28,15 @@ class Evaluation:
         per_case: case id → per-class metrics (``{"dice": …, "iou": …, "hd95": …}``) or
             ``{"dsb2018": …}``.
         overlays: ``(case id, image, truth, prediction)`` 2D arrays for the run's PNGs.
+        predictions: case id → ``(prediction, truth)`` in label values (semantic) or instance
+            ids, in the preprocessed grid; kept only when asked (benchmarks score them).
     """
 
     score: float
     metric: str
     per_case: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def sliding_probabilities(
@@ -76,6 +80,17 @@ def _read_instances(case: Case) -> np.ndarray:
     return array if array.ndim == 2 else array[..., 0]
 
 
+def _as_label_values(
+    prediction: np.ndarray, truth: np.ndarray, plan: TrainingPlan
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices back to the files' label values; ignored truth pixels get the ignore value
+    (or -1 when the plan has none)."""
+    values = np.asarray(plan.class_values)
+    ignored = truth == IGNORE_INDEX
+    fill = plan.ignore_value if plan.ignore_value is not None else -1
+    return values[prediction], np.where(ignored, fill, values[np.where(ignored, 0, truth)])
+
+
 def _slice_for_overlay(
     image: np.ndarray, truth: np.ndarray, prediction: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,6 +108,7 @@ def evaluate_network(
     items: Iterable[dict[str, torch.Tensor]],
     *,
     max_overlays: int = 4,
+    keep_predictions: bool = False,
 ) -> Evaluation:
     """Score ``network`` on preprocessed validation ``items`` (one per case, in ``cases`` order).
 
@@ -118,17 +134,22 @@ def evaluate_network(
                 )
             score = dsb2018_score(instances, reference)
             evaluation.per_case[case.case_id] = {"instances": {"dsb2018": score}}
+            if keep_predictions:
+                evaluation.predictions[case.case_id] = (instances, reference)
         else:
+            foreground = foreground_indices(plan.class_values)
             per_class = semantic_scores(
                 prediction,
                 truth,
-                range(1, plan.num_classes),
+                foreground,
                 spacing=_spacing(case, plan),
                 ignore_value=IGNORE_INDEX,
-                class_names=plan.class_names[1:],
+                class_names=[plan.class_names[index] for index in foreground],
             )
             evaluation.per_case[case.case_id] = per_class
             score = float(np.mean([metrics["dice"] for metrics in per_class.values()]))
+            if keep_predictions:
+                evaluation.predictions[case.case_id] = _as_label_values(prediction, truth, plan)
         scores.append(score)
         if len(evaluation.overlays) < max_overlays:
             evaluation.overlays.append(

@@ -15,19 +15,27 @@ from pipelines.preprocess.datasets import seed_augmentation
 from seg_models import build_loss, build_model
 
 
+def foreground_indices(class_values: Sequence[int]) -> list[int]:
+    """Class indices that are scored: every class but the one whose label value is 0.
+
+    Datasets whose value 0 is ignored (land cover: 0 = no data) have no background class, so
+    all their classes count.
+    """
+    return [index for index, value in enumerate(class_values) if value != 0]
+
+
 def dice_per_class(
     prediction: torch.Tensor,
     target: torch.Tensor,
-    num_classes: int,
+    classes: Sequence[int],
     ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
-    """Dice of each foreground class for class-index maps ``(B, *S)``; ignored pixels excluded.
-
-    A class absent from both prediction and target scores 1 (nothing to find, nothing found).
-    """
+    """Dice of each class index in ``classes`` for class-index maps ``(B, *S)``; ignored pixels
+    excluded. A class absent from both prediction and target scores 1 (nothing to find, nothing
+    found)."""
     valid = target != ignore_index
     scores = []
-    for index in range(1, max(num_classes, 2)):
+    for index in classes:
         predicted = (prediction == index) & valid
         truth = (target == index) & valid
         denominator = predicted.sum() + truth.sum()
@@ -49,6 +57,7 @@ class SegmentationModule(L.LightningModule):
         weight_decay: AdamW weight decay.
         roi_size: sliding-window size for validation (the training patch size).
         class_names: one name per class index, for logged metric names.
+        foreground: class indices whose Dice is validated (default: all but index 0).
         max_epochs: horizon of the learning-rate schedule.
         seed: run seed; augmentation is re-seeded from (seed, epoch) at every epoch start, so
             a resumed training draws the same patches as an uninterrupted one.
@@ -65,6 +74,7 @@ class SegmentationModule(L.LightningModule):
         class_names: Sequence[str] = (),
         max_epochs: int = 50,
         seed: int = 0,
+        foreground: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -73,6 +83,13 @@ class SegmentationModule(L.LightningModule):
         self.loss_fn = build_loss(loss, ignore_index=IGNORE_INDEX, **(loss_options or {}))
         self._val_scores: list[torch.Tensor] = []
         self.history: dict[str, list[float]] = {"train_loss": [], "val_dice": []}
+
+    @property
+    def _foreground(self) -> list[int]:
+        chosen = self.hparams.get("foreground")
+        if chosen is not None:
+            return [int(index) for index in chosen]
+        return list(range(1, max(self.spec.num_classes, 2)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, *S)`` for images ``(B, C, *S)``."""
@@ -109,16 +126,15 @@ class SegmentationModule(L.LightningModule):
             if batch["label"].dim() == prediction.dim() + 1
             else batch["label"].long()
         )
-        self._val_scores.append(dice_per_class(prediction, target, self.spec.num_classes))
+        self._val_scores.append(dice_per_class(prediction, target, self._foreground))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_scores:
             return
         per_class = torch.stack(self._val_scores).mean(dim=0)
         self._val_scores.clear()
-        names = list(self.hparams["class_names"])[1:] or [
-            f"class_{i}" for i in range(1, len(per_class) + 1)
-        ]
+        all_names = list(self.hparams["class_names"])
+        names = [all_names[i] if i < len(all_names) else f"class_{i}" for i in self._foreground]
         for name, score in zip(names, per_class, strict=False):
             self.log(f"val_dice_{name}", score)
         self.log("val_dice", per_class.mean(), prog_bar=True)

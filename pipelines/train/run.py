@@ -36,7 +36,7 @@ from pipelines.tracking import (
     training_run,
 )
 from pipelines.train.evaluate import Evaluation, evaluate_network
-from pipelines.train.module import SegmentationModule
+from pipelines.train.module import SegmentationModule, foreground_indices
 from pipelines.train.trainer import TrainResult, fit, make_loaders, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -147,6 +147,7 @@ def train_from_manifest(
         class_names=plan.class_names,
         max_epochs=config.max_epochs,
         seed=config.seed,
+        foreground=foreground_indices(plan.class_values),
     )
     tags = {
         "segflow.dataset": manifest.name,
