@@ -97,6 +97,7 @@ def train_from_manifest(
     register: str | None = None,
     val_fraction: float = 0.2,
     val_case_ids: Sequence[str] | None = None,
+    keep_predictions: bool = False,
     on_plan: PlanCallback | None = None,
     progress_bar: bool = True,
 ) -> TrainingReport:
@@ -111,6 +112,7 @@ def train_from_manifest(
             ``champion`` when it beats the current champion on the same validation cases.
         val_fraction: share of labelled cases held out for validation.
         val_case_ids: explicit validation cases (overrides ``val_fraction``).
+        keep_predictions: keep validation predictions in the report's evaluation.
         on_plan: called with the plan before training starts (e.g. to print it).
         progress_bar: show Lightning's progress bar.
     """
@@ -169,7 +171,14 @@ def train_from_manifest(
             progress_bar=progress_bar,
         )
         _load_best(module, result)
-        evaluation = evaluate_network(module.network, spec, plan, val_cases, _items(val_set))
+        evaluation = evaluate_network(
+            module.network,
+            spec,
+            plan,
+            val_cases,
+            _items(val_set),
+            keep_predictions=keep_predictions,
+        )
         _log_evaluation(evaluation, result)
         model_uri = log_segmentation_model(
             module.network,
