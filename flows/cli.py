@@ -12,6 +12,7 @@ import typer
 from typer.exceptions import Abort, TyperException
 
 from data_contracts import (
+    ConfigError,
     DatasetManifest,
     IngestOptions,
     SegflowError,
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False)
         code = result if isinstance(result, int) else ExitCode.OK
-    except UsageError as error:
+    except (UsageError, ConfigError) as error:
         error_console.print(f"[red]usage error:[/red] {error}")
         code = ExitCode.USAGE
     except SegflowError as error:

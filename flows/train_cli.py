@@ -110,6 +110,10 @@ def train(
     val_fraction: Annotated[
         float, typer.Option(help="Share of labelled cases held out for validation.")
     ] = 0.2,
+    folds: Annotated[
+        int | None, typer.Option(help="k-fold cross-validation: number of folds (with --fold).")
+    ] = None,
+    fold: Annotated[int, typer.Option(help="Which fold validates (0-based), with --folds.")] = 0,
     workdir: Annotated[
         Path | None,
         typer.Option(
@@ -161,6 +165,8 @@ def train(
         plan_overrides=overrides,
         register=register,
         val_fraction=val_fraction,
+        folds=folds,
+        fold=fold,
         on_plan=lambda p: console.print(plan_rich_table(p)),
     )
     console.print(_result_table(report))

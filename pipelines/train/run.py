@@ -97,6 +97,8 @@ def train_from_manifest(
     register: str | None = None,
     val_fraction: float = 0.2,
     val_case_ids: Sequence[str] | None = None,
+    folds: int | None = None,
+    fold: int = 0,
     keep_predictions: bool = False,
     on_plan: PlanCallback | None = None,
     progress_bar: bool = True,
@@ -112,6 +114,8 @@ def train_from_manifest(
             ``champion`` when it beats the current champion on the same validation cases.
         val_fraction: share of labelled cases held out for validation.
         val_case_ids: explicit validation cases (overrides ``val_fraction``).
+        folds: k-fold cross-validation: the labelled cases are cut into ``folds`` parts…
+        fold: …and part ``fold`` validates (run once per fold for the full cross-validation).
         keep_predictions: keep validation predictions in the report's evaluation.
         on_plan: called with the plan before training starts (e.g. to print it).
         progress_bar: show Lightning's progress bar.
@@ -128,7 +132,12 @@ def train_from_manifest(
         on_plan(plan)
     spec = spec_for(plan, config)
     _, val_cases = split_cases(
-        manifest, val_fraction=val_fraction, seed=config.seed, val_ids=val_case_ids
+        manifest,
+        val_fraction=val_fraction,
+        seed=config.seed,
+        folds=folds,
+        fold=fold,
+        val_ids=val_case_ids,
     )
     train_set, val_set = build_datasets(
         manifest,
@@ -137,6 +146,8 @@ def train_from_manifest(
         val_fraction=val_fraction,
         seed=config.seed,
         num_workers=config.num_workers,
+        folds=folds,
+        fold=fold,
         val_ids=val_case_ids,
     )
     module = SegmentationModule(

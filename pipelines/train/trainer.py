@@ -11,7 +11,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    RichProgressBar,
+    Timer,
+)
 from monai.data.utils import worker_init_fn as monai_worker_init
 from torch.utils.data import DataLoader, Dataset
 
@@ -143,6 +149,8 @@ def fit(
     timer = Timer(duration=timedelta(minutes=config.max_minutes)) if config.max_minutes else None
     if timer is not None:
         callbacks.append(timer)
+    if progress_bar:
+        callbacks.append(RichProgressBar())
     trainer = L.Trainer(
         max_epochs=config.max_epochs,
         accelerator=config.accelerator,
