@@ -40,12 +40,8 @@ def test_train_with_yaml_and_flags_registers(
         str(tmp_path / "work"),
     ]
     assert main(argv) == ExitCode.OK
-    out = capsys.readouterr().out
-    assert (
-        "Training plan" in out
-        and "patch_size" in out
-        and "registered cli-tiles v1" in out.replace("\n", " ")
-    )
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Training plan" in out and "patch_size" in out and "registered cli-tiles v1" in out
     assert (tmp_path / "work" / "plan.json").is_file()
 
 
