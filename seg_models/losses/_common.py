@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -102,7 +103,7 @@ def masked_mean(per_pixel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (per_pixel * valid).sum() / valid.sum().clamp(min=1.0)
 
 
-class SegLoss(nn.Module):
+class SegLoss(nn.Module, ABC):
     """Base of every segflow loss: ``loss(logits, target)`` → scalar.
 
     Subclasses implement :meth:`compute` on the :class:`Prepared` tensors, so sums of losses
@@ -120,9 +121,9 @@ class SegLoss(nn.Module):
         """Scalar loss for logits ``(B, C, *S)`` and target ``(B, 1, *S)`` or ``(B, *S)``."""
         return self.compute(prepare(logits, target, self.ignore_index))
 
+    @abstractmethod
     def compute(self, p: Prepared) -> torch.Tensor:
         """The loss on prepared tensors."""
-        raise NotImplementedError
 
 
 def per_pixel_ce(p: Prepared) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -87,6 +88,5 @@ class SumLoss(SegLoss):
         """The weighted sum of the terms."""
         total = torch.zeros((), dtype=p.logits.dtype, device=p.logits.device)
         for weight, loss in zip(self.weights, self.losses, strict=True):
-            assert isinstance(loss, SegLoss)
-            total = total + weight * loss.compute(p)
+            total = total + weight * cast(SegLoss, loss).compute(p)
         return total

@@ -7,7 +7,7 @@ dilation (atrous convolution), as DeepLab and PSPNet do.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torchvision
@@ -51,8 +51,7 @@ class VGGBackbone(nn.Module):
             v if isinstance(v, str) else max(1, v // width_divisor) for v in tv_vgg.cfgs["D"]
         ]
         features = tv_vgg.make_layers(cfg, batch_norm=batch_norm)
-        first = features[0]
-        assert isinstance(first, nn.Conv2d)
+        first = cast(nn.Conv2d, features[0])  # VGG's configuration "D" starts with a conv
         features[0] = nn.Conv2d(in_channels, first.out_channels, 3, padding=1)
         pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
         self.to_pool3 = features[: pools[2] + 1]
