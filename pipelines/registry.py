@@ -20,27 +20,23 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
 import torch
-import yaml
-from mlflow.exceptions import MlflowException
-from mlflow.models import Model, ModelSignature
+from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 from torch import nn
 
-import seg_models
-from data_contracts import Case, ModelError, ModelSpec, OutputError, TrainingPlan, UsageError
+from data_contracts import Case, ModelError, ModelSpec, TrainingPlan, UsageError
 from pipelines.mlflow_model import ARTIFACT_FILES, SegflowModel
+from pipelines.model_loading import LoadedModel, export_model, load_model
 from pipelines.tracking import configure_mlflow
 
 __all__ = [
@@ -375,202 +371,3 @@ def _record(client: mlflow.MlflowClient, name: str, decision: PromotionDecision)
         if decision.champion_score is not None:
             scores["promotion.champion_score"] = decision.champion_score
         mlflow.log_metrics(scores)
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model loaded for segflow's inference.
-
-    Attributes:
-        network: the ``nn.Module``, in eval mode on the CPU.
-        spec: its model spec.
-        plan: the training plan (preprocessing to apply before ``network``).
-        class_names: one name per class index.
-        channel_names: one name per input channel.
-        processing: pre/post-processing config.
-        name: registered model name (``None`` for run or logged-model URIs).
-        version: registry version (``None`` likewise).
-        uri: the URI or folder it was loaded from.
-    """
-
-    network: nn.Module
-    spec: ModelSpec
-    plan: TrainingPlan
-    class_names: tuple[str, ...]
-    channel_names: tuple[str, ...]
-    processing: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
-    version: str | None = None
-    uri: str = ""
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities ``(B, K, *spatial)`` for a preprocessed ``(B, C, *spatial)`` batch."""
-        return seg_models.predict(self.network, x, self.spec)
-
-
-def _local_folder(uri: str) -> Path | None:
-    """The local folder ``uri`` names, or ``None`` for a URI (``models:/``, ``runs:/``, ``s3://``)."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    if len(parsed.scheme) > 1:  # one letter is a Windows drive
-        return None
-    return Path(uri).expanduser()
-
-
-def _resolve(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME@alias`` → ``models:/NAME/VERSION`` (pinned), with the name and version."""
-    if not uri.startswith("models:/"):
-        return uri, None, None
-    target = uri.removeprefix("models:/").strip("/")
-    client = mlflow.MlflowClient()
-    if "@" in target:
-        name, alias = target.rsplit("@", 1)
-        found = _lookup(client, name, lambda: client.get_model_version_by_alias(name, alias))
-    elif "/" in target:
-        name, number = target.rsplit("/", 1)
-        found = _lookup(client, name, lambda: client.get_model_version(name, number))
-    else:  # a logged model id (models:/m-...), not a registry entry
-        return uri, None, None
-    return f"models:/{name}/{found.version}", name, str(found.version)
-
-
-def _lookup(client: mlflow.MlflowClient, name: str, get: Callable[[], Any]) -> Any:
-    try:
-        return get()
-    except MlflowException as error:
-        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-        raise ModelError(
-            f"no registered model matches ({error.message})",
-            path=f"models:/{name}",
-            hint=_available(client, name),
-        ) from error
-
-
-def _available(client: mlflow.MlflowClient, name: str) -> str:
-    try:
-        registered = client.get_registered_model(name)
-    except MlflowException:
-        names = sorted(model.name for model in client.search_registered_models(max_results=50))
-        return f"registered models: {', '.join(names) or 'none'}"
-    aliases = ", ".join(f"@{alias} → v{v}" for alias, v in sorted(registered.aliases.items()))
-    versions = sorted(
-        (int(v.version) for v in client.search_model_versions(f"name='{name}'")), reverse=True
-    )
-    return (
-        f"use one of the aliases {aliases or '(none)'} or versions "
-        f"{', '.join(map(str, versions)) or '(none)'} of {name!r}"
-    )
-
-
-def _from_folder(folder: Path) -> SegflowModel:
-    if not (folder / "MLmodel").is_file():
-        raise ModelError(
-            "is not an MLflow model folder (no MLmodel file)",
-            path=folder,
-            hint="pass a models:/ or runs:/ URI, or a folder from export_model",
-        )
-    flavor = Model.load(str(folder)).flavors.get("python_function", {})
-    if not flavor.get("model_code_path"):
-        raise ModelError(
-            "was not logged as models-from-code; segflow does not unpickle models",
-            path=folder,
-            hint="log it with pipelines.registry.log_segmentation_model",
-        )
-    artifacts = {key: folder / entry["path"] for key, entry in flavor.get("artifacts", {}).items()}
-    return SegflowModel.from_artifacts(artifacts)
-
-
-def load_model(uri: str | Path) -> LoadedModel:
-    """Load a segflow model for inference (no code or pickle from the model is executed).
-
-    Args:
-        uri: ``models:/NAME@alias``, ``models:/NAME/VERSION``, ``models:/<model id>``,
-            ``runs:/<run id>/<name>``, or a local model folder (from :func:`export_model`).
-
-    Returns:
-        The network in eval mode with its spec, plan, names and processing config.
-
-    Raises:
-        ModelError: unknown name/alias/version (the hint lists those available), or a folder
-            that is not a segflow model.
-    """
-    text = str(uri)
-    folder = _local_folder(text)
-    name = number = None
-    with tempfile.TemporaryDirectory(prefix="segflow-load-") as scratch:
-        if folder is None:
-            configure_mlflow()
-            resolved, name, number = _resolve(text)
-            folder = Path(mlflow.artifacts.download_artifacts(resolved, dst_path=scratch))
-        elif not folder.is_dir():
-            raise ModelError("does not exist or is not a folder", path=folder)
-        else:
-            name, number = _registered_meta(folder)
-        model = _from_folder(folder)
-    if model.network is None or model.spec is None or model.plan is None:
-        raise ModelError("loaded without a network", path=text)
-    return LoadedModel(
-        network=model.network,
-        spec=model.spec,
-        plan=model.plan,
-        class_names=model.class_names,
-        channel_names=model.channel_names,
-        processing=model.processing,
-        name=name,
-        version=number,
-        uri=text,
-    )
-
-
-def _registered_meta(folder: Path) -> tuple[str | None, str | None]:
-    meta = folder / "registered_model_meta"  # written by MLflow when a registry URI is downloaded
-    if not meta.is_file():
-        return None, None
-    values = yaml.safe_load(meta.read_text(encoding="utf-8")) or {}
-    name, number = values.get("model_name"), values.get("model_version")
-    return (str(name) if name else None), (str(number) if number else None)
-
-
-def export_model(uri: str, destination: str | Path) -> Path:
-    """Copy a model (e.g. ``models:/NAME@champion``) to a local folder for offline use.
-
-    The folder is a complete MLflow model (``mlflow.pyfunc.load_model`` works on it) and
-    remembers the registry name and version; :func:`load_model` accepts it.
-
-    Args:
-        uri: any URI :func:`load_model` accepts.
-        destination: a folder that does not exist yet or is empty.
-
-    Returns:
-        The folder.
-
-    Raises:
-        OutputError: ``destination`` exists and is not an empty folder.
-        ModelError: the model cannot be found.
-    """
-    destination = Path(destination).expanduser().resolve()
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise OutputError(
-            "exists and is not an empty folder",
-            path=destination,
-            hint="choose a new folder, or remove this one",
-        )
-    source = _local_folder(str(uri))
-    if source is not None:
-        _from_folder(source)  # refuse what load_model would refuse
-        shutil.copytree(source, destination, dirs_exist_ok=True)
-        return destination
-    configure_mlflow()
-    resolved, name, _ = _resolve(str(uri))
-    destination.mkdir(parents=True, exist_ok=True)
-    local = Path(mlflow.artifacts.download_artifacts(resolved, dst_path=str(destination)))
-    if local != destination:  # some stores nest the folder: flatten it
-        for item in local.iterdir():
-            shutil.move(str(item), destination / item.name)
-        local.rmdir()
-    if name is None:  # a run or logged-model URI: a stale registry note must not travel
-        (destination / "registered_model_meta").unlink(missing_ok=True)
-    _from_folder(destination)
-    return destination
