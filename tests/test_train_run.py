@@ -78,3 +78,23 @@ def test_nuclei_route_scores_dsb2018(tmp_path: Path) -> None:
     assert report.plan.class_names == ("background", "interior", "boundary")
     assert report.evaluation.metric == "val_dsb2018" and 0.0 <= report.evaluation.score <= 1.0
     assert report.registration is None
+
+
+def test_volume_training_checkpoints_load_weights_only(tmp_path: Path) -> None:
+    """Volumes arrive as MONAI MetaTensors; metrics must not carry them into checkpoints, which
+    are loaded back with weights_only=True."""
+    from pipelines.synthetic import make_volume_dataset
+
+    make_volume_dataset(tmp_path / "vol", n_cases=3, shape=(20, 18, 12), seed=1)
+    manifest = ingest(tmp_path / "vol", workdir=tmp_path / "work")
+    config = CONFIG.model_copy(update={"max_epochs": 1})
+    report = train_from_manifest(
+        manifest,
+        config,
+        tmp_path / "run",
+        plan_overrides={"patch_size": [16, 16, 16], "batch_size": 2},
+        progress_bar=False,
+    )
+    assert report.spec.spatial_dims == 3 and report.result.best_checkpoint is not None
+    state = torch.load(report.result.best_checkpoint, weights_only=True)
+    assert "state_dict" in state

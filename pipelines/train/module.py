@@ -15,6 +15,19 @@ from pipelines.preprocess.datasets import seed_augmentation
 from seg_models import build_loss, build_model
 
 
+def plain_tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with MONAI ``MetaTensor`` values turned into plain tensors.
+
+    Metrics computed from MetaTensors stay MetaTensors (with NumPy metadata); Lightning would
+    store them in the checkpoint's callback state, which ``torch.load(weights_only=True)``
+    then refuses.
+    """
+    return {
+        key: value.as_subclass(torch.Tensor) if isinstance(value, torch.Tensor) else value
+        for key, value in batch.items()
+    }
+
+
 def foreground_indices(class_values: Sequence[int]) -> list[int]:
     """Class indices that are scored: every class but the one whose label value is 0.
 
@@ -96,6 +109,7 @@ class SegmentationModule(L.LightningModule):
         return self.network(x)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        batch = plain_tensors(batch)
         loss = self.loss_fn(self(batch["image"]), batch["label"].long())
         self.log(
             "train_loss",
@@ -120,6 +134,7 @@ class SegmentationModule(L.LightningModule):
         return logits.argmax(dim=1)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        batch = plain_tensors(batch)
         prediction = self.predict_classes(batch["image"])
         target = (
             batch["label"].long()[:, 0]
