@@ -53,18 +53,6 @@ PLAN = TrainingPlan(
 KEY_A, KEY_B = "a" * 64, "b" * 64
 
 
-@pytest.fixture(scope="module")
-def mlflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One MLflow database for the module (creating one costs ~1.5 s)."""
-    home = tmp_path_factory.mktemp("registry-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SEGFLOW_HOME", str(home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        get_settings.cache_clear()
-        yield home
-    get_settings.cache_clear()
-
-
 @pytest.fixture(autouse=True)
 def _module_home(mlflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("SEGFLOW_HOME", str(mlflow_home))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlparse
@@ -70,18 +69,6 @@ def make_manifest() -> DatasetManifest:
         for i in range(3)
     )
     return DatasetManifest(name=DATASET, source="/data", segflow_version="0.1.0", cases=cases)
-
-
-@pytest.fixture(scope="module")
-def mlflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One MLflow database for the module (creating one costs ~1.5 s)."""
-    home = tmp_path_factory.mktemp("tracking-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SEGFLOW_HOME", str(home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        get_settings.cache_clear()
-        yield home
-    get_settings.cache_clear()
 
 
 @pytest.fixture(autouse=True)
