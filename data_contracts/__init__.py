@@ -21,6 +21,7 @@ from data_contracts.plan import (
     NormalizationScheme,
     TrainingPlan,
 )
+from data_contracts.postprocess import PostprocessConfig
 from data_contracts.settings import Settings, apply_environment, get_settings
 from data_contracts.train_config import TrainConfig
 
@@ -39,6 +40,7 @@ __all__ = [
     "LabelStats",
     "ModelSpec",
     "NormalizationScheme",
+    "PostprocessConfig",
     "RasterGeometry",
     "RejectedInput",
     "Settings",

@@ -17,6 +17,7 @@ __all__ = [
     "ArchiveError",
     "ArchiveLinkError",
     "ArchiveSpecialFileError",
+    "ChannelCountError",
     "ChannelGeometryError",
     "ConfigError",
     "CorruptFileError",
@@ -156,6 +157,12 @@ class ChannelGeometryError(GeometryMismatchError):
     """The channel files of one case differ in shape or grid."""
 
     default_hint = "all channels of a case must share one grid: resample them or fix the pairing"
+
+
+class ChannelCountError(InputError):
+    """An input has another number of channels (modalities, bands) than the model expects."""
+
+    default_hint = "pass the channels, in order, that the model was trained on"
 
 
 class LabelGeometryError(GeometryMismatchError):

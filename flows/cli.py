@@ -22,6 +22,8 @@ from data_contracts import (
 )
 from flows.console import console, error_console, manifest_table, progress_bar, rejected_table
 from flows.exit_codes import ExitCode, outcome
+from flows.evaluate_cli import evaluate as evaluate_command
+from flows.segment_cli import segment as segment_command
 from flows.train_cli import train as train_command
 
 app = typer.Typer(
@@ -188,6 +190,27 @@ def demo(
 
 
 app.command()(train_command)
+app.command()(segment_command)
+app.command()(evaluate_command)
+
+
+@app.command()
+def export(
+    model: Annotated[
+        str, typer.Argument(help="models:/NAME@alias, models:/NAME/VERSION or runs:/ID/model.")
+    ],
+    destination: Annotated[Path, typer.Argument(help="A new (or empty) folder.")],
+) -> None:
+    """Copy a model out of the registry into a folder, for offline use with `segflow segment`.
+
+    Example:
+
+        segflow export models:/brats@champion ./brats-model
+    """
+    from pipelines.registry import export_model
+
+    folder = export_model(model, destination)
+    console.print(f"Exported {model} to [bold]{folder}[/bold]")
 
 
 def _version_callback(value: bool) -> None:

@@ -1,0 +1,1 @@
+"""Inference: registered models applied to volumes, rasters and images of any size."""

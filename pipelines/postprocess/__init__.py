@@ -1,0 +1,1 @@
+"""Post-processing of label maps in physical units, and polygons in the source CRS."""

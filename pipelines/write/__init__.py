@@ -1,0 +1,1 @@
+"""Writers of segmentation outputs in the source geometry (NIfTI, GeoTIFF/COG, PNG)."""

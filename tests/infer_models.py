@@ -1,0 +1,72 @@
+"""Deterministic "oracle" models for inference tests, fitted in closed form to synthetic data.
+
+Synthetic datasets give every class its own intensity in every channel, so after the plan's
+normalisation a nearest-centroid classifier separates them. It is linear in the pixel values
+(``logit_k = 2 μ_k·x − |μ_k|²``), i.e. a 1×1 convolution: pointwise, so any misplaced pixel in
+inference (a flipped axis, a wrong inverse resampling, a seam between windows) shows up as
+disagreement with the source label.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from data_contracts import DatasetManifest, ModelSpec, TrainingPlan
+from pipelines.model_loading import LoadedModel
+from pipelines.plan import compute_fingerprint, make_plan
+from pipelines.preprocess.datasets import case_to_item
+from pipelines.preprocess.transforms import plan_transforms
+
+
+def class_centroids(manifest: DatasetManifest, plan: TrainingPlan) -> torch.Tensor:
+    """Mean normalised intensity ``(K, C)`` of each class over the manifest's labelled cases."""
+    transform = plan_transforms(plan, train=False)
+    sums = torch.zeros(len(plan.class_values), plan.in_channels, dtype=torch.float64)
+    counts = torch.zeros(len(plan.class_values), dtype=torch.float64)
+    for case in manifest.labelled_cases:
+        item = transform(case_to_item(case))
+        image = torch.as_tensor(item["image"]).double().reshape(plan.in_channels, -1)
+        label = torch.as_tensor(item["label"]).long().reshape(-1)
+        for k in range(len(plan.class_values)):
+            selected = label == k
+            sums[k] += image[:, selected].sum(dim=1)
+            counts[k] += selected.sum()
+    return (sums / counts.clamp(min=1)[:, None]).float()
+
+
+def centroid_network(centroids: torch.Tensor, spatial_dims: int) -> nn.Module:
+    """A 1×1 convolution scoring each class by its (negated, shifted) distance to the centroid."""
+    n_classes, channels = centroids.shape
+    conv = (nn.Conv3d if spatial_dims == 3 else nn.Conv2d)(channels, n_classes, 1)
+    with torch.no_grad():
+        conv.weight.copy_((2 * centroids).reshape(conv.weight.shape))
+        conv.bias.copy_(-(centroids**2).sum(dim=1))  # type: ignore[union-attr]
+    return conv.eval()
+
+
+def oracle_model(
+    manifest: DatasetManifest,
+    *,
+    spatial_dims: int | None = None,
+    patch: tuple[int, ...] | None = None,
+) -> LoadedModel:
+    """A :class:`LoadedModel` (plan from the manifest, centroid network) for ``manifest``."""
+    plan = make_plan(compute_fingerprint(manifest), manifest, spatial_dims=spatial_dims)  # type: ignore[arg-type]
+    if patch is not None:
+        plan = plan.model_copy(update={"patch_size": patch})
+    network = centroid_network(class_centroids(manifest, plan), plan.spatial_dims)
+    spec = ModelSpec(
+        name="unet",
+        in_channels=plan.in_channels,
+        num_classes=len(plan.class_values),
+        spatial_dims=plan.spatial_dims,
+    )
+    return LoadedModel(
+        network=network,
+        spec=spec,
+        plan=plan,
+        class_names=plan.class_names,
+        channel_names=tuple(f"channel_{i}" for i in range(plan.in_channels)),
+        uri="oracle",
+    )

@@ -1,0 +1,180 @@
+"""Streamed sliding-window inference equals MONAI's whole-image result, a band of rows at a time."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from monai.inferers import sliding_window_inference
+from numpy.typing import NDArray
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from data_contracts import ChannelNormalization, ModelError, UsageError
+from pipelines.infer.stream import Predictor, StreamConfig, StreamSummary, stream_raster
+from pipelines.preprocess.array import normalize_channels
+
+torch.set_num_threads(1)
+UTM_HALF_METRE = Affine.translation(500_000, 4_100_000) @ Affine.scale(0.5, -0.5)
+N_CLASSES = 3
+NORMALIZE = partial(
+    normalize_channels, norms=[ChannelNormalization(scheme="percentile", lower=0, upper=255)] * 3
+)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    """A fixed random 5×5 convolution + softmax: deterministic and border-sensitive."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, N_CLASSES, 5, padding=2).eval()
+    return lambda patches: torch.softmax(conv(patches), dim=1)
+
+
+def _write_scene(path: Path, image: NDArray[np.uint8], nodata: int | None = None) -> Path:
+    """A tiled (64 px), deflate GeoTIFF in UTM 33N with 0.5 m pixels."""
+    count, height, width = image.shape
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=count, dtype="uint8",
+        crs="EPSG:32633", transform=UTM_HALF_METRE, nodata=nodata,
+        tiled=True, blockxsize=64, blockysize=64, compress="deflate",
+    ) as dst:  # fmt: skip
+        dst.write(image)
+    return path
+
+
+def _scene(height: int, width: int, seed: int = 0) -> NDArray[np.uint8]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(1, 256, (3, height, width), dtype=np.uint8)
+
+
+class _Bands:
+    """A sink that keeps copies of what it is given."""
+
+    def __init__(self) -> None:
+        self.windows: list[Window] = []
+        self.probabilities: list[NDArray[np.float32]] = []
+        self.valid: list[NDArray[np.bool_]] = []
+
+    def __call__(
+        self, window: Window, probs: NDArray[np.float32], valid: NDArray[np.bool_]
+    ) -> None:
+        self.windows.append(window)
+        self.probabilities.append(probs.copy())
+        self.valid.append(valid.copy())
+
+    def stacked(self) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        return np.concatenate(self.probabilities, axis=1), np.concatenate(self.valid, axis=0)
+
+
+def _stream(path: Path, predictor: Predictor, config: StreamConfig) -> tuple[_Bands, StreamSummary]:
+    bands = _Bands()
+    with rasterio.open(path) as dataset:
+        summary = stream_raster(
+            dataset, predictor, N_CLASSES, config, normalize=NORMALIZE, sink=bands
+        )
+    return bands, summary
+
+
+def _monai(image: NDArray[np.float32], predictor: Predictor, config: StreamConfig) -> NDArray:
+    normalised = NORMALIZE(torch.from_numpy(image))[None]
+    with torch.inference_mode():
+        result = sliding_window_inference(
+            normalised, config.roi, config.batch_size, predictor, config.overlap, mode=config.mode
+        )
+    assert isinstance(result, torch.Tensor)
+    return result[0].numpy()
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "config"),
+    [
+        pytest.param(150, 203, StreamConfig((64, 48), 0.25, 4), id="not-a-multiple-of-stride"),
+        pytest.param(40, 50, StreamConfig((64, 64), 0.25, 2), id="smaller-than-roi"),
+        pytest.param(37, 130, StreamConfig((48, 32), 0.25, 3), id="shorter-than-roi"),
+        pytest.param(330, 90, StreamConfig((32, 32), 0.5, 5), id="many-strips"),
+        pytest.param(97, 70, StreamConfig((24, 40), 0.0, 8, "constant"), id="no-overlap"),
+    ],
+)
+def test_stream_equals_monai_sliding_window(
+    tmp_path: Path, predictor: Predictor, height: int, width: int, config: StreamConfig
+) -> None:
+    image = _scene(height, width)
+    bands, summary = _stream(_write_scene(tmp_path / "scene.tif", image), predictor, config)
+    streamed, valid = bands.stacked()
+    expected = _monai(image.astype(np.float32), predictor, config)
+    assert streamed.shape == expected.shape == (N_CLASSES, height, width)
+    np.testing.assert_allclose(streamed, expected, rtol=0, atol=1e-5)
+    assert valid.all()
+    assert summary.batches >= summary.windows / config.batch_size
+
+
+def test_bands_cover_every_row_once_in_order(tmp_path: Path, predictor: Predictor) -> None:
+    path = _write_scene(tmp_path / "scene.tif", _scene(200, 75))
+    seen: list[int] = []
+    bands, _ = _stream(path, predictor, StreamConfig((32, 32), 0.25, 4))
+    assert len(bands.windows) > 3
+    next_row = 0
+    for window, probs, valid in zip(bands.windows, bands.probabilities, bands.valid, strict=True):
+        assert (window.row_off, window.col_off, window.width) == (next_row, 0, 75)
+        assert probs.dtype == np.float32 and probs.shape == (N_CLASSES, window.height, 75)
+        assert valid.dtype == np.bool_ and valid.shape == (window.height, 75)
+        next_row += window.height
+        seen.extend(range(window.row_off, window.row_off + window.height))
+    assert seen == list(range(200))
+    np.testing.assert_allclose(bands.stacked()[0].sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_nodata_pixels_are_invalid(tmp_path: Path, predictor: Predictor) -> None:
+    image = _scene(90, 110, seed=3)
+    image[1, 20:45, 30:70] = 0  # nodata in one band only is enough
+    image[:, 80:, :5] = 0
+    path = _write_scene(tmp_path / "scene.tif", image, nodata=0)
+    config = StreamConfig((32, 32), 0.25, 4)
+    bands, _ = _stream(path, predictor, config)
+    streamed, valid = bands.stacked()
+    np.testing.assert_array_equal(valid, (image != 0).all(axis=0))
+    with_nan = np.where(image == 0, np.nan, image.astype(np.float32))
+    np.testing.assert_allclose(streamed, _monai(with_nan, predictor, config), atol=1e-5)
+
+
+def test_accumulator_grows_with_width_not_height(tmp_path: Path, predictor: Predictor) -> None:
+    config = StreamConfig((32, 32), 0.25, 8)
+    peaks = {}
+    for height, width in ((104, 64), (208, 64), (104, 128)):
+        path = _write_scene(tmp_path / f"{height}x{width}.tif", _scene(height, width))
+        peaks[height, width] = _stream(path, predictor, config)[1].peak_band_bytes
+    assert peaks[208, 64] == peaks[104, 64]
+    assert peaks[104, 128] == 2 * peaks[104, 64]
+
+
+def test_progress_reports_every_batch(tmp_path: Path, predictor: Predictor) -> None:
+    path = _write_scene(tmp_path / "scene.tif", _scene(60, 60))
+    calls: list[tuple[int, int]] = []
+    with rasterio.open(path) as dataset:
+        summary = stream_raster(
+            dataset, predictor, N_CLASSES, StreamConfig((32, 32), 0.25, 3),
+            normalize=NORMALIZE, sink=lambda *_: None, progress=lambda *a: calls.append(a),
+        )  # fmt: skip
+    assert len(calls) == summary.batches
+    assert calls[-1] == (summary.windows, summary.windows) == (9, 9)
+
+
+def test_wrong_predictor_output_is_a_model_error(tmp_path: Path) -> None:
+    path = _write_scene(tmp_path / "scene.tif", _scene(40, 40))
+    with rasterio.open(path) as dataset, pytest.raises(ModelError, match=r"\(1, 2, 32, 32\)"):
+        stream_raster(
+            dataset, lambda x: x[:, :2], N_CLASSES, StreamConfig((32, 32), batch_size=1),
+            normalize=NORMALIZE, sink=lambda *_: None,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"roi": (0, 32)}, {"roi": (32, 32), "overlap": 1.0}, {"roi": (8, 8), "mode": "x"}]
+)
+def test_bad_config_is_a_usage_error(kwargs: dict) -> None:
+    with pytest.raises(UsageError):
+        StreamConfig(**kwargs)
