@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ OVERHEAD_FLOOR = 1.2
 MEMORY_FLOOR = 1.1
 MEMORY_LIMIT_MB = 1536.0
 _TILE = 512
-_ARGMAX_ROWS = 32  # argmax in slices: a full-width int64 index of every band row would be large
+_LABEL_ROWS = 32  # labels from probabilities in slices of rows: small temporaries
 
 
 def write_scene(path: Path, size: int, seed: int = 0) -> Path:
@@ -101,34 +102,55 @@ def build_predictor(threads: int) -> Predictor:
 def _mask_sink(writer: GeoTiffMaskWriter) -> Sink:
     def sink(window: Window, probabilities: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
         labels = np.empty(valid.shape, dtype=np.uint8)
-        for top in range(0, len(labels), _ARGMAX_ROWS):
-            labels[top : top + _ARGMAX_ROWS] = probabilities[:, top : top + _ARGMAX_ROWS].argmax(0)
+        for top in range(0, len(labels), _LABEL_ROWS):
+            rows = slice(top, top + _LABEL_ROWS)
+            labels[rows] = _argmax(probabilities[:, rows])
         labels[~valid] = MASK_NODATA
         writer.write(labels, window)
 
     return sink
 
 
-def run_end_to_end(scene: Path, out: Path, batch_size: int, threads: int) -> dict[str, Any]:
+def _argmax(probabilities: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """``argmax`` over the first axis as uint8 (NumPy's is slow along a non-last axis)."""
+    labels = np.zeros(probabilities.shape[1:], dtype=np.uint8)
+    best = probabilities[0].copy()
+    for index, channel in enumerate(probabilities[1:], start=1):
+        labels[channel > best] = index  # strictly greater: ties go to the first class
+        np.maximum(best, channel, out=best)
+    return labels
+
+
+@dataclass(frozen=True)
+class Run:
+    """The settings every measurement shares (picklable, for the spawned processes)."""
+
+    batch_size: int
+    threads: int
+    read_ahead: int
+
+
+def run_end_to_end(scene: Path, out: Path, run: Run) -> dict[str, Any]:
     """Segment ``scene`` into a COG mask at ``out``; seconds and this process's peak RSS."""
-    predictor = build_predictor(threads)
-    config = StreamConfig((ROI, ROI), OVERLAP, batch_size)
+    predictor = build_predictor(run.threads)
+    config = StreamConfig((ROI, ROI), OVERLAP, run.batch_size, read_ahead=run.read_ahead)
     normalize = partial(
         normalize_channels,
         norms=[ChannelNormalization(scheme="percentile", lower=0, upper=255)] * 3,
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with (
         bounded_gdal_env(),
         open_raster(scene) as source,
         GeoTiffMaskWriter(out, source.profile, class_names=CLASSES) as writer,
     ):
+        sink = _mask_sink(writer)
         summary = stream_raster(
-                source, predictor, len(CLASSES), config, normalize=normalize,
-                sink=_mask_sink(writer),
-            )  # fmt: skip
+            source, predictor, len(CLASSES), config, normalize=normalize, sink=sink
+        )
     return {
         "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "windows": summary.windows,
         "batches": summary.batches,
@@ -136,20 +158,23 @@ def run_end_to_end(scene: Path, out: Path, batch_size: int, threads: int) -> dic
     }
 
 
-def run_model_only(size: int, batch_size: int, threads: int) -> dict[str, Any]:
+def run_model_only(size: int, run: Run) -> dict[str, Any]:
     """The predictor alone on random in-memory patches, batched as ``stream_raster`` batches."""
-    predictor = build_predictor(threads)
-    strips = len(window_starts(size, ROI, OVERLAP))
-    per_strip = len(window_starts(size, ROI, OVERLAP))
-    sizes = [min(batch_size, per_strip - first) for first in range(0, per_strip, batch_size)]
+    predictor = build_predictor(run.threads)
+    per_axis = len(window_starts(size, ROI, OVERLAP))  # strips, and windows per strip
+    sizes = [min(run.batch_size, per_axis - first) for first in range(0, per_axis, run.batch_size)]
     patches = {n: torch.rand(n, 3, ROI, ROI) for n in set(sizes)}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
-        for _ in range(strips):
+        for _ in range(per_axis):
             for n in sizes:
                 predictor(patches[n])
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "windows": strips * per_strip, "batches": strips * len(sizes)}
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu,
+        "windows": per_axis * per_axis,
+        "batches": per_axis * len(sizes),
+    }
 
 
 def _in_fresh_process(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -159,18 +184,16 @@ def _in_fresh_process(function: Callable[..., dict[str, Any]], *args: Any) -> di
         return pool.submit(function, *args).result()
 
 
-def measure(root: Path, size: int, small_size: int, batch_size: int, threads: int) -> dict:
+def measure(root: Path, size: int, small_size: int, run: Run) -> dict[str, dict[str, Any]]:
     """Generate both scenes and run the three measurements; returns the raw results."""
     runs: dict[str, dict[str, Any]] = {}
     for name, pixels in (("small", small_size), ("large", size)):
         started = time.perf_counter()
         scene = write_scene(root / f"scene_{pixels}.tif", pixels)
         print(f"scene {pixels}² written in {time.perf_counter() - started:.1f} s")
-        runs[name] = _in_fresh_process(
-            run_end_to_end, scene, root / f"mask_{pixels}.tif", batch_size, threads
-        )
+        runs[name] = _in_fresh_process(run_end_to_end, scene, root / f"mask_{pixels}.tif", run)
         print(f"end to end {pixels}²: {_describe(runs[name])}")
-    runs["model"] = _in_fresh_process(run_model_only, size, batch_size, threads)
+    runs["model"] = _in_fresh_process(run_model_only, size, run)
     print(f"model only {size}²: {_describe(runs['model'])}")
     if runs["model"]["batches"] != runs["large"]["batches"]:
         raise SystemExit(f"batch counts differ: {runs['model']} vs {runs['large']}")
@@ -187,60 +210,65 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32_768, help="large scene side in pixels")
     parser.add_argument("--small-size", type=int, default=8_192, help="reference scene side")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per model call")
-    parser.add_argument(
-        "--threads", type=int, default=torch.get_num_threads(), help="torch threads"
-    )
+    threads = torch.get_num_threads()
+    parser.add_argument("--threads", type=int, default=threads, help="torch threads")
+    parser.add_argument("--read-ahead", type=int, default=1, help="batches read on a thread")
     parser.add_argument("--no-record", action="store_true", help="print only; leave results.json")
     args = parser.parse_args()
+    run = Run(args.batch_size, args.threads, args.read_ahead)
     root = Path(tempfile.mkdtemp(prefix="segflow-raster-pipeline-"))
     try:
-        runs = measure(root, args.size, args.small_size, args.batch_size, args.threads)
+        runs = measure(root, args.size, args.small_size, run)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    large, small, model = runs["large"], runs["small"], runs["model"]
-    overhead = large["seconds"] / model["seconds"]
-    memory = large["peak_rss_mb"] / small["peak_rss_mb"]
+    metrics = _metrics(args.size, args.small_size, run, runs)
+    overhead, memory = metrics["raster_pipeline_overhead"], metrics["raster_pipeline_memory"]
     print(
-        f"P2 overhead: {large['seconds']:.1f} s end to end / {model['seconds']:.1f} s model only "
-        f"= {overhead:.3f} (floor ≤ {OVERHEAD_FLOOR})\n"
-        f"P3 memory: {large['peak_rss_mb']:.0f} MB at {args.size}² / {small['peak_rss_mb']:.0f} MB "
-        f"at {args.small_size}² = {memory:.3f} (floor ≤ {MEMORY_FLOOR}, "
+        f"P2 overhead: {overhead['end_to_end_seconds']:.2f} s end to end / "
+        f"{overhead['model_only_seconds']:.2f} s model only = {overhead['ratio']} "
+        f"(floor ≤ {OVERHEAD_FLOOR}; CPU-time ratio {overhead['cpu_ratio']})\n"
+        f"P3 memory: {memory['peak_rss_mb']:.0f} MB at {args.size}² / "
+        f"{memory['small_peak_rss_mb']:.0f} MB "
+        f"at {args.small_size}² = {memory['ratio']} (floor ≤ {MEMORY_FLOOR}, "
         f"peak ≤ {MEMORY_LIMIT_MB:.0f} MB)"
     )
-    if args.no_record:
-        return
-    command = (
-        f"python -m benchmarks.raster_pipeline --size {args.size} --small-size {args.small_size} "
-        f"--batch-size {args.batch_size} --threads {args.threads}"
-    )
-    common = {"size_px": args.size, "batch_size": args.batch_size, "threads": args.threads}
-    record(
-        "raster_pipeline_overhead",
-        {
-            **common,
-            "windows": large["windows"],
-            "batches": large["batches"],
-            "end_to_end_seconds": round(large["seconds"], 2),
-            "model_only_seconds": round(model["seconds"], 2),
-            "ratio": round(overhead, 3),
-            "floor": OVERHEAD_FLOOR,
-        },
-        command=command,
-    )
-    record(
-        "raster_pipeline_memory",
-        {
-            **common,
-            "small_size_px": args.small_size,
-            "peak_rss_mb": round(large["peak_rss_mb"], 1),
-            "small_peak_rss_mb": round(small["peak_rss_mb"], 1),
-            "peak_band_mb": round(large["peak_band_mb"], 1),
-            "ratio": round(memory, 3),
-            "floor": MEMORY_FLOOR,
-            "limit_mb": MEMORY_LIMIT_MB,
-        },
-        command=command,
-    )
+    if not args.no_record:
+        command = (
+            f"python -m benchmarks.raster_pipeline --size {args.size} --small-size "
+            f"{args.small_size} --batch-size {run.batch_size} --threads {run.threads} "
+            f"--read-ahead {run.read_ahead}"
+        )
+        for name, values in metrics.items():
+            record(name, values, command=command)
+
+
+def _metrics(
+    size: int, small_size: int, run: Run, runs: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The two results entries, P2 and P3, from the raw measurements."""
+    large, small, model = runs["large"], runs["small"], runs["model"]
+    common = {"size_px": size, **asdict(run)}
+    overhead = {
+        **common,
+        "windows": large["windows"],
+        "batches": large["batches"],
+        "end_to_end_seconds": round(large["seconds"], 2),
+        "model_only_seconds": round(model["seconds"], 2),
+        "ratio": round(large["seconds"] / model["seconds"], 3),
+        "cpu_ratio": round(large["cpu_seconds"] / model["cpu_seconds"], 3),
+        "floor": OVERHEAD_FLOOR,
+    }
+    memory = {
+        **common,
+        "small_size_px": small_size,
+        "peak_rss_mb": round(large["peak_rss_mb"], 1),
+        "small_peak_rss_mb": round(small["peak_rss_mb"], 1),
+        "peak_band_mb": round(large["peak_band_mb"], 1),
+        "ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),
+        "floor": MEMORY_FLOOR,
+        "limit_mb": MEMORY_LIMIT_MB,
+    }
+    return {"raster_pipeline_overhead": overhead, "raster_pipeline_memory": memory}
 
 
 if __name__ == "__main__":

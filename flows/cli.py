@@ -15,15 +15,17 @@ from data_contracts import (
     ConfigError,
     DatasetManifest,
     IngestOptions,
+    MissingFileError,
     SegflowError,
     UsageError,
     apply_environment,
     get_settings,
 )
 from flows.console import console, error_console, manifest_table, progress_bar, rejected_table
-from flows.exit_codes import ExitCode, outcome
 from flows.evaluate_cli import evaluate as evaluate_command
+from flows.exit_codes import ExitCode, outcome
 from flows.segment_cli import segment as segment_command
+from flows.serve import serve as serve_command
 from flows.train_cli import train as train_command
 
 app = typer.Typer(
@@ -137,8 +139,30 @@ def ingest(
         vector_crs=vector_crs,
         subdir=subdir,
     )
-    manifest = run_ingest(source, out, options, workdir)
-    raise typer.Exit(int(outcome(len(manifest.cases), len(manifest.rejected))))
+    if not source.exists():  # fail fast, before a Prefect API is started for the flow
+        raise MissingFileError("does not exist", path=source.expanduser().resolve())
+    raise typer.Exit(int(run_ingest_flow(source, out, options, workdir)))
+
+
+def run_ingest_flow(
+    source: Path, out: Path, options: IngestOptions, workdir: Path | None
+) -> ExitCode:
+    """Ingest through :func:`flows.flows.ingest_flow`, then print the summary tables.
+
+    Returns:
+        The exit code of the flow's outcome (0 all valid, 3 partial, 1 nothing valid).
+    """
+    from flows.flows import ingest_flow, run_flow
+    from pipelines.ingest import read_manifest
+
+    workdir = workdir or out.with_name(f"{out.stem}.files")
+    summary, code = run_flow(ingest_flow, source=source, out=out, options=options, workdir=workdir)
+    manifest = read_manifest(summary["manifest"])
+    console.print(manifest_table(manifest))
+    if manifest.rejected:
+        console.print(rejected_table(manifest))
+    console.print(f"Manifest written to [bold]{out}[/bold]")
+    return code
 
 
 def run_ingest(
@@ -192,6 +216,7 @@ def demo(
 app.command()(train_command)
 app.command()(segment_command)
 app.command()(evaluate_command)
+app.command()(serve_command)
 
 
 @app.command()

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flows.console import console, progress_bar
-from flows.exit_codes import outcome
+from data_contracts import MissingFileError
+from flows.console import console
 
 
 def _number(value: float | None) -> str:
@@ -124,19 +124,17 @@ def evaluate(
 
         segflow evaluate pred/nuclei_7.png truth/nuclei_7.png --instance
     """
-    from pipelines.evaluate_outputs import evaluate_outputs
+    from flows.flows import evaluate_flow, run_flow
 
-    with progress_bar() as bar:
-        task = bar.add_task(f"evaluate {prediction.name}", total=None, current="")
-
-        def advance(done: int, total: int, case: str) -> None:
-            bar.update(task, completed=done, total=total, current=case[:30])
-
-        report = evaluate_outputs(prediction, truth, instance=instance, out=out, progress=advance)
+    for role, path in (("prediction", prediction), ("truth", truth)):
+        if not path.exists():  # fail fast, before a Prefect API is started for the flow
+            raise MissingFileError(f"{role} does not exist", path=path)
+    report, code = run_flow(
+        evaluate_flow, prediction=prediction, truth=truth, out=out, instance=instance
+    )
     for table in (semantic_table(report), instance_table(report), problems_table(report)):
         if table is not None:
             console.print(table)
     if out is not None:
         console.print(f"Metrics written to [bold]{out}[/bold]")
-    failed = len(report["failed"]) + len(report["unpaired"]["truth"])
-    raise typer.Exit(int(outcome(len(report["cases"]), failed)))
+    raise typer.Exit(int(code))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +13,6 @@ from rich.table import Table
 
 from data_contracts import ConfigError, TrainConfig, TrainingPlan
 from flows.console import console
-from flows.exit_codes import ExitCode
 
 
 def load_train_yaml(path: Path | None) -> dict[str, Any]:
@@ -45,14 +45,15 @@ def build_config(
         raise ConfigError(f"training option {field!r}: {first['msg']}", path=source) from error
 
 
-def plan_rich_table(plan: TrainingPlan) -> Table:
-    """The plan as a two-column table (overridden fields marked with *)."""
+def plan_rich_table(plan: TrainingPlan | Sequence[Sequence[str]]) -> Table:
+    """The plan (or its ``plan_table`` rows) as a two-column table (overrides marked with *)."""
     from pipelines.plan import plan_table
 
+    rows = plan_table(plan) if isinstance(plan, TrainingPlan) else plan
     table = Table(title="Training plan", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    for field, value in plan_table(plan):
+    for field, value in rows:
         table.add_row(field, value)
     return table
 
@@ -130,9 +131,9 @@ def train(
 
         segflow train tiles.json --model fcn8s --plan patch_size=256,256 --config train.yaml
     """
+    from flows.flows import run_flow, train_flow
     from pipelines.ingest import read_manifest
     from pipelines.plan import load_overrides_yaml, parse_override_flags
-    from pipelines.train.run import train_from_manifest
 
     flags: dict[str, Any] = {
         "model": model,
@@ -156,40 +157,43 @@ def train(
         **(load_overrides_yaml(config) if config else {}),
         **parse_override_flags(plan or []),
     }
-    dataset = read_manifest(manifest)
+    read_manifest(manifest)  # fail fast on a missing or invalid manifest, before Prefect starts
     workdir = workdir or manifest.with_name(f"{manifest.stem}.train")
-    report = train_from_manifest(
-        dataset,
-        settings,
-        workdir,
-        plan_overrides=overrides,
+    summary, code = run_flow(
+        train_flow,
+        manifest=manifest,
+        config=settings,
         register=register,
+        plan_overrides=overrides,
+        workdir=workdir,
         val_fraction=val_fraction,
         folds=folds,
         fold=fold,
-        on_plan=lambda p: console.print(plan_rich_table(p)),
+        progress_bar=True,
     )
-    console.print(_result_table(report))
-    raise typer.Exit(int(ExitCode.OK))
+    console.print(plan_rich_table(summary["plan"]))
+    console.print(result_table(summary))
+    raise typer.Exit(int(code))
 
 
-def _result_table(report: Any) -> Table:
+def result_table(summary: Mapping[str, Any]) -> Table:
+    """Validation scores per case and class; the caption holds score, run, model, registry."""
     table = Table(
-        title=f"Training result ({report.evaluation.metric} on {len(report.validation_cases)} validation cases)"
+        title=f"Training result ({summary['metric']} on {len(summary['validation_cases'])} validation cases)"
     )
     table.add_column("case")
     table.add_column("class")
     table.add_column("scores")
-    for case_id, per_class in report.evaluation.per_case.items():
+    for case_id, per_class in summary["per_case"].items():
         for class_name, metrics in per_class.items():
             table.add_row(
                 case_id, class_name, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
             )
     table.caption = (
-        f"score {report.evaluation.score:.3f} · epochs {report.result.epochs} (stopped by {report.result.stopped_by}) · "
-        f"MLflow run {report.run_id} · model {report.model_uri}"
+        f"score {summary['score']:.3f} · epochs {summary['epochs']} (stopped by {summary['stopped_by']}) · "
+        f"MLflow run {summary['run_id']} · model {summary['model_uri']}"
     )
-    if report.registration is not None:
-        decision = report.registration.decision
-        table.caption += f" · registered {report.registration.name} v{report.registration.version}: {decision.reason}"
+    registration = summary["registration"]
+    if registration is not None:
+        table.caption += f" · registered {registration['name']} v{registration['version']}: {registration['reason']}"
     return table

@@ -97,6 +97,7 @@ def _monai(image: NDArray[np.float32], predictor: Predictor, config: StreamConfi
         pytest.param(37, 130, StreamConfig((48, 32), 0.25, 3), id="shorter-than-roi"),
         pytest.param(330, 90, StreamConfig((32, 32), 0.5, 5), id="many-strips"),
         pytest.param(97, 70, StreamConfig((24, 40), 0.0, 8, "constant"), id="no-overlap"),
+        pytest.param(120, 100, StreamConfig((32, 32), read_ahead=0), id="no-read-ahead"),
     ],
 )
 def test_stream_equals_monai_sliding_window(
@@ -141,6 +142,17 @@ def test_nodata_pixels_are_invalid(tmp_path: Path, predictor: Predictor) -> None
     np.testing.assert_allclose(streamed, _monai(with_nan, predictor, config), atol=1e-5)
 
 
+def test_mask_band_pixels_are_invalid(tmp_path: Path, predictor: Predictor) -> None:
+    image = _scene(70, 60, seed=5)
+    path = _write_scene(tmp_path / "scene.tif", image)
+    mask = np.full((70, 60), 255, np.uint8)
+    mask[10:30, 5:50] = 0
+    with rasterio.open(path, "r+") as dataset:
+        dataset.write_mask(mask)
+    bands, _ = _stream(path, predictor, StreamConfig((32, 32), 0.25, 4))
+    np.testing.assert_array_equal(bands.stacked()[1], mask > 0)
+
+
 def test_accumulator_grows_with_width_not_height(tmp_path: Path, predictor: Predictor) -> None:
     config = StreamConfig((32, 32), 0.25, 8)
     peaks = {}
@@ -169,6 +181,15 @@ def test_wrong_predictor_output_is_a_model_error(tmp_path: Path) -> None:
         stream_raster(
             dataset, lambda x: x[:, :2], N_CLASSES, StreamConfig((32, 32), batch_size=1),
             normalize=NORMALIZE, sink=lambda *_: None,
+        )  # fmt: skip
+
+
+def test_normalize_must_keep_the_shape(tmp_path: Path, predictor: Predictor) -> None:
+    path = _write_scene(tmp_path / "scene.tif", _scene(40, 40))
+    with rasterio.open(path) as dataset, pytest.raises(UsageError, match="normalize"):
+        stream_raster(
+            dataset, predictor, N_CLASSES, StreamConfig((32, 32)),
+            normalize=lambda x: x[:2], sink=lambda *_: None,
         )  # fmt: skip
 
 

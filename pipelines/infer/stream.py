@@ -11,16 +11,21 @@ Memory is therefore O(K × roi × width), independent of the scene's height.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import rasterio
 import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from numpy.typing import NDArray
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
@@ -28,6 +33,7 @@ from data_contracts import CorruptFileError, ModelError, UsageError
 from pipelines.io.raster import bounded_gdal_env
 
 __all__ = [
+    "Normalizer",
     "Predictor",
     "Sink",
     "StreamConfig",
@@ -41,10 +47,14 @@ logger = logging.getLogger(__name__)
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 """``(B, C, h, w)`` normalised float32 patches → ``(B, K, h, w)`` probabilities."""
 
+Normalizer = Callable[[torch.Tensor], torch.Tensor]
+"""``(C, h, w)`` float32 pixels, NaN where nodata/masked → normalised ``(C, h, w)``."""
+
 Sink = Callable[[Window, NDArray[np.float32], NDArray[np.bool_]], None]
 """Receives ``(window, probabilities (K, rows, width), valid (rows, width))`` per finished band."""
 
 _BLEND_MODES = ("gaussian", "constant")
+_VALUE_MASKS = {MaskFlags.nodata, MaskFlags.all_valid}  # masks computed from the pixel values
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,8 @@ class StreamConfig:
         batch_size: windows per predictor call.
         mode: ``gaussian`` (less weight near window edges) or ``constant``.
         sigma_scale: standard deviation of the gaussian, as a fraction of the window size.
+        read_ahead: batches whose pixels are read on a background thread while the model runs
+            (0: read on the calling thread, between model calls).
     """
 
     roi: tuple[int, int]
@@ -64,6 +76,7 @@ class StreamConfig:
     batch_size: int = 8
     mode: str = "gaussian"
     sigma_scale: float = 0.125
+    read_ahead: int = 1
 
     def __post_init__(self) -> None:
         if len(self.roi) != 2 or min(self.roi) < 1:
@@ -76,6 +89,8 @@ class StreamConfig:
             raise UsageError(f"mode must be one of {_BLEND_MODES}, got {self.mode!r}")
         if self.sigma_scale <= 0:
             raise UsageError(f"sigma_scale must be positive, got {self.sigma_scale}")
+        if self.read_ahead < 0:
+            raise UsageError(f"read_ahead must be 0 or more, got {self.read_ahead}")
 
 
 @dataclass(frozen=True)
@@ -121,20 +136,21 @@ class _Layout:
 
     @classmethod
     def of(cls, height: int, width: int, config: StreamConfig) -> _Layout:
-        roi_rows, roi_cols = config.roi
-        return cls(
-            height=height,
-            width=width,
-            roi=config.roi,
-            pad_top=max(roi_rows - height, 0) // 2,
-            pad_left=max(roi_cols - width, 0) // 2,
-            rows=window_starts(height, roi_rows, config.overlap),
-            cols=window_starts(width, roi_cols, config.overlap),
-        )
+        (roi_rows, roi_cols), overlap = config.roi, config.overlap
+        pad_top, pad_left = max(roi_rows - height, 0) // 2, max(roi_cols - width, 0) // 2
+        rows = window_starts(height, roi_rows, overlap)
+        cols = window_starts(width, roi_cols, overlap)
+        return cls(height, width, config.roi, pad_top, pad_left, rows, cols)
 
     @property
     def padded_width(self) -> int:
         return max(self.width, self.roi[1])
+
+    def jobs(self, batch_size: int) -> Iterator[_Job]:
+        """The batches of windows in row-major order; a batch never spans two strips."""
+        for strip, top in enumerate(self.rows):
+            for first in range(0, len(self.cols), batch_size):
+                yield _Job(strip, top, self.cols[first : first + batch_size])
 
     def band_end(self, strip: int) -> int:
         """Padded row after the last row that strip ``strip`` is the last to touch."""
@@ -144,75 +160,101 @@ class _Layout:
 
 
 @dataclass(frozen=True)
-class _Batch:
-    """Normalised patches of consecutive windows of one strip, and the region's validity."""
+class _Job:
+    """Consecutive windows of one strip, predicted in one batch."""
 
     strip: int
+    top: int
     cols: list[int]
-    patches: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Region:
+    """The source pixels a job's windows cover: NaN where masked, and their validity.
+
+    ``rows`` are rows of the strip (0 = its top) and ``cols`` padded columns: the place of
+    ``values`` in the padded scene; the rest of the windows is zero padding.
+    """
+
+    job: _Job
+    values: NDArray[np.float32]
     valid: NDArray[np.bool_]
-    valid_rows: slice
-    valid_cols: slice
+    rows: slice
+    cols: slice
 
 
-class _StripReader:
-    """Reads and normalises the pixels that each batch of windows needs, strip by strip."""
+class _RegionReader:
+    """Reads the pixels of each job (GDAL and NumPy only, so it can run on a worker thread).
 
-    def __init__(
-        self,
-        dataset: rasterio.DatasetReader,
-        bands: list[int],
-        normalize: Callable[[torch.Tensor], torch.Tensor],
-        layout: _Layout,
-    ) -> None:
-        self._dataset = dataset
-        self._bands = bands
-        self._normalize = normalize
-        self._layout = layout
+    Nodata masks are computed from the values (GDAL's nodata mask band costs about three times
+    the read itself); other masks (internal mask band, alpha) are read.
+    """
 
-    def batches(self, batch_size: int) -> Iterator[_Batch]:
+    def __init__(self, dataset: rasterio.DatasetReader, bands: list[int], layout: _Layout) -> None:
+        self._dataset, self._bands, self._layout = dataset, bands, layout
+        flags = [set(dataset.mask_flag_enums[band - 1]) for band in bands]
+        nodata = [dataset.nodatavals[band - 1] for band in bands]
+        self._nodata = [
+            (i, nodata[i]) for i, found in enumerate(flags) if MaskFlags.nodata in found
+        ]
+        self._read_masks = [i for i, found in enumerate(flags) if not _VALUE_MASKS & found]
+
+    def read(self, job: _Job) -> _Region:
         layout = self._layout
-        for strip, top in enumerate(layout.rows):
-            for first in range(0, len(layout.cols), batch_size):
-                yield self._read(strip, top, layout.cols[first : first + batch_size])
-
-    def _read(self, strip: int, top: int, cols: list[int]) -> _Batch:
-        layout = self._layout
-        roi_rows, roi_cols = layout.roi
-        left, right = cols[0], cols[-1] + roi_cols
-        row0, row1 = (
-            max(top - layout.pad_top, 0),
-            min(top + roi_rows - layout.pad_top, layout.height),
-        )
-        col0, col1 = max(left - layout.pad_left, 0), min(right - layout.pad_left, layout.width)
-        values, valid = self._read_region(Window(col0, row0, col1 - col0, row1 - row0))
-        image = np.asarray(self._normalize(torch.from_numpy(values)).cpu(), dtype=np.float32)
-        if image.shape != values.shape:
-            raise UsageError(
-                f"normalize returned shape {image.shape} for input shape {values.shape}"
-            )
-        rows = slice(row0 + layout.pad_top - top, row1 + layout.pad_top - top)
-        region = image
-        if rows.stop - rows.start != roi_rows or col1 - col0 != right - left:
-            region = np.zeros((image.shape[0], roi_rows, right - left), dtype=np.float32)
-            offset = col0 + layout.pad_left - left
-            region[:, rows, offset : offset + col1 - col0] = image
-        patches = np.stack([region[:, :, c - left : c - left + roi_cols] for c in cols])
-        valid_cols = slice(col0 + layout.pad_left, col1 + layout.pad_left)
-        return _Batch(strip, cols, torch.from_numpy(patches), valid, rows, valid_cols)
-
-    def _read_region(self, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
-        """``(C, h, w)`` float32 values (NaN where masked) and ``(h, w)`` validity."""
+        row0 = max(job.top - layout.pad_top, 0)
+        row1 = min(job.top + layout.roi[0] - layout.pad_top, layout.height)
+        col0 = max(job.cols[0] - layout.pad_left, 0)
+        col1 = min(job.cols[-1] + layout.roi[1] - layout.pad_left, layout.width)
+        window = Window(col0, row0, col1 - col0, row1 - row0)
         try:
-            data = self._dataset.read(self._bands, window=window, masked=True)
+            data = self._dataset.read(self._bands, window=window)
+            masked = np.zeros(data.shape, dtype=bool)
+            for index in self._read_masks:
+                masked[index] = self._dataset.read_masks(self._bands[index], window=window) == 0
         except RasterioIOError as error:
             raise CorruptFileError(
                 f"pixel data cannot be read at {window}: {error}", path=self._dataset.name
             ) from error
-        masked = np.ma.getmaskarray(data)
-        values = np.asarray(np.ma.getdata(data), dtype=np.float32)
+        for index, nodata in self._nodata:
+            band = data[index]
+            masked[index] = np.isnan(band) if np.isnan(nodata) else band == band.dtype.type(nodata)
+        values = data.astype(np.float32)
         np.copyto(values, np.float32(np.nan), where=masked)
-        return values, ~np.logical_or.reduce(masked, axis=0)
+        rows = slice(row0 + layout.pad_top - job.top, row1 + layout.pad_top - job.top)
+        cols = slice(col0 + layout.pad_left, col1 + layout.pad_left)
+        return _Region(job, values, ~np.logical_or.reduce(masked, axis=0), rows, cols)
+
+
+def _regions(
+    reader: _RegionReader, jobs: Iterator[_Job], read_ahead: int
+) -> Generator[_Region, None, None]:
+    """Read the jobs' regions in order, up to ``read_ahead`` of them on a background thread."""
+    if read_ahead == 0:
+        yield from map(reader.read, jobs)
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-read-ahead")
+    try:
+        pending = deque(pool.submit(reader.read, job) for job in islice(jobs, read_ahead))
+        while pending:
+            region = pending.popleft().result()
+            pending.extend(pool.submit(reader.read, job) for job in islice(jobs, 1))
+            yield region
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _patches(region: _Region, normalize: Normalizer, roi: tuple[int, int]) -> torch.Tensor:
+    """Normalise a region and cut it into ``(B, C, *roi)`` windows, zero-padded like MONAI."""
+    image = np.asarray(normalize(torch.from_numpy(region.values)).cpu(), dtype=np.float32)
+    if image.shape != region.values.shape:
+        raise UsageError(f"normalize returned shape {image.shape} for input {region.values.shape}")
+    left, cols = region.job.cols[0], region.job.cols
+    width = cols[-1] + roi[1] - left
+    padded = image
+    if image.shape[1:] != (roi[0], width):
+        padded = np.zeros((image.shape[0], roi[0], width), dtype=np.float32)
+        padded[:, region.rows, region.cols.start - left : region.cols.stop - left] = image
+    return torch.from_numpy(np.stack([padded[:, :, c - left : c - left + roi[1]] for c in cols]))
 
 
 class _RowAccumulator:
@@ -235,13 +277,13 @@ class _RowAccumulator:
     def nbytes(self) -> int:
         return self.sums.nbytes + self.valid.nbytes
 
-    def add(self, batch: _Batch, probabilities: NDArray[np.float32]) -> None:
+    def add(self, region: _Region, probabilities: NDArray[np.float32]) -> None:
         width = self._weights.shape[1]
-        for patch, col in zip(probabilities, batch.cols, strict=True):
+        for patch, col in zip(probabilities, region.job.cols, strict=True):
             np.multiply(patch, self._weights, out=self._weighted)
             self.sums[: self._classes, :, col : col + width] += self._weighted
             self.sums[self._classes, :, col : col + width] += self._weights
-        self.valid[batch.valid_rows, batch.valid_cols] = batch.valid
+        self.valid[region.rows, region.cols] = region.valid
 
     def finish(self, rows: slice, cols: slice) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
         """Divide ``rows`` by their weights in place; views valid until :meth:`shift`."""
@@ -257,13 +299,13 @@ class _RowAccumulator:
             channel[kept:] = 0
 
 
-def _predict(predictor: Predictor, batch: _Batch, n_classes: int) -> NDArray[np.float32]:
-    output = predictor(batch.patches)
-    expected = (batch.patches.shape[0], n_classes, *batch.patches.shape[2:])
+def _predict(predictor: Predictor, patches: torch.Tensor, n_classes: int) -> NDArray[np.float32]:
+    output = predictor(patches)
+    expected = (patches.shape[0], n_classes, *patches.shape[2:])
     if not isinstance(output, torch.Tensor) or tuple(output.shape) != expected:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise ModelError(
-            f"the predictor returned {shape} for patches {tuple(batch.patches.shape)}; "
+            f"the predictor returned {shape} for patches {tuple(patches.shape)}; "
             f"expected {expected} ({n_classes} class probabilities per pixel)"
         )
     return np.asarray(output.detach().cpu(), dtype=np.float32)
@@ -285,7 +327,7 @@ def stream_raster(
     n_classes: int,
     config: StreamConfig,
     *,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
+    normalize: Normalizer,
     sink: Sink,
     bands: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -299,8 +341,8 @@ def stream_raster(
         n_classes: ``K``, the number of probability channels the predictor returns.
         config: window size, overlap, batch size and blending.
         normalize: ``(C, h, w)`` float32 pixels, NaN where the source is nodata/masked →
-            normalised ``(C, h, w)``; it must act pixel by pixel (for example
-            ``normalize_channels`` with fixed bounds) for the result not to depend on windows.
+            normalised ``(C, h, w)``, called on the calling thread; it must act pixel by pixel
+            (e.g. ``normalize_channels`` with fixed bounds) for results not to depend on windows.
         sink: called in row order with ``(window, probabilities, valid)`` for each finished band
             of full-width rows: ``probabilities`` float32 ``(K, rows, width)``, blended and
             divided by the summed weights; ``valid`` bool ``(rows, width)``, False where any
@@ -320,17 +362,19 @@ def stream_raster(
     if n_classes < 1:
         raise UsageError(f"n_classes must be at least 1, got {n_classes}")
     layout = _Layout.of(dataset.height, dataset.width, config)
-    reader = _StripReader(dataset, _check_bands(dataset, bands), normalize, layout)
+    reader = _RegionReader(dataset, _check_bands(dataset, bands), layout)
+    regions = _regions(reader, layout.jobs(config.batch_size), config.read_ahead)
     weights = compute_importance_map(config.roi, config.mode, config.sigma_scale, device="cpu")
     accumulator = _RowAccumulator(n_classes, weights.numpy(), layout.padded_width)
     total, done, batches, strip = len(layout.rows) * len(layout.cols), 0, 0, 0
-    with bounded_gdal_env(), torch.inference_mode():
-        for batch in reader.batches(config.batch_size):
-            if batch.strip != strip:
+    with bounded_gdal_env(), torch.inference_mode(), contextlib.closing(regions):
+        for region in regions:
+            if region.job.strip != strip:
                 _hand_off(accumulator, layout, strip, sink)
-                strip = batch.strip
-            accumulator.add(batch, _predict(predictor, batch, n_classes))
-            done, batches = done + len(batch.cols), batches + 1
+                strip = region.job.strip
+            patches = _patches(region, normalize, config.roi)
+            accumulator.add(region, _predict(predictor, patches, n_classes))
+            done, batches = done + len(region.job.cols), batches + 1
             if progress is not None:
                 progress(done, total)
         _hand_off(accumulator, layout, strip, sink)

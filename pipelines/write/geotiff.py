@@ -41,6 +41,10 @@ __all__ = [
 Colormap = Mapping[int, tuple[int, int, int, int]]
 
 BLOCK_SIZE = 512
+WORK_DEFLATE_LEVEL = 1
+COG_DEFLATE_LEVEL = 1
+"""Deflate level of both files. Level 1 compresses a noisy 4096² mask 3-6x faster than GDAL's
+default 6, for files about 20 % larger; smooth masks compress fast and small at any level."""
 PROBABILITY_TAGS: Mapping[str, str] = {"scale": "1/255", "offset": "0"}
 """Tags for a probability raster written with :func:`quantize_probabilities`."""
 
@@ -187,7 +191,8 @@ class GeoTiffMaskWriter:
             dataset = rasterio.open(
                 path, "w", driver="GTiff", **self._grid, count=self.count, dtype=self.dtype,
                 nodata=self.nodata, tiled=True, blockxsize=BLOCK_SIZE, blockysize=BLOCK_SIZE,
-                compress="deflate", BIGTIFF="IF_SAFER",
+                compress="deflate", zlevel=WORK_DEFLATE_LEVEL, num_threads="ALL_CPUS",
+                BIGTIFF="IF_SAFER",
             )  # fmt: skip
             dataset.update_tags(**self.tags)
             if self.band_descriptions is not None:
@@ -240,7 +245,8 @@ class GeoTiffMaskWriter:
             if self.cog:
                 rasterio.shutil.copy(
                     work, temp, driver="COG", BLOCKSIZE=BLOCK_SIZE, COMPRESS="DEFLATE",
-                    OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER",
+                    LEVEL=COG_DEFLATE_LEVEL, OVERVIEW_RESAMPLING="NEAREST",
+                    NUM_THREADS="ALL_CPUS", BIGTIFF="IF_SAFER",
                 )  # fmt: skip
             else:
                 os.replace(work, temp)

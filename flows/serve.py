@@ -1,0 +1,505 @@
+"""``segflow serve``: serve segflow's flows as Prefect deployments, on schedules from YAML.
+
+The config (``--config schedules.yaml``, see ``flows/schedules.example.yaml``) is a list of
+schedules, either at the top level or under ``schedules:``::
+
+    - name: nightly-archive          # deployment name (unique per flow)
+      flow: segment_archive          # segment_archive | train | ingest | evaluate
+      cron: "0 2 * * *"              # or interval: 3600 (seconds) / "PT6H"; neither = on demand
+      timezone: Europe/Paris         # optional (IANA), default UTC
+      parameters: {source: /data/archive, model: "models:/brats@champion", out: /data/masks}
+
+It is validated before anything starts (:func:`load_serve_config`): a bad field or parameter
+raises :class:`ConfigError` naming the file and the field (``schedules[1].cron``). Without a
+config every flow is served without a schedule, to be run from the UI or with
+``prefect deployment run``.
+
+Schedules fire only on a real Prefect server. With ``PREFECT_API_URL`` set, serve uses it;
+otherwise it starts ``prefect server start`` on 127.0.0.1 (own process group, log under
+``$SEGFLOW_HOME/logs``, database in ``PREFECT_HOME``), says where the UI is, and stops it on
+exit. Stopping serve pauses its schedules unless ``--no-pause-on-shutdown`` (containers).
+For work pools instead of a serve process, see ``prefect.yaml`` at the repository root.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import typer
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from rich.table import Table
+
+from data_contracts import ConfigError, OutputError, get_settings
+from flows.console import console
+
+if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.deployments.runner import RunnerDeployment
+
+FlowName = Literal["segment_archive", "train", "ingest", "evaluate"]
+FLOW_NAMES: tuple[str, ...] = ("segment_archive", "train", "ingest", "evaluate")
+DEFAULT_UI_PORT = 4200
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` when it is free on 127.0.0.1, else a port the OS picks."""
+    for candidate in (preferred, 0) if preferred else (0,):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", candidate or 0))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise OutputError("no free TCP port on 127.0.0.1")
+
+
+class ServerProcess:
+    """A server subprocess in its own process group, healthy when ``health_url`` answers 200.
+
+    Used by ``segflow serve`` for its local Prefect server and by the integration tests for
+    Prefect and MLflow servers. ``stop`` signals the whole group: both servers fork workers.
+
+    Args:
+        command: the server's command line.
+        health_url: polled until it answers 200.
+        log_path: the server's stdout and stderr.
+        env: environment of the server (default: this process's).
+        startup_timeout: seconds to wait for health.
+    """
+
+    def __init__(
+        self,
+        command: list[str],
+        health_url: str,
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        startup_timeout: float = 120.0,
+    ):
+        self.command = command
+        self.health_url = health_url
+        self.log_path = log_path
+        self.env = dict(env if env is not None else os.environ)
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServerProcess:
+        """Start the server and wait until it is healthy.
+
+        Raises:
+            OutputError: the server exited or did not become healthy in time (log tail quoted).
+        """
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._fail(f"exited with code {self.process.returncode}")
+            if self.healthy():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        self._fail(f"was not healthy after {self.startup_timeout:g} s")
+        return self
+
+    def healthy(self) -> bool:
+        """True when ``health_url`` answers 200."""
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _fail(self, what: str) -> None:
+        tail = self.log_path.read_text(errors="replace").splitlines()[-15:]
+        raise OutputError(
+            f"{self.command[0]} {' '.join(self.command[1:4])} {what}; log:\n" + "\n".join(tail),
+            path=self.log_path,
+        )
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the whole process group: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(timeout=timeout)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def prefect_server(port: int, *, home: Path, log_path: Path) -> ServerProcess:
+    """``prefect server start`` on 127.0.0.1:``port`` with its own ``PREFECT_HOME``."""
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    command = [sys.executable, "-m", "prefect", "server", "start"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    return ServerProcess(command, f"http://127.0.0.1:{port}/api/health", log_path, env=env)
+
+
+class ScheduleSpec(BaseModel):
+    """One deployment to serve, and when it runs.
+
+    Attributes:
+        name: deployment name, unique per flow (letters, digits, ``-``, ``_``, ``.``).
+        flow: which segflow flow it runs.
+        cron: cron expression (``"0 2 * * *"``), or…
+        interval: …a period (seconds, or ISO 8601 such as ``"PT6H"``); with neither the
+            deployment runs only when triggered.
+        timezone: IANA time zone of the cron expression (default UTC).
+        parameters: the flow's parameters (checked against its signature).
+        description: shown in the UI.
+        tags: deployment tags.
+        paused: create the schedule paused.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    flow: FlowName
+    cron: str | None = None
+    interval: timedelta | None = None
+    timezone: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    paused: bool = False
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=value)
+        except ValidationError as error:
+            raise ValueError(error.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        return value
+
+    @field_validator("interval")
+    @classmethod
+    def _positive_interval(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value.total_seconds() <= 0:
+            raise ValueError(f"must be positive, not {value.total_seconds():g} s")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r} (IANA, e.g. Europe/Paris)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> ScheduleSpec:
+        if self.cron is not None and self.interval is not None:
+            raise ValueError("give cron or interval, not both")
+        if self.timezone is not None and self.cron is None and self.interval is None:
+            raise ValueError("timezone needs a cron or interval schedule")
+        return self
+
+    @property
+    def schedule_text(self) -> str:
+        """The schedule in words, for tables."""
+        zone = f" ({self.timezone})" if self.timezone else ""
+        if self.cron:
+            return f"cron {self.cron}{zone}"
+        if self.interval:
+            return f"every {self.interval}{zone}"
+        return "on demand"
+
+
+class ServeConfig(BaseModel):
+    """The deployments ``segflow serve`` serves."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schedules: list[ScheduleSpec]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ServeConfig:
+        seen: set[tuple[str, str]] = set()
+        for spec in self.schedules:
+            if (spec.flow, spec.name) in seen:
+                raise ValueError(f"two schedules of flow {spec.flow!r} are named {spec.name!r}")
+            seen.add((spec.flow, spec.name))
+        return self
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "schedules"
+
+
+def load_serve_config(path: Path) -> ServeConfig:
+    """Read and validate a schedules YAML file.
+
+    Raises:
+        ConfigError: unreadable YAML, or an invalid field (named as ``schedules[i].field``).
+    """
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot be read as YAML ({error})", path=path) from error
+    if isinstance(document, list):
+        document = {"schedules": document}
+    if not isinstance(document, dict) or "schedules" not in document:
+        raise ConfigError(
+            "must hold a list of schedules (at the top level or under `schedules:`)",
+            path=path,
+            hint="see flows/schedules.example.yaml",
+        )
+    try:
+        return ServeConfig.model_validate(document)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = _field_path(tuple(first["loc"]))
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}: {message}", path=path) from error
+
+
+def default_config() -> ServeConfig:
+    """Every available flow, on demand (no schedule)."""
+    names = [name for name in FLOW_NAMES if name != "segment_archive" or _has_segment_flow()]
+    return ServeConfig.model_validate(
+        {"schedules": [{"name": f"{name}-on-demand", "flow": name} for name in names]}
+    )
+
+
+def _has_segment_flow() -> bool:
+    try:
+        importlib.import_module("flows.segment_flow")
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_flow(name: str, config_path: Path | None = None) -> Flow[Any, Any]:
+    """The Prefect flow behind a schedule's ``flow:`` name (``segment_archive`` lazily).
+
+    Raises:
+        ConfigError: the flow cannot be imported.
+    """
+    from prefect import Flow
+
+    module_name, attribute = {
+        "segment_archive": ("flows.segment_flow", "segment_archive_flow"),
+        "train": ("flows.flows", "train_flow"),
+        "ingest": ("flows.flows", "ingest_flow"),
+        "evaluate": ("flows.flows", "evaluate_flow"),
+    }[name]
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(
+            f"flow {name!r} is not available: {module_name}.{attribute} cannot be imported "
+            f"({error})",
+            path=config_path,
+            hint=f"install a segflow that provides {module_name}, or remove the {name} schedules",
+        ) from error
+    if not isinstance(found, Flow):
+        raise ConfigError(f"{module_name}.{attribute} is not a Prefect flow", path=config_path)
+    return found
+
+
+def _check_parameters(
+    flow: Flow[Any, Any], spec: ScheduleSpec, index: int, config_path: Path | None
+) -> None:
+    from prefect.exceptions import ParameterTypeError
+
+    where = f"schedules[{index}].parameters ({spec.name})"
+    unknown = sorted(set(spec.parameters) - set(flow.parameters.properties))
+    if unknown:
+        known = ", ".join(flow.parameters.properties)
+        raise ConfigError(
+            f"{where}: flow {spec.flow!r} has no parameter {', '.join(unknown)} (it has {known})",
+            path=config_path,
+        )
+    scheduled = spec.cron is not None or spec.interval is not None
+    try:
+        if scheduled:  # a scheduled run gets no other parameters: they must all validate
+            flow.validate_parameters(dict(spec.parameters))
+    except ParameterTypeError as error:
+        raise ConfigError(f"{where}: {error}", path=config_path) from error
+
+
+def build_deployments(
+    config: ServeConfig, config_path: Path | None = None
+) -> list[RunnerDeployment]:
+    """One Prefect deployment per schedule (flows imported, parameters checked).
+
+    Raises:
+        ConfigError: a flow is unavailable or a schedule's parameters do not fit its flow.
+    """
+    from prefect.schedules import Cron, Interval, Schedule
+    from prefect.types.entrypoint import EntrypointType
+
+    deployments = []
+    for index, spec in enumerate(config.schedules):
+        flow = resolve_flow(spec.flow, config_path)
+        _check_parameters(flow, spec, index, config_path)
+        schedules: list[Schedule] = []
+        if spec.cron:
+            schedules.append(Cron(spec.cron, timezone=spec.timezone))
+        elif spec.interval:
+            schedules.append(Interval(spec.interval, timezone=spec.timezone))
+        deployment = flow.to_deployment(  # type: ignore[call-arg]
+            name=spec.name,
+            schedules=schedules or None,
+            paused=spec.paused,
+            parameters=dict(spec.parameters),
+            description=spec.description,
+            tags=["segflow", *spec.tags],
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            _sync=True,
+        )
+        deployments.append(cast("RunnerDeployment", deployment))
+    return deployments
+
+
+def deployments_table(config: ServeConfig) -> Table:
+    """One row per deployment: ``flow/name``, schedule, parameters."""
+    table = Table(title=f"Deployments ({len(config.schedules)})")
+    for column in ("deployment", "schedule", "parameters"):
+        table.add_column(column, overflow="fold")
+    for spec in config.schedules:
+        parameters = ", ".join(f"{key}={value}" for key, value in spec.parameters.items())
+        paused = " [yellow](paused)[/yellow]" if spec.paused else ""
+        table.add_row(f"{spec.flow}/{spec.name}", spec.schedule_text + paused, parameters or "-")
+    return table
+
+
+@contextmanager
+def prefect_api(port: int | None = None) -> Iterator[str]:
+    """The Prefect API to serve against: ``PREFECT_API_URL`` if set, else a local server.
+
+    The local server listens on 127.0.0.1 (port 4200 when free), keeps its database in
+    ``PREFECT_HOME`` and is stopped, with its whole process group, when the block exits.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if configured:
+        yield str(configured)
+        return
+    chosen = port or free_port(DEFAULT_UI_PORT)
+    home = get_settings().prefect_home_dir
+    log = get_settings().home_dir / "logs" / "prefect-server.log"
+    console.print(f"No PREFECT_API_URL: starting a local Prefect server on port {chosen}…")
+    server: ServerProcess = prefect_server(chosen, home=home, log_path=log)
+    with server:
+        url = f"http://127.0.0.1:{chosen}/api"
+        console.print(
+            f"Prefect server started: UI [bold]http://127.0.0.1:{chosen}[/bold], API {url} "
+            f"(database in {home}, log {log}); it stops when serve stops."
+        )
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                yield url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML list of schedules (see flows/schedules.example.yaml). "
+            "Default: every flow, on demand.",
+        ),
+    ] = None,
+    pause_on_shutdown: Annotated[
+        bool,
+        typer.Option(
+            "--pause-on-shutdown/--no-pause-on-shutdown",
+            help="Pause the schedules when serve stops (--no-pause-on-shutdown in containers).",
+        ),
+    ] = True,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Flow runs at most at the same time.")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port of the local Prefect server when serve starts one (default 4200)."),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Validate the config and exit without serving.")
+    ] = False,
+) -> None:
+    """Serve segflow's flows as Prefect deployments, on the schedules of a YAML config.
+
+    Schedules fire only on a real Prefect server: PREFECT_API_URL when set, else serve starts
+    one on 127.0.0.1 and stops it on exit. Ctrl-C stops serving.
+
+    Examples:
+
+        segflow serve --config schedules.yaml
+
+        PREFECT_API_URL=http://prefect:4200/api segflow serve -c schedules.yaml --no-pause-on-shutdown
+
+        segflow serve --config schedules.yaml --check
+    """
+    import prefect
+
+    spec = load_serve_config(config) if config else default_config()
+    deployments = build_deployments(spec, config)
+    console.print(deployments_table(spec))
+    if check:
+        console.print(f"{len(deployments)} deployments are valid; not serving (--check).")
+        return
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (docker stop) while the local server starts: unwind, so that it is stopped.
+        # Prefect's runner installs its own graceful SIGTERM handler once serving.
+        signal.signal(signal.SIGTERM, _interrupt)
+    with prefect_api(port) as url:
+        console.print(f"Serving {len(deployments)} deployments against {url} (Ctrl-C stops).")
+        prefect.serve(*deployments, pause_on_shutdown=pause_on_shutdown, limit=limit)

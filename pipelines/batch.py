@@ -1,0 +1,272 @@
+"""Resumable batch segmentation: ask the ledger what must run, run it, report every case.
+
+:func:`run_batch` takes the output folder's lock, removes the temporary files of a killed run,
+decides each case against the ledger (:mod:`pipelines.ledger`), segments those that must run
+and exports the ledger as JSON. A run killed at any moment is resumed by running it again:
+finished cases are skipped, the interrupted one is redone. A file that cannot be segmented is
+recorded as failed with its reason and the batch goes on; the next run retries it.
+
+Pure steps (no Prefect): a flow passes ``map_items`` to run the items as concurrent tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from data_contracts import SegflowError
+from pipelines.infer.inputs import InferenceInput, discover_inputs
+from pipelines.infer.run import SegmentOptions, segment_case
+from pipelines.ledger import (
+    LEDGER_JSON,
+    STATE_DIR,
+    Decision,
+    Ledger,
+    config_hash,
+    describe_error,
+    model_identity,
+)
+from pipelines.model_loading import LoadedModel
+from pipelines.output_lock import OutputLock, clean_partials
+
+__all__ = [
+    "BatchItem",
+    "BatchItemResult",
+    "BatchReport",
+    "MapItems",
+    "plan_batch",
+    "process_item",
+    "run_batch",
+]
+
+logger = logging.getLogger(__name__)
+
+ItemStatus = Literal["done", "skipped", "failed"]
+# Errors that fail one file (readers raise the builtins); anything else is a bug and stops the run.
+_FILE_ERRORS = (SegflowError, OSError, RuntimeError, ValueError)
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """A case that must run, with the ledger's decision (its reason and key)."""
+
+    case: InferenceInput
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class BatchItemResult:
+    """What happened to one case (or to a rejected input, named by its path).
+
+    Attributes:
+        case_id: the case id (the path for an input rejected before it became a case).
+        status: ``done`` (segmented now), ``skipped`` (done before) or ``failed``.
+        reason: why it ran (``new``, ``input changed``…), ``done`` when skipped, ``rejected``
+            for an input that did not become a case.
+        outputs: output files by role (for skipped cases, those recorded).
+        seconds: time spent on it.
+        error: ``"ClassName: message"`` when it failed.
+    """
+
+    case_id: str
+    status: ItemStatus
+    reason: str
+    outputs: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class BatchReport:
+    """Every case of a batch run and how long the run took."""
+
+    items: list[BatchItemResult]
+    wall_seconds: float
+
+    @property
+    def counts(self) -> dict[ItemStatus, int]:
+        """Number of items by status (every status present)."""
+        counts: dict[ItemStatus, int] = {"done": 0, "skipped": 0, "failed": 0}
+        for item in self.items:
+            counts[item.status] += 1
+        return counts
+
+    @property
+    def files_per_second(self) -> float:
+        """Cases segmented by this run per second of wall time."""
+        return self.counts["done"] / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def exit_status(self) -> Literal["ok", "partial", "nothing"]:
+        """``ok`` when nothing failed, ``partial`` when some did, ``nothing`` when none is done."""
+        counts = self.counts
+        if counts["done"] + counts["skipped"] == 0:
+            return "nothing"
+        return "partial" if counts["failed"] else "ok"
+
+
+#: Runs ``process`` on every item and returns the results, like the builtin ``map`` (default)
+#: or ``ThreadPoolExecutor.map``; a Prefect flow maps a task instead.
+MapItems = Callable[
+    [Callable[[BatchItem], BatchItemResult], list[BatchItem]], Iterable[BatchItemResult]
+]
+
+
+def plan_batch(
+    source: str | Path,
+    out_dir: str | Path,
+    model: LoadedModel,
+    options: SegmentOptions | None = None,
+    *,
+    verify: bool = False,
+    workdir: str | Path,
+    ledger: Ledger | None = None,
+) -> tuple[list[BatchItem], list[BatchItemResult]]:
+    """Split the cases under ``source`` into those to run and those already settled.
+
+    Args:
+        source: an image file, a folder, a zip/tar archive, or a manifest JSON.
+        out_dir: the output folder (its ledger decides).
+        model: the model the cases would run with.
+        options: inference settings (their :func:`~pipelines.ledger.config_hash` is compared).
+        verify: re-hash inputs and outputs instead of trusting size and mtime.
+        workdir: scratch folder; archives are extracted under it.
+        ledger: an open ledger of ``out_dir`` (opened and closed here when ``None``).
+
+    Returns:
+        The items to run, and the settled results: skipped cases, and rejected inputs as failed.
+
+    Raises:
+        MissingFileError: ``source`` does not exist.
+        DatasetLayoutError: a folder or archive without images.
+    """
+    found = discover_inputs(source, workdir=workdir)
+    settled = [
+        BatchItemResult(
+            str(error.path or source), "failed", "rejected", error=describe_error(error)
+        )
+        for error in found.rejected
+    ]
+    model_id, config = model_identity(model), config_hash(options or SegmentOptions(), model)
+    to_run: list[BatchItem] = []
+    with _ledger_of(out_dir, ledger) as book:
+        for case in found.cases:
+            decision = book.decide(case, model_id, config, verify=verify)
+            if decision.action == "run":
+                to_run.append(BatchItem(case, decision))
+                continue
+            entry = book.get(case.case_id)
+            outputs = {role: record.path for role, record in entry.outputs.items()} if entry else {}
+            settled.append(BatchItemResult(case.case_id, "skipped", decision.reason, outputs))
+    return to_run, settled
+
+
+@contextlib.contextmanager
+def _ledger_of(out_dir: str | Path, ledger: Ledger | None) -> Iterator[Ledger]:
+    if ledger is not None:
+        yield ledger
+        return
+    with Ledger.open(out_dir) as opened:
+        yield opened
+
+
+def process_item(
+    model: LoadedModel,
+    item: BatchItem,
+    out_dir: str | Path,
+    options: SegmentOptions | None,
+    ledger: Ledger,
+) -> BatchItemResult:
+    """Segment one case and record it: ``running``, then ``done`` or ``failed``.
+
+    An error of the file (a :class:`SegflowError`, or ``OSError``/``RuntimeError``/
+    ``ValueError`` from a reader) is recorded and returned as a failed result; any other
+    exception is recorded and raised.
+    """
+    case, decision = item.case, item.decision
+    if decision.action == "skip":
+        return BatchItemResult(case.case_id, "skipped", decision.reason)
+    key, started = decision.key, time.monotonic()
+    try:
+        key = key.hashed()
+        ledger.record_running(case, key)
+        result = segment_case(model, case, out_dir, options)
+        ledger.record_done(case, key, result.outputs, result.seconds)
+    except _FILE_ERRORS as error:
+        seconds = round(time.monotonic() - started, 2)
+        ledger.record_failed(case, key, error, seconds=seconds)
+        logger.warning("%s failed: %s", case.case_id, error)
+        return BatchItemResult(
+            case.case_id, "failed", decision.reason, seconds=seconds, error=describe_error(error)
+        )
+    except Exception as error:
+        ledger.record_failed(case, key, error, seconds=round(time.monotonic() - started, 2))
+        raise
+    return BatchItemResult(
+        case.case_id, "done", decision.reason, dict(result.outputs), result.seconds
+    )
+
+
+def run_batch(
+    source: str | Path,
+    model: LoadedModel,
+    out_dir: str | Path,
+    options: SegmentOptions | None = None,
+    *,
+    verify: bool = False,
+    map_items: MapItems | None = None,
+    on_result: Callable[[BatchItemResult], None] | None = None,
+) -> BatchReport:
+    """Segment every case under ``source`` into ``out_dir``, resuming what a past run did.
+
+    Args:
+        source: an image file, a folder, a zip/tar archive, or a manifest JSON.
+        model: from :func:`pipelines.model_loading.load_model`.
+        out_dir: the output folder (created); its ledger is ``.segflow/ledger.sqlite``.
+        options: extra outputs and window settings.
+        verify: re-hash inputs and outputs instead of trusting size and mtime.
+        map_items: runs the items (default: one after the other); see :data:`MapItems`.
+        on_result: called with every result: the settled ones first, then each case as it
+            finishes (from the worker running it, when ``map_items`` uses threads).
+
+    Returns:
+        Every case's result, the wall time and the exit status.
+
+    Raises:
+        OutputError: another run is writing ``out_dir``, or it cannot be written.
+        MissingFileError: ``source`` does not exist.
+        DatasetLayoutError: a folder or archive without images.
+    """
+    options = options or SegmentOptions()
+    out, started = Path(out_dir), time.monotonic()
+    notify = on_result or (lambda result: None)
+    with (
+        OutputLock(out),
+        Ledger.open(out) as ledger,
+        tempfile.TemporaryDirectory(prefix="segflow-batch-") as scratch,
+    ):
+        clean_partials(out)
+        try:
+            to_run, settled = plan_batch(
+                source, out, model, options, verify=verify, workdir=scratch, ledger=ledger
+            )
+            logger.info("%d case(s) to segment, %d settled", len(to_run), len(settled))
+            for result in settled:
+                notify(result)
+
+            def process(item: BatchItem) -> BatchItemResult:
+                result = process_item(model, item, out, options, ledger)
+                notify(result)
+                return result
+
+            ran = list((map_items or map)(process, to_run))
+        finally:
+            ledger.export_json(out / STATE_DIR / LEDGER_JSON)
+    items = sorted([*settled, *ran], key=lambda result: result.case_id)
+    return BatchReport(items, round(time.monotonic() - started, 3))
