@@ -1,31 +1,35 @@
-"""``segflow segment``: apply a registered or exported model to files, folders and archives."""
+"""``segflow segment``: the CLI face of the ``segment_archive`` flow."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from data_contracts import SegflowError, UsageError
+from data_contracts import UsageError
 from flows.console import console, error_console, progress_bar
-from flows.exit_codes import outcome
+
+_MAX_TABLE_ROWS = 40
 
 
-def _summary(report: object) -> Table:
-    from pipelines.infer.run import SegmentReport
-
-    if not isinstance(report, SegmentReport):
-        raise TypeError("expected a SegmentReport")
-    table = Table(title="segflow segment", show_lines=False)
-    for column in ("case", "status", "seconds", "outputs"):
+def summary_table(summary: dict[str, Any]) -> Table:
+    """Per-file results (failed first, then at most 40 others) and the counts as a caption."""
+    table = Table(title="segflow segment")
+    for column in ("case", "status", "seconds", "outputs / error"):
         table.add_column(column)
-    for result in report.succeeded:
-        names = ", ".join(path.name for path in result.outputs.values())
-        table.add_row(result.case_id, "[green]done", f"{result.seconds:.1f}", names)
-    for case_id, error in report.failed.items():
-        table.add_row(case_id, "[red]failed", "", str(error))
+    items = sorted(summary.get("items", []), key=lambda row: row["status"] != "failed")
+    for row in items[:_MAX_TABLE_ROWS]:
+        style = {"failed": "red", "done": "green"}.get(row["status"], "dim")
+        detail = row["error"] or row["outputs"]
+        table.add_row(row["case"], f"[{style}]{row['status']}", f"{row['seconds']:.1f}", detail)
+    left_out = len(items) - _MAX_TABLE_ROWS
+    table.caption = (
+        f"done {summary['done']}, skipped {summary['skipped']} (done before), failed "
+        f"{summary['failed']}; {summary['files_per_second']:.2f} files/s"
+        + (f"; {left_out} more rows in the ledger" if left_out > 0 else "")
+    )
     return table
 
 
@@ -69,13 +73,33 @@ def segment(
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA when present).")
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(help="Re-hash inputs and outputs instead of trusting size and mtime."),
+    ] = False,
+    task_runner: Annotated[
+        str, typer.Option(help="threads (default) or dask: how files run in parallel.")
+    ] = "threads",
+    max_workers: Annotated[
+        int | None, typer.Option(help="Threads or local Dask workers (default: CPU cores).")
+    ] = None,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(help="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786."),
+    ] = None,
+    files_per_task: Annotated[
+        int | None, typer.Option(help="Files per Prefect task (default: automatic).")
+    ] = None,
 ) -> None:
     """Segment volumes, rasters and images with a model; outputs keep the source geometry.
 
-    The plan (spacing, normalisation, window size) and post-processing come with the model.
-    Volumes give <case>.nii.gz in the source grid and header; rasters a COG <case>.tif in the
-    source CRS and transform (nodata kept); 2D images <case>.png (instance ids as uint16).
-    A case whose file is unreadable or has the wrong channels is reported; the others go on.
+    Runs the `segment-archive` Prefect flow (Prefect's local API unless PREFECT_API_URL is
+    set). The plan (spacing, normalisation, window size) and post-processing come with the
+    model. Volumes give <case>.nii.gz in the source grid and header; rasters a COG <case>.tif in
+    the source CRS and transform (nodata kept); 2D images <case>.png (instance ids as uint16).
+    The run is resumable: a ledger in OUT/.segflow records every file, and a rerun skips files
+    whose input, model and settings are unchanged, and retries failed ones. A file that is
+    unreadable or has the wrong channels is reported; the others go on (exit code 3).
 
     Examples:
 
@@ -83,43 +107,45 @@ def segment(
 
         segflow segment scene.tif --model models:/buildings/3 --polygons --probabilities
 
-        segflow segment archive.zip --model ./exported-model --tta
+        segflow segment archive.zip --model ./exported-model --task-runner dask --max-workers 4
     """
     if overlap is not None and not 0 <= overlap < 1:
         raise UsageError(f"--overlap must be in [0, 1), not {overlap}")
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
-    from pipelines.infer.run import SegmentOptions, segment_inputs
-    from pipelines.registry import load_model
+    if files_per_task is not None and files_per_task < 1:
+        raise UsageError(f"--files-per-task must be at least 1, not {files_per_task}")
+    from flows.flows import run_flow
+    from flows.runners import task_runner as make_runner
+    from flows.segment_flow import add_observer, segment_archive_flow
 
-    loaded = load_model(model)
-    options = SegmentOptions(
-        polygons=polygons,
-        probabilities=probabilities,
-        tta=tta,
-        overlap=overlap,
-        batch_size=batch_size,
-        device=device,
-    )
+    runner = make_runner(task_runner, max_workers=max_workers, dask_address=dask_address)
     with progress_bar() as bar:
-        files = bar.add_task("cases", total=None, current="")
-        windows = bar.add_task("windows", total=None, current="", visible=False)
+        files = bar.add_task("files", total=None, current="")
 
-        def start(case: object, index: int, total: int) -> None:
-            bar.update(files, completed=index, total=total, current=getattr(case, "case_id", ""))
-            bar.reset(windows, visible=True)
+        def advance(result: Any, done: int, total: int) -> None:
+            bar.update(files, completed=done, total=total, current=result.case_id[:30])
+            if result.status == "failed":
+                error_console.print(f"[red]failed[/red] {result.case_id}: {result.error}")
 
-        def advance(done: int, total: int) -> None:
-            bar.update(windows, completed=done, total=total)
-
-        def done(case: object, result: object) -> None:
-            bar.advance(files)
-            if isinstance(result, SegflowError):
-                error_console.print(f"[red]failed[/red] {result}")
-
-        report = segment_inputs(
-            source, loaded, out, options, on_start=start, on_done=done, window_progress=advance
-        )
-    console.print(_summary(report))
-    console.print(f"Outputs in [bold]{out}[/bold] (model {loaded.uri})")
-    raise typer.Exit(int(outcome(len(report.succeeded), len(report.failed))))
+        remove = add_observer(advance)
+        try:
+            summary, code = run_flow(
+                segment_archive_flow.with_options(task_runner=runner),
+                source=str(source),
+                model=model,
+                out=str(out),
+                polygons=polygons,
+                probabilities=probabilities,
+                tta=tta,
+                overlap=overlap,
+                batch_size=batch_size,
+                device=device,
+                verify=verify,
+                files_per_task=files_per_task,
+            )
+        finally:
+            remove()
+    console.print(summary_table(summary))
+    console.print(f"Outputs in [bold]{out}[/bold] (model {summary['model']})")
+    raise typer.Exit(int(code))

@@ -301,10 +301,10 @@ def load_serve_config(path: Path) -> ServeConfig:
 
 
 def default_config() -> ServeConfig:
-    """Every available flow, on demand (no schedule)."""
+    """Every available flow as a deployment ``<flow>/on-demand``, without a schedule."""
     names = [name for name in FLOW_NAMES if name != "segment_archive" or _has_segment_flow()]
     return ServeConfig.model_validate(
-        {"schedules": [{"name": f"{name}-on-demand", "flow": name} for name in names]}
+        {"schedules": [{"name": "on-demand", "flow": name} for name in names]}
     )
 
 
@@ -399,15 +399,16 @@ def build_deployments(
     return deployments
 
 
-def deployments_table(config: ServeConfig) -> Table:
-    """One row per deployment: ``flow/name``, schedule, parameters."""
+def deployments_table(config: ServeConfig, deployments: list[RunnerDeployment]) -> Table:
+    """One row per deployment: ``<Prefect flow name>/<name>``, schedule, parameters."""
     table = Table(title=f"Deployments ({len(config.schedules)})")
     for column in ("deployment", "schedule", "parameters"):
         table.add_column(column, overflow="fold")
-    for spec in config.schedules:
+    for spec, deployment in zip(config.schedules, deployments, strict=True):
         parameters = ", ".join(f"{key}={value}" for key, value in spec.parameters.items())
         paused = " [yellow](paused)[/yellow]" if spec.paused else ""
-        table.add_row(f"{spec.flow}/{spec.name}", spec.schedule_text + paused, parameters or "-")
+        name = f"{deployment.flow_name}/{deployment.name}"
+        table.add_row(name, spec.schedule_text + paused, parameters or "-")
     return table
 
 
@@ -492,7 +493,7 @@ def serve(
 
     spec = load_serve_config(config) if config else default_config()
     deployments = build_deployments(spec, config)
-    console.print(deployments_table(spec))
+    console.print(deployments_table(spec, deployments))
     if check:
         console.print(f"{len(deployments)} deployments are valid; not serving (--check).")
         return

@@ -89,6 +89,21 @@ def _resolve(uri: str) -> tuple[str, str | None, str | None]:
     return f"models:/{name}/{found.version}", name, str(found.version)
 
 
+def resolve_model_uri(uri: str | Path) -> str:
+    """Pin a model URI: ``models:/NAME@alias`` → ``models:/NAME/VERSION`` (others unchanged).
+
+    A batch resolves its alias once, so that moving ``champion`` mid-batch does not mix models.
+
+    Raises:
+        ModelError: unknown name, alias or version (the hint lists those available).
+    """
+    text = str(uri)
+    if not text.startswith("models:/"):
+        return text
+    configure_mlflow()
+    return _resolve(text)[0]
+
+
 def _lookup(client: mlflow.MlflowClient, name: str, get: Callable[[], Any]) -> Any:
     try:
         return get()

@@ -47,6 +47,18 @@ def _unet(spec: ModelSpec, opt: Options) -> nn.Module:
 
 
 @register_model(
+    "pixel_linear",
+    spatial_dims=(2, 3),
+    source="per-pixel linear classifier (segflow)",
+    summary="1×1 convolution: spectral/intensity baseline, no spatial context",
+)
+def _pixel_linear(spec: ModelSpec, opt: Options) -> nn.Module:
+    opt.finish()
+    conv = nn.Conv3d if spec.spatial_dims == 3 else nn.Conv2d
+    return conv(spec.in_channels, spec.num_classes, kernel_size=1)
+
+
+@register_model(
     "dynunet",
     spatial_dims=(2, 3),
     source="MONAI DynUNet (nnU-Net, Isensee et al., Nat. Methods 2021)",

@@ -59,3 +59,21 @@ def mlflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         get_settings.cache_clear()
         yield home
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Prefect's temporary local API for the module, with its own PREFECT_HOME (~15 s start).
+
+    Prefect's console log handler binds ``sys.stderr`` when Prefect is first imported; importing
+    it here (not inside a ``CliRunner`` call, whose stream is closed afterwards) keeps later CLI
+    invocations from logging into a closed file.
+    """
+    import prefect.main  # noqa: F401  (sets up Prefect's logging)
+    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    updates = {PREFECT_HOME: str(home), PREFECT_SERVER_ANALYTICS_ENABLED: False}
+    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=120):
+        yield

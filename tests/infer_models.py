@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import seg_models
 from data_contracts import DatasetManifest, ModelSpec, TrainingPlan
 from pipelines.model_loading import LoadedModel
 from pipelines.plan import compute_fingerprint, make_plan
@@ -35,10 +36,12 @@ def class_centroids(manifest: DatasetManifest, plan: TrainingPlan) -> torch.Tens
     return (sums / counts.clamp(min=1)[:, None]).float()
 
 
-def centroid_network(centroids: torch.Tensor, spatial_dims: int) -> nn.Module:
-    """A 1×1 convolution scoring each class by its (negated, shifted) distance to the centroid."""
-    n_classes, channels = centroids.shape
-    conv = (nn.Conv3d if spatial_dims == 3 else nn.Conv2d)(channels, n_classes, 1)
+def centroid_network(centroids: torch.Tensor, spec: ModelSpec) -> nn.Module:
+    """segflow's ``pixel_linear`` (a 1×1 convolution) scoring each class by its (negated,
+    shifted) squared distance to the class centroid."""
+    conv = seg_models.build_model(spec)
+    if not isinstance(conv, nn.Conv2d | nn.Conv3d):
+        raise TypeError("pixel_linear is expected to be a 1×1 convolution")
     with torch.no_grad():
         conv.weight.copy_((2 * centroids).reshape(conv.weight.shape))
         conv.bias.copy_(-(centroids**2).sum(dim=1))  # type: ignore[union-attr]
@@ -55,13 +58,13 @@ def oracle_model(
     plan = make_plan(compute_fingerprint(manifest), manifest, spatial_dims=spatial_dims)  # type: ignore[arg-type]
     if patch is not None:
         plan = plan.model_copy(update={"patch_size": patch})
-    network = centroid_network(class_centroids(manifest, plan), plan.spatial_dims)
     spec = ModelSpec(
-        name="unet",
+        name="pixel_linear",
         in_channels=plan.in_channels,
         num_classes=len(plan.class_values),
         spatial_dims=plan.spatial_dims,
     )
+    network = centroid_network(class_centroids(manifest, plan), spec)
     return LoadedModel(
         network=network,
         spec=spec,
@@ -70,3 +73,20 @@ def oracle_model(
         channel_names=tuple(f"channel_{i}" for i in range(plan.in_channels)),
         uri="oracle",
     )
+
+
+def register_oracle(model: LoadedModel, name: str) -> str:
+    """Log ``model`` to MLflow, register it as ``name`` (champion); return ``models:/name@champion``."""
+    from pipelines.registry import log_segmentation_model, register_model
+    from pipelines.tracking import training_run
+
+    with training_run(model.plan.dataset_name, system_metrics=False):
+        uri = log_segmentation_model(
+            model.network,
+            model.spec,
+            model.plan,
+            class_names=model.class_names,
+            channel_names=model.channel_names,
+        )
+        register_model(uri, name, score=0.5, validation_key="0" * 64)
+    return f"models:/{name}@champion"

@@ -188,8 +188,12 @@ def test_serve_without_api_url_starts_and_stops_its_own_server(tmp_path: Path) -
     api = f"http://127.0.0.1:{port}/api"
     probe = ServerProcess(["probe"], f"{api}/health", log_path)
     try:
+        deadline = time.monotonic() + 180
+        while not probe.healthy() and time.monotonic() < deadline:
+            assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
+            time.sleep(1)
         with temporary_settings(updates={PREFECT_API_URL: api}):
-            deployment = _wait_for_deployment("train/train-on-demand", process, timeout=180)
+            deployment = _wait_for_deployment("train/on-demand", process, timeout=180)
         assert deployment.schedules == []
         process.send_signal(signal.SIGTERM)  # what `docker stop` sends
         assert process.wait(timeout=60) == 0

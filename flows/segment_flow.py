@@ -1,0 +1,224 @@
+"""The ``segment_archive`` flow: resumable batch segmentation of a file, folder or archive.
+
+The model URI is resolved once (``models:/NAME@champion`` → ``models:/NAME/VERSION``), so an
+alias moved mid-batch does not mix models. :func:`pipelines.batch.run_batch` takes the output
+folder's lock, asks the ledger what must run and exports the ledger; this flow only decides how
+the cases run: as Prefect tasks of ``files_per_task`` cases each, on the flow's task runner
+(threads by default, Dask with ``--task-runner dask``), with bounded concurrency. Tasks get
+paths and URIs, and each worker process loads the model and opens the ledger once.
+
+Artifacts: a progress bar while the batch runs, a markdown summary and a table of per-file
+results. The batch is also an MLflow run (counts, throughput, the ledger as artifact).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.states import State
+
+from flows.artifacts import ProgressArtifact, publish_summary, publish_table
+from flows.flows import outcome_state
+from pipelines.batch import BatchItem, BatchItemResult, BatchReport, process_item, run_batch
+from pipelines.batch_tracking import log_batch_run
+from pipelines.infer.run import SegmentOptions
+from pipelines.ledger import Ledger
+from pipelines.model_loading import LoadedModel, load_model, resolve_model_uri
+
+__all__ = ["add_observer", "files_per_task_for", "segment_archive_flow"]
+
+_MAX_FILES_PER_TASK = 32
+_TASKS_PER_WORKER = 4
+Observer = Callable[[BatchItemResult, int, int], None]
+_observers: list[Observer] = []
+_ledgers: dict[tuple[int, str], Ledger] = {}
+_ledgers_lock = threading.Lock()
+
+
+def add_observer(observer: Observer) -> Callable[[], None]:
+    """Call ``observer(result, done, total)`` for each finished case of flows run in this
+    process (the CLI's progress bar); returns a function that removes it."""
+    _observers.append(observer)
+    return lambda: _observers.remove(observer)
+
+
+@functools.lru_cache(maxsize=4)
+def _model(uri: str) -> LoadedModel:
+    """The model of a pinned URI, loaded once per process (tasks in one worker share it)."""
+    return load_model(uri)
+
+
+def _ledger(out: str) -> Ledger:
+    """The output folder's ledger, opened once per process (thread-safe, WAL)."""
+    import os
+
+    key = (os.getpid(), str(Path(out).absolute()))
+    with _ledgers_lock:
+        if key not in _ledgers:
+            _ledgers[key] = Ledger.open(out)
+        return _ledgers[key]
+
+
+@task(name="segment-files", cache_policy=NO_CACHE, task_run_name="segment {label}")
+def segment_files(
+    items: list[BatchItem], model_uri: str, out: str, options: SegmentOptions, label: str
+) -> list[BatchItemResult]:
+    """Segment a group of cases and record each in the ledger (failures recorded, not raised)."""
+    model, ledger = _model(model_uri), _ledger(out)
+    return [process_item(model, item, Path(out), options, ledger) for item in items]
+
+
+def files_per_task_for(n_items: int, workers: int) -> int:
+    """Group small files so each worker gets a few tasks: fewer task runs, same parallelism."""
+    if n_items == 0:
+        return 1
+    return max(1, min(_MAX_FILES_PER_TASK, math.ceil(n_items / (workers * _TASKS_PER_WORKER))))
+
+
+def _workers() -> int:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    runner = getattr(context, "task_runner", None) if context else None
+    return int(getattr(runner, "_max_workers", None) or getattr(runner, "max_workers", 0) or 2)
+
+
+def _map_as_tasks(
+    model_uri: str, out: str, options: SegmentOptions, files_per_task: int | None
+) -> Callable[[Callable[[BatchItem], BatchItemResult], list[BatchItem]], Iterable[BatchItemResult]]:
+    """A ``map_items`` for :func:`run_batch` that runs the items as Prefect tasks."""
+
+    def run(
+        _process: Callable[[BatchItem], BatchItemResult], items: list[BatchItem]
+    ) -> list[BatchItemResult]:
+        size = files_per_task or files_per_task_for(len(items), _workers())
+        groups = [items[i : i + size] for i in range(0, len(items), size)]
+        progress = ProgressArtifact("segment-progress", "files segmented")
+        futures = [
+            segment_files.submit(
+                group, model_uri, out, options, f"{group[0].case.case_id}+{len(group) - 1}"
+            )
+            for group in groups
+        ]
+        results: list[BatchItemResult] = []
+        for future in as_completed(futures):
+            for result in future.result():
+                results.append(result)
+                for observer in list(_observers):
+                    observer(result, len(results), len(items))
+            progress.update(len(results) / max(len(items), 1))
+        return results
+
+    return run
+
+
+def _rows(report: BatchReport) -> list[dict[str, Any]]:
+    return [
+        {
+            "case": item.case_id,
+            "status": item.status,
+            "reason": item.reason,
+            "seconds": item.seconds,
+            "outputs": ", ".join(path.name for path in item.outputs.values()),
+            "error": item.error or "",
+        }
+        for item in report.items
+    ]
+
+
+def _summary(report: BatchReport, source: str, model: str, out: str) -> dict[str, Any]:
+    counts = report.counts
+    return {
+        "source": source,
+        "model": model,
+        "out": str(Path(out).absolute()),
+        **{str(status): count for status, count in counts.items()},
+        "wall_seconds": report.wall_seconds,
+        "files_per_second": round(report.files_per_second, 3),
+        "failed_files": {item.case_id: item.error for item in report.items if item.error},
+        "items": _rows(report),
+    }
+
+
+@flow(name="segment-archive", flow_run_name="segment-{source}", log_prints=True)
+def segment_archive_flow(
+    source: str,
+    model: str,
+    out: str,
+    polygons: bool = False,
+    probabilities: bool = False,
+    tta: bool = False,
+    overlap: float | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    verify: bool = False,
+    files_per_task: int | None = None,
+    track: bool = True,
+) -> State[dict[str, Any]]:
+    """Segment every case under ``source`` into ``out``; a rerun skips what is done.
+
+    Args:
+        source: an image, a folder, a zip/tar archive, or a manifest JSON.
+        model: ``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/…`` or a model folder.
+        out: the output folder (its ledger is ``.segflow/ledger.sqlite``).
+        polygons: rasters also as GeoPackage/GeoJSON polygons.
+        probabilities: also write class probabilities.
+        tta: test-time flips (volumes and 2D images).
+        overlap: window overlap (default per kind).
+        batch_size: windows per forward pass (default per kind).
+        device: ``cpu``/``cuda`` (default: CUDA when present).
+        verify: re-hash inputs and outputs instead of trusting size and mtime.
+        files_per_task: cases per task (default: a few tasks per worker, at most 32 cases each).
+        track: log the batch as an MLflow run (counts, throughput, ledger artifact).
+
+    Returns:
+        ``Completed`` (all done or skipped; ``partial: …`` when some failed) or ``Failed``
+        (nothing done), carrying the summary.
+    """
+    pinned = resolve_model_uri(model)
+    loaded = _model(pinned)
+    options = SegmentOptions(
+        polygons=polygons,
+        probabilities=probabilities,
+        tta=tta,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+    )
+    report = run_batch(
+        source,
+        loaded,
+        out,
+        options,
+        verify=verify,
+        map_items=_map_as_tasks(pinned, out, options, files_per_task),
+    )
+    summary = _summary(report, source, pinned, out)
+    if track:
+        summary["mlflow_run"] = log_batch_run(report, Path(out), model_uri=pinned, source=source)
+    counts = report.counts
+    publish_summary(
+        f"Segmentation of {Path(source).name}",
+        [
+            f"model: `{pinned}`",
+            f"done {counts['done']}, skipped {counts['skipped']}, failed {counts['failed']}",
+            f"{report.files_per_second:.2f} files/s over {report.wall_seconds:.1f} s",
+            f"outputs: `{summary['out']}`",
+        ],
+        key="segment-summary",
+    )
+    publish_table("segment-files", _rows(report), description="one row per file")
+    return outcome_state(
+        summary,
+        counts["done"] + counts["skipped"],
+        counts["failed"],
+        what="files",
+    )

@@ -1,0 +1,115 @@
+"""``segflow segment`` through the ``segment_archive`` flow: registry model, ledger, artifacts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import rasterio
+from typer.testing import CliRunner
+
+from data_contracts import get_settings
+from flows.cli import app
+from pipelines.ingest import ingest
+from pipelines.synthetic import custom_albers_wkt, make_raster_dataset, pack_archive
+from tests.infer_models import oracle_model, register_oracle
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture(autouse=True)
+def _module_home(mlflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGFLOW_HOME", str(mlflow_home))
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four labelled GeoTIFF tiles in a WKT-only CRS with nodata 0."""
+    return make_raster_dataset(
+        tmp_path_factory.mktemp("scenes") / "data",
+        n_tiles=4,
+        size=(72, 80),
+        crs=custom_albers_wkt(),
+        seed=11,
+    )
+
+
+@pytest.fixture(scope="module")
+def champion(scenes: Path, mlflow_home: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGFLOW_HOME", str(mlflow_home))
+        get_settings.cache_clear()
+        manifest = ingest(scenes, workdir=tmp_path_factory.mktemp("ingest"))
+        model = oracle_model(manifest, patch=(32, 32))
+        return register_oracle(model, "scenes")
+
+
+def _segment(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["segment", *args])
+    return result.exit_code, result.output
+
+
+def test_segment_archive_resumes_and_reports_bad_files(
+    scenes: Path, champion: str, tmp_path: Path
+) -> None:
+    source = Path(shutil.copytree(scenes / "images", tmp_path / "in"))
+    (source / "broken.tif").write_bytes(b"II*\x00not really a tiff")
+    archive = pack_archive(source, tmp_path / "scenes.zip")
+    out = tmp_path / "out"
+    code, output = _segment(str(archive), "--model", champion, "--out", str(out), "--polygons")
+    assert code == 3, output  # partial: one bad file
+    assert "broken" in output
+    masks = sorted(out.glob("*.tif"))
+    assert len(masks) == 4
+    for mask in masks:
+        with rasterio.open(mask) as written, rasterio.open(source / mask.name) as original:
+            assert written.crs == original.crs and written.transform == original.transform
+            assert "segflow_lineage" in written.tags()
+            lineage = json.loads(written.tags()["segflow_lineage"])
+            assert lineage["model"]["name"] == "scenes" and lineage["model"]["version"] == "1"
+        assert mask.with_suffix(".gpkg").is_file() and mask.with_suffix(".geojson").is_file()
+    ledger = json.loads((out / ".segflow" / "ledger.json").read_text())
+    statuses = sorted(entry["status"] for entry in _entries(ledger))
+    assert statuses == ["done"] * 4 + ["failed"], statuses
+    mtimes = {mask: mask.stat().st_mtime_ns for mask in masks}
+
+    code, output = _segment(str(archive), "--model", champion, "--out", str(out), "--polygons")
+    assert code == 3, output  # the bad file is retried and fails again
+    assert {mask: mask.stat().st_mtime_ns for mask in masks} == mtimes  # nothing recomputed
+    assert "skipped 4" in output
+
+
+def _entries(ledger: object) -> list[dict[str, object]]:
+    if isinstance(ledger, dict):
+        entries = ledger.get("entries", ledger.get("cases", ledger))
+        return list(entries.values()) if isinstance(entries, dict) else list(entries)
+    return list(ledger)  # type: ignore[call-overload]
+
+
+def test_batch_is_an_mlflow_run_with_the_ledger(scenes: Path, champion: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, output = _segment(str(scenes / "images"), "--model", champion, "--out", str(out))
+    assert code == 0, output
+    runs = mlflow.search_runs(experiment_names=["segflow-batches"], output_format="list")
+    latest = max(runs, key=lambda run: run.info.start_time)
+    assert latest.data.metrics["files_done"] == 4
+    assert latest.data.params["model_uri"] == "models:/scenes/1"
+    artifacts = mlflow.MlflowClient().list_artifacts(latest.info.run_id, "ledger")
+    assert [Path(a.path).name for a in artifacts] == ["ledger.json"]
+
+
+def test_masks_match_the_labels(scenes: Path, champion: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, _ = _segment(str(scenes / "images"), "--model", champion, "--out", str(out))
+    assert code == 0
+    for mask in sorted(out.glob("*.tif")):
+        with rasterio.open(mask) as written, rasterio.open(scenes / "labels" / mask.name) as truth:
+            predicted, expected = written.read(1), truth.read(1)
+            valid = predicted != written.nodata
+            assert (predicted[valid] == expected[valid]).mean() > 0.97
+            assert np.isin(np.unique(predicted), [0, 1, 2, 255]).all()  # classes + nodata
