@@ -121,12 +121,3 @@ def test_sha256_matches_file_content(fixtures: dict[str, Path], tmp_path: Path) 
         for record in (*case.channels, case.label):
             assert record is not None
             assert record.sha256 == hashlib.sha256(Path(record.path).read_bytes()).hexdigest()
-
-
-def test_demo_command_ingests_the_sample_archive(tmp_path: Path) -> None:
-    from flows.cli import main
-
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
-    for name in ("volumes", "rasters"):
-        manifest = read_manifest(tmp_path / "demo" / f"{name}_manifest.json")
-        assert manifest.cases and not manifest.rejected
