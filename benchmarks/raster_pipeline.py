@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="windows per model call")
     threads = torch.get_num_threads()
     parser.add_argument("--threads", type=int, default=threads, help="torch threads")
-    parser.add_argument("--read-ahead", type=int, default=1, help="batches read on a thread")
+    parser.add_argument("--read-ahead", type=int, default=0, help="batches read on a thread")
     parser.add_argument("--no-record", action="store_true", help="print only; leave results.json")
     args = parser.parse_args()
     run = Run(args.batch_size, args.threads, args.read_ahead)

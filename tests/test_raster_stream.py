@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from data_contracts import ChannelNormalization, ModelError, UsageError
+from data_contracts import ChannelNormalization, CorruptFileError, ModelError, UsageError
 from pipelines.infer.stream import Predictor, StreamConfig, StreamSummary, stream_raster
 from pipelines.preprocess.array import normalize_channels
 
@@ -97,7 +97,7 @@ def _monai(image: NDArray[np.float32], predictor: Predictor, config: StreamConfi
         pytest.param(37, 130, StreamConfig((48, 32), 0.25, 3), id="shorter-than-roi"),
         pytest.param(330, 90, StreamConfig((32, 32), 0.5, 5), id="many-strips"),
         pytest.param(97, 70, StreamConfig((24, 40), 0.0, 8, "constant"), id="no-overlap"),
-        pytest.param(120, 100, StreamConfig((32, 32), read_ahead=0), id="no-read-ahead"),
+        pytest.param(120, 100, StreamConfig((32, 32), read_ahead=2), id="read-ahead"),
     ],
 )
 def test_stream_equals_monai_sliding_window(
@@ -180,6 +180,22 @@ def test_wrong_predictor_output_is_a_model_error(tmp_path: Path) -> None:
     with rasterio.open(path) as dataset, pytest.raises(ModelError, match=r"\(1, 2, 32, 32\)"):
         stream_raster(
             dataset, lambda x: x[:, :2], N_CLASSES, StreamConfig((32, 32), batch_size=1),
+            normalize=NORMALIZE, sink=lambda *_: None,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("read_ahead", [0, 1])
+def test_damaged_tiles_are_a_corrupt_file_error(
+    tmp_path: Path, predictor: Predictor, read_ahead: int
+) -> None:
+    path = _write_scene(tmp_path / "scene.tif", _scene(128, 128))
+    content = bytearray(path.read_bytes())
+    third = len(content) // 3  # a third of the tiles' bytes: at least one tile's zlib header
+    content[third : 2 * third] = bytes(third)
+    path.write_bytes(content)
+    with rasterio.open(path) as dataset, pytest.raises(CorruptFileError, match="cannot be read"):
+        stream_raster(
+            dataset, predictor, N_CLASSES, StreamConfig((32, 32), read_ahead=read_ahead),
             normalize=NORMALIZE, sink=lambda *_: None,
         )  # fmt: skip
 

@@ -67,8 +67,9 @@ class StreamConfig:
         batch_size: windows per predictor call.
         mode: ``gaussian`` (less weight near window edges) or ``constant``.
         sigma_scale: standard deviation of the gaussian, as a fraction of the window size.
-        read_ahead: batches whose pixels are read on a background thread while the model runs
-            (0: read on the calling thread, between model calls).
+        read_ahead: batches whose pixels are read on a background thread while the model runs;
+            worth it when the model leaves CPU idle (GPU, or fewer torch threads than cores).
+            Keep 0 when torch uses every core: a third busy thread stalls its OpenMP team.
     """
 
     roi: tuple[int, int]
@@ -76,7 +77,7 @@ class StreamConfig:
     batch_size: int = 8
     mode: str = "gaussian"
     sigma_scale: float = 0.125
-    read_ahead: int = 1
+    read_ahead: int = 0
 
     def __post_init__(self) -> None:
         if len(self.roi) != 2 or min(self.roi) < 1:
@@ -213,16 +214,18 @@ class _RegionReader:
                 masked[index] = self._dataset.read_masks(self._bands[index], window=window) == 0
         except RasterioIOError as error:
             raise CorruptFileError(
-                f"pixel data cannot be read at {window}: {error}", path=self._dataset.name
+                f"pixel data cannot be read at {window}: {str(error).rstrip('.')}",
+                path=self._dataset.name,
             ) from error
         for index, nodata in self._nodata:
             band = data[index]
             masked[index] = np.isnan(band) if np.isnan(nodata) else band == band.dtype.type(nodata)
-        values = data.astype(np.float32)
-        np.copyto(values, np.float32(np.nan), where=masked)
+        values, invalid = data.astype(np.float32), np.logical_or.reduce(masked, axis=0)
+        if invalid.any():
+            np.copyto(values, np.float32(np.nan), where=masked)
         rows = slice(row0 + layout.pad_top - job.top, row1 + layout.pad_top - job.top)
         cols = slice(col0 + layout.pad_left, col1 + layout.pad_left)
-        return _Region(job, values, ~np.logical_or.reduce(masked, axis=0), rows, cols)
+        return _Region(job, values, ~invalid, rows, cols)
 
 
 def _regions(

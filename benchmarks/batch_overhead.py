@@ -1,0 +1,439 @@
+"""P4 + P5: per-file overhead of ``segment_archive_flow`` beyond model time, and rerun cost.
+
+Setup (not timed): a temporary ``SEGFLOW_HOME`` (MLflow sqlite, Prefect home); seeded synthetic
+files packed into zip archives (``--kind image``: grey PNGs of blobs from ``make_image_dataset``,
+whose blob ids ingest reads as 9 classes; ``--kind raster``: 3-band uint8 GeoTIFFs from
+``make_raster_dataset``, the streamed COG route); models planned on 4 labelled 64² files of the
+same kind and registered in MLflow; the Prefect API brought up, its start-up reported
+separately: ``--api ephemeral`` (default; Prefect's temporary local API, started by running a
+trivial flow) or ``--api server`` (``prefect server start`` on 127.0.0.1). Before every timed
+flow call the flow's per-process caches (loaded model, open ledgers) are cleared, so each call
+loads the model and opens the ledger as a new ``segflow segment`` process would; only the API
+is already up.
+
+- P4 (``batch_per_file_overhead``): ``segment_archive_flow`` over an archive of ``--files``
+  (200) files of ``--size``² (64) px into a fresh folder, with segflow's ``pixel_linear``
+  oracle (a 1×1 convolution fitted in closed form, ``tests/infer_models.py``): threads runner
+  with ``--workers`` threads, default ``files_per_task``, MLflow batch run on (``--no-track``
+  turns it off). Flow seconds = wall time of the flow call (flow run, archive extraction, model
+  load, ledger, tasks, reading, windows, writers, hashing, MLflow run, artifacts). Model
+  seconds = the time the network itself needs for exactly the windows it got in that run:
+  forward hooks copy each batch the network receives, and after the flow the copies go through
+  the same network again, one after the other, in this process (``torch.inference_mode``, same
+  torch threads). All the rest, decoding and post-processing included, is overhead:
+  overhead per file = (flow seconds - model seconds) / files. Floor: <= 50 ms.
+- P5 (``batch_rerun_fraction``): the same flow again on the same archive into the same
+  finished folder (every file skipped) / the first run. The oracle does almost no work per
+  file, so the ratio is measured on a second archive of ``--rerun-files`` (200) files of
+  ``--rerun-size``² (512) px segmented by a seeded small 2D U-Net (segflow's ``unet``, 16 base
+  features, depth 4, same plan: 64² windows, ~120 per file), whose first run does a few hundred
+  ms of real work per file. The rerun of the P4 archive is printed too. Floor: <= 5 %.
+
+``--profile FILE`` adds two runs under cProfile (every thread): a P4 first run into a new
+folder (stats in FILE) and a P5 rerun (FILE.rerun); it prints the time of segflow's and
+Prefect's parts (ledger, hashing, task runs, inference, writers, MLflow, heartbeat), summed
+over threads. The profiler slows them down; the measured runs are never profiled.
+
+Run: ``.venv/bin/python -m benchmarks.batch_overhead`` (``--no-record`` for a trial that
+must not touch ``benchmarks/results.json``; a small check: ``--rerun-files 12 --no-record``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from benchmarks.results import record
+from data_contracts import apply_environment, get_settings
+
+if TYPE_CHECKING:
+    from prefect import Flow
+
+    from flows.serve import ServerProcess
+    from pipelines.model_loading import LoadedModel
+
+OVERHEAD_FLOOR_MS = 50.0
+RERUN_FLOOR = 0.05
+MODEL_NAME = "bench"
+UNET_NAME = "bench-unet"
+UNET_OPTIONS = {"base_features": 16, "depth": 4}
+
+
+def isolated_home(root: Path) -> Path:
+    """Point segflow, MLflow and Prefect at ``root/home`` (call before importing Prefect)."""
+    home = root / "home"
+    for variable in ("PREFECT_HOME", "PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+        os.environ.pop(variable, None)
+    os.environ["SEGFLOW_HOME"] = str(home)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    get_settings.cache_clear()
+    apply_environment()
+    return home
+
+
+def start_api(kind: str, root: Path) -> tuple[float, float, ServerProcess | None]:
+    """Bring the Prefect API up; (start-up seconds, seconds of one more trivial flow, server).
+
+    ``ephemeral``: the first flow run starts Prefect's temporary API. ``server``: ``prefect
+    server start`` on a free 127.0.0.1 port, then ``PREFECT_API_URL`` and a first flow run.
+    """
+    from flows.serve import free_port, prefect_server
+
+    started, server = time.perf_counter(), None
+    if kind == "server":
+        port = free_port()
+        server = prefect_server(port, home=root / "server", log_path=root / "server.log").start()
+        os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    from prefect import flow
+
+    @flow(name="api-warm-up")
+    def warm_up() -> int:
+        return 1
+
+    warm_up()
+    startup = time.perf_counter() - started
+    started = time.perf_counter()
+    warm_up()
+    return startup, time.perf_counter() - started, server
+
+
+def register_bench_model(
+    model: LoadedModel, name: str, processing: dict[str, Any] | None = None
+) -> str:
+    """Log ``model`` with ``processing`` to MLflow, register it; ``models:/name@champion``."""
+    from pipelines.registry import log_segmentation_model, register_model
+    from pipelines.tracking import training_run
+
+    with training_run(model.plan.dataset_name, system_metrics=False):
+        uri = log_segmentation_model(
+            model.network,
+            model.spec,
+            model.plan,
+            class_names=model.class_names,
+            channel_names=model.channel_names,
+            processing=processing,
+        )
+        register_model(uri, name, score=0.5, validation_key="0" * 64)
+    return f"models:/{name}@champion"
+
+
+def make_files(folder: Path, kind: str, count: int, size: int, seed: int) -> Path:
+    """Write ``count`` seeded ``size``² inputs with labels under ``folder``; return ``folder``."""
+    from pipelines.synthetic import make_image_dataset, make_raster_dataset
+
+    if kind == "image":
+        return make_image_dataset(folder, n_images=count, size=(size, size), seed=seed)
+    return make_raster_dataset(folder, n_tiles=count, size=(size, size), dtype="uint8", seed=seed)
+
+
+def bench_models(root: Path, kind: str, patch: int | None) -> tuple[str, str]:
+    """Register the oracle (P4) and a seeded small U-Net with the same plan (P5); their URIs.
+
+    Both are built from 4 labelled 64² files of ``kind`` (the plan: normalisation, patch size).
+    """
+    import seg_models
+    from pipelines.ingest import ingest
+    from tests.infer_models import oracle_model
+
+    train = make_files(root / "train", kind, 4, 64, seed=100)
+    manifest = ingest(train, workdir=root / "train-ingest")
+    oracle = oracle_model(manifest, patch=(patch, patch) if patch else None)
+    torch.manual_seed(0)
+    spec = oracle.spec.model_copy(update={"name": "unet", "options": dict(UNET_OPTIONS)})
+    unet = dataclasses.replace(oracle, network=seg_models.build_model(spec).eval(), spec=spec)
+    return register_bench_model(oracle, MODEL_NAME), register_bench_model(unet, UNET_NAME)
+
+
+class NetworkTimer:
+    """Forward hooks on every network the flow loads: copies of its input batches, and the
+    summed in-flow forward time (over threads)."""
+
+    def __init__(self) -> None:
+        self.capture = False
+        self.batches: list[torch.Tensor] = []
+        self.in_flow_seconds = 0.0
+        self.network: nn.Module | None = None
+        self._starts: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def attach(self, network: nn.Module) -> None:
+        network.register_forward_pre_hook(self._before)
+        network.register_forward_hook(self._after)
+        self.network = network
+
+    def _before(self, _module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        if self.capture:
+            with self._lock:
+                self.batches.append(inputs[0].detach().clone())
+        self._starts[threading.get_ident()] = time.perf_counter()
+
+    def _after(self, _module: nn.Module, _inputs: tuple[Any, ...], _output: Any) -> None:
+        elapsed = time.perf_counter() - self._starts.pop(threading.get_ident())
+        with self._lock:
+            self.in_flow_seconds += elapsed
+
+    def replay(self) -> float:
+        """Seconds the last network needs for every captured batch, one after the other."""
+        if self.network is None or not self.batches:
+            return 0.0
+        capture, self.capture = self.capture, False
+        with torch.inference_mode():
+            self.network(self.batches[0])  # warm-up, not timed
+            started = time.perf_counter()
+            for batch in self.batches:
+                self.network(batch)
+            seconds = time.perf_counter() - started
+        self.capture = capture
+        return seconds
+
+
+def instrument(timer: NetworkTimer) -> None:
+    """Make the flow's model loader attach ``timer`` to each network it loads."""
+    import flows.segment_flow as segment_flow
+    from pipelines.model_loading import load_model
+
+    def loading(uri: str | Path) -> LoadedModel:
+        loaded = load_model(uri)
+        timer.attach(loaded.network)
+        return loaded
+
+    segment_flow.load_model = loading
+
+
+def fresh_process_state() -> None:
+    """Forget the flow's per-process model and ledgers, as a new process would start."""
+    import flows.segment_flow as segment_flow
+
+    segment_flow._model.cache_clear()
+    with segment_flow._ledgers_lock:
+        for ledger in segment_flow._ledgers.values():
+            ledger.close()
+        segment_flow._ledgers.clear()
+
+
+def run_segment(
+    flow: Flow[..., Any], archive: Path, uri: str, out: Path, **options: Any
+) -> tuple[float, dict[str, Any]]:
+    """Wall seconds and summary of one flow call; exits when a file failed."""
+    from flows.flows import run_flow
+
+    fresh_process_state()
+    started = time.perf_counter()
+    summary, code = run_flow(flow, source=str(archive), model=uri, out=str(out), **options)
+    seconds = time.perf_counter() - started
+    if int(code) != 0:
+        raise SystemExit(f"{archive.name}: exit code {int(code)}: {summary['failed_files']}")
+    return seconds, summary
+
+
+@contextmanager
+def thread_profiles(path: Path) -> Iterator[None]:
+    """cProfile every thread started inside the block (and this one); stats saved to ``path``."""
+    import cProfile
+    import pstats
+    import sys
+
+    profiles = [cProfile.Profile()]
+
+    def start(_frame: Any, _event: str, _arg: Any) -> None:
+        sys.setprofile(None)
+        profile = cProfile.Profile()
+        profiles.append(profile)
+        profile.enable()
+
+    threading.setprofile(start)
+    profiles[0].enable()
+    try:
+        yield
+    finally:
+        profiles[0].disable()
+        threading.setprofile(None)  # type: ignore[arg-type]
+        stats = pstats.Stats(profiles[0])
+        for profile in profiles[1:]:
+            stats.add(profile)
+        stats.dump_stats(str(path))
+
+
+PROFILE_PARTS = {  # (file suffix, function): what it stands for
+    ("prefect/flow_engine.py", "run_flow_sync"): "flow run (all of it)",
+    ("prefect/flow_engine.py", "_send_heartbeats"): "flow-run heartbeat thread (joined at exit)",
+    ("pipelines/batch.py", "plan_batch"): "plan_batch (extraction, ledger decisions)",
+    ("flows/segment_flow.py", "segment_files"): "task bodies (segment_files)",
+    ("prefect/task_engine.py", "run_task_sync"): "task runs incl. Prefect's engine",
+    ("prefect/task_runners.py", "submit"): "task submission",
+    ("pipelines/infer/run.py", "segment_case"): "segment_case (read, infer, post, write)",
+    ("pipelines/infer/in_memory.py", "predict_image"): "  predict_image",
+    ("pipelines/infer/raster.py", "segment_raster"): "  segment_raster",
+    ("pipelines/infer/sliding.py", "sliding_probabilities"): "    sliding windows",
+    ("pipelines/write/image2d.py", "write_label_image"): "  write_label_image",
+    ("pipelines/write/lineage.py", "write_lineage"): "  write_lineage",
+    ("pipelines/infer/polygons.py", "write_raster_polygons"): "  polygons",
+    ("pipelines/ledger.py", "record_running"): "ledger.record_running",
+    ("pipelines/ledger.py", "record_done"): "ledger.record_done (hashes outputs)",
+    ("pipelines/ledger.py", "hashed"): "input hash (CaseKey.hashed)",
+    ("pipelines/files.py", "sha256_file"): "sha256_file (all hashing)",
+    ("pipelines/infer/inputs.py", "checksum"): "lineage input hash",
+    ("pipelines/ledger.py", "decide"): "ledger.decide",
+    ("pipelines/ledger.py", "export_json"): "ledger.export_json",
+    ("pipelines/infer/inputs.py", "discover_inputs"): "discover_inputs (archive extraction)",
+    ("pipelines/model_loading.py", "load_model"): "load_model",
+    ("pipelines/model_loading.py", "resolve_model_uri"): "resolve_model_uri",
+    ("pipelines/batch_tracking.py", "log_batch_run"): "MLflow batch run",
+    ("flows/artifacts.py", "update"): "progress artifact updates",
+    ("flows/artifacts.py", "publish_table"): "table artifact",
+    ("flows/artifacts.py", "publish_summary"): "summary artifact",
+}
+
+
+def print_profile(path: Path, files: int) -> None:
+    """Cumulative seconds (summed over threads) of :data:`PROFILE_PARTS` in a stats file."""
+    import pstats
+
+    raw: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    print(f"profile ({path}; thread-seconds, cumulative; ms per file over {files} files):")
+    for (suffix, function), what in PROFILE_PARTS.items():
+        seconds = sum(
+            row[3]
+            for (filename, _, name), row in raw.items()
+            if name == function and filename.replace(os.sep, "/").endswith(suffix)
+        )
+        if seconds:
+            print(f"  {what:<45} {seconds:8.2f} s {1000 * seconds / files:8.1f} ms/file")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=("image", "raster"), default="image")
+    parser.add_argument("--files", type=int, default=200)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--rerun-files", type=int, default=200)
+    parser.add_argument("--rerun-size", type=int, default=512)
+    parser.add_argument("--patch", type=int, default=None, help="window size (default: plan's)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--files-per-task", type=int, default=None)
+    parser.add_argument("--api", choices=("ephemeral", "server"), default="ephemeral")
+    parser.add_argument("--no-track", action="store_true", help="no MLflow batch run")
+    parser.add_argument("--profile", type=Path, default=None, help="cProfile P4 into this file")
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="segflow-batch-bench-"))
+    server = None
+    try:
+        isolated_home(root)
+        small = make_files(root / "small", args.kind, args.files, args.size, seed=1)
+        big = make_files(root / "big", args.kind, args.rerun_files, args.rerun_size, seed=2)
+        from pipelines.synthetic import pack_archive
+
+        small_zip = pack_archive(small / "images", root / "small.zip")
+        big_zip = pack_archive(big / "images", root / "big.zip")
+        uri, unet_uri = bench_models(root, args.kind, args.patch)
+        startup, per_flow, server = start_api(args.api, root)
+        print(
+            f"Prefect API ({args.api}) up in {startup:.1f} s; a trivial flow then {per_flow:.2f} s"
+        )
+
+        from flows.runners import task_runner
+        from flows.segment_flow import files_per_task_for, segment_archive_flow
+
+        flow = segment_archive_flow.with_options(
+            task_runner=task_runner("threads", max_workers=args.workers)
+        )
+        options = {"files_per_task": args.files_per_task, "track": not args.no_track}
+        per_task = args.files_per_task or files_per_task_for(args.files, args.workers)
+        timer = NetworkTimer()
+        instrument(timer)
+        timer.capture = True
+        first, _ = run_segment(flow, small_zip, uri, root / "out-small", **options)
+        timer.capture = False
+        model_seconds = timer.replay()
+        overhead_ms = 1000 * (first - model_seconds) / args.files
+        small_rerun, rerun_summary = run_segment(
+            flow, small_zip, uri, root / "out-small", **options
+        )
+        if rerun_summary["skipped"] != args.files:
+            raise SystemExit(f"rerun did not skip every file: {rerun_summary['skipped']}")
+        print(
+            f"P4 {args.files} {args.kind} files of {args.size}² ({args.workers} threads, "
+            f"{per_task} files/task): flow {first:.2f} s, model {model_seconds:.3f} s "
+            f"({len(timer.batches)} batches; {timer.in_flow_seconds:.3f} s in-flow over threads) "
+            f"-> overhead {overhead_ms:.1f} ms/file (floor <= {OVERHEAD_FLOOR_MS:g}); "
+            f"Prefect start-up {startup:.1f} s not included; rerun {small_rerun:.2f} s"
+        )
+        if args.profile:  # an extra first run, under the profiler (slower), into a new folder
+            with thread_profiles(args.profile):
+                run_segment(flow, small_zip, uri, root / "out-profile", **options)
+            print_profile(args.profile, args.files)
+        big_first, _ = run_segment(flow, big_zip, unet_uri, root / "out-big", **options)
+        big_rerun, big_summary = run_segment(flow, big_zip, unet_uri, root / "out-big", **options)
+        if big_summary["skipped"] != args.rerun_files:
+            raise SystemExit(f"rerun did not skip every file: {big_summary['skipped']}")
+        fraction = big_rerun / big_first
+        if args.profile:  # an extra rerun, under the profiler
+            rerun_profile = args.profile.with_name(args.profile.name + ".rerun")
+            with thread_profiles(rerun_profile):
+                run_segment(flow, big_zip, unet_uri, root / "out-big", **options)
+            print_profile(rerun_profile, args.rerun_files)
+        print(
+            f"P5 rerun of {args.rerun_files} finished {args.kind} files of {args.rerun_size}²: "
+            f"{big_rerun:.2f} s vs first run {big_first:.2f} s "
+            f"({1000 * big_first / args.rerun_files:.0f} ms/file) -> fraction {fraction:.3f} "
+            f"(floor <= {RERUN_FLOOR:g})"
+        )
+        if not args.no_record:
+            common = {"kind": args.kind, "api": args.api, "workers": args.workers}
+            command = f"python -m benchmarks.batch_overhead --kind {args.kind} --api {args.api}"
+            record(
+                "batch_per_file_overhead",
+                {
+                    **common,
+                    "files": args.files,
+                    "size": args.size,
+                    "flow_seconds": round(first, 3),
+                    "model_seconds": round(model_seconds, 4),
+                    "model_batches": len(timer.batches),
+                    "overhead_ms_per_file": round(overhead_ms, 2),
+                    "prefect_startup_seconds": round(startup, 2),
+                    "trivial_flow_seconds": round(per_flow, 3),
+                    "files_per_task": per_task,
+                    "mlflow_tracking": not args.no_track,
+                    "rerun_seconds": round(small_rerun, 3),
+                    "floor_ms": OVERHEAD_FLOOR_MS,
+                },
+                command=command,
+            )
+            record(
+                "batch_rerun_fraction",
+                {
+                    **common,
+                    "files": args.rerun_files,
+                    "size": args.rerun_size,
+                    "first_seconds": round(big_first, 3),
+                    "rerun_seconds": round(big_rerun, 3),
+                    "fraction": round(fraction, 4),
+                    "floor": RERUN_FLOOR,
+                    "mlflow_tracking": not args.no_track,
+                },
+                command=command,
+            )
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
