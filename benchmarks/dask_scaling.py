@@ -2,7 +2,7 @@
 
 Setup (not timed): a temporary ``SEGFLOW_HOME``; ``prefect server start`` on 127.0.0.1 (its
 start-up printed; stopped at the end), so that Dask can run worker processes that all talk to
-it; ``--files`` (8) seeded 3-band uint8 GeoTIFFs of ``--size``² (4096²) px, tiled 64², deflate,
+it; ``--files`` (16) seeded 3-band uint8 GeoTIFFs of ``--size``² (4096²) px, tiled 64², deflate,
 0.5 m pixels (``make_raster_dataset``: rectangles and discs on a textured, noisy background),
 packed into one zip; segflow's ``pixel_linear`` oracle (a 1×1 convolution fitted in closed form
 on 4 small tiles of the same kind, ``tests/infer_models.py``), registered with
@@ -91,7 +91,7 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--patch", type=int, default=512)
     parser.add_argument("--min-object-size", type=float, default=25.0, help="m²")
@@ -124,7 +124,9 @@ def main() -> None:
                     flow_s, batch_s = measure(archive, uri, root, kind, workers, run, **options)
                     flow_times.setdefault((kind, workers), []).append(round(flow_s, 3))
                     batch_times.setdefault((kind, workers), []).append(round(batch_s, 3))
-                    print(f"  {kind}, {workers} worker(s): flow {flow_s:.1f} s, batch {batch_s:.1f} s")
+                    print(
+                        f"  {kind}, {workers} worker(s): flow {flow_s:.1f} s, batch {batch_s:.1f} s"
+                    )
         results: dict[str, dict[str, Any]] = {}
         for kind in kinds:
             one, two = (statistics.median(flow_times[kind, n]) for n in (1, 2))

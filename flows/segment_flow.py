@@ -27,6 +27,7 @@ from prefect.states import State
 
 from flows.artifacts import ProgressArtifact, publish_summary, publish_table
 from flows.flows import outcome_state
+from flows.tasks import transient_io
 from pipelines.batch import BatchItem, BatchItemResult, BatchReport, process_item, run_batch
 from pipelines.batch_tracking import log_batch_run
 from pipelines.infer.run import SegmentOptions
@@ -67,11 +68,23 @@ def _ledger(out: str) -> Ledger:
         return _ledgers[key]
 
 
-@task(name="segment-files", cache_policy=NO_CACHE, task_run_name="segment {label}")
+@task(
+    name="segment-files",
+    cache_policy=NO_CACHE,
+    task_run_name="segment {label}",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=transient_io,
+)
 def segment_files(
     items: list[BatchItem], model_uri: str, out: str, options: SegmentOptions, label: str
 ) -> list[BatchItemResult]:
-    """Segment a group of cases and record each in the ledger (failures recorded, not raised)."""
+    """Segment a group of cases and record each in the ledger.
+
+    A file's own errors are recorded as failures, not raised; a transient ``OSError`` of the
+    output folder (a network share that hiccups) retries the group, whose finished cases the
+    ledger then skips.
+    """
     model, ledger = _model(model_uri), _ledger(out)
     return [process_item(model, item, Path(out), options, ledger) for item in items]
 

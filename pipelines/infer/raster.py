@@ -203,7 +203,7 @@ def segment_raster(
             if writer is None:
                 write_labels(labels, valid, int(window.row_off))
             else:
-                writer.add(labels, valid)
+                writer.add(labels, valid.copy())  # the stream reuses its buffers
             if probability_writer is not None:
                 scaled = np.clip(np.rint(probabilities * 255), 0, 255).astype(np.uint8)
                 probability_writer.write(scaled * valid, window)
