@@ -1,41 +1,34 @@
 """P4 + P5: per-file overhead of ``segment_archive_flow`` beyond model time, and rerun cost.
 
-Setup (not timed): a temporary ``SEGFLOW_HOME`` (MLflow sqlite, Prefect home); seeded synthetic
-files packed into zip archives (``--kind image``: grey PNGs of blobs from ``make_image_dataset``,
-whose blob ids ingest reads as 9 classes; ``--kind raster``: 3-band uint8 GeoTIFFs from
-``make_raster_dataset``, the streamed COG route); models planned on 4 labelled 64² files of the
-same kind and registered in MLflow; the Prefect API brought up, its start-up reported
-separately: ``--api ephemeral`` (default; Prefect's temporary local API, started by running a
-trivial flow) or ``--api server`` (``prefect server start`` on 127.0.0.1). Before every timed
-flow call the flow's per-process caches (loaded model, open ledgers) are cleared, so each call
-loads the model and opens the ledger as a new ``segflow segment`` process would; only the API
-is already up.
+Setup, not timed: a temporary ``SEGFLOW_HOME``; seeded files packed into zips (``--kind image``:
+grey PNGs of blobs, ``make_image_dataset``, whose blob ids ingest reads as 9 classes; ``raster``:
+3-band uint8 GeoTIFFs, ``make_raster_dataset``, the streamed COG route); models planned on 4
+labelled 64² files of that kind, registered in MLflow; the Prefect API, its start-up reported
+apart: ``--api ephemeral`` (Prefect's temporary API, started by a trivial flow) or ``server``
+(``prefect server start`` on 127.0.0.1). Before each timed flow call the flow's per-process
+caches (model, open ledgers) are cleared, as in a new ``segflow segment`` process.
 
-- P4 (``batch_per_file_overhead``): ``segment_archive_flow`` over an archive of ``--files``
-  (200) files of ``--size``² (64) px into a fresh folder, with segflow's ``pixel_linear``
-  oracle (a 1×1 convolution fitted in closed form, ``tests/infer_models.py``): threads runner
-  with ``--workers`` threads, default ``files_per_task``, MLflow batch run on (``--no-track``
-  turns it off). Flow seconds = wall time of the flow call (flow run, archive extraction, model
-  load, ledger, tasks, reading, windows, writers, hashing, MLflow run, artifacts). Model
-  seconds = the time the network itself needs for exactly the windows it got in that run:
-  forward hooks copy each batch the network receives, and after the flow the copies go through
-  the same network again, one after the other, in this process (``torch.inference_mode``, same
-  torch threads). All the rest, decoding and post-processing included, is overhead:
-  overhead per file = (flow seconds - model seconds) / files. Floor: <= 50 ms.
-- P5 (``batch_rerun_fraction``): the same flow again on the same archive into the same
-  finished folder (every file skipped) / the first run. The oracle does almost no work per
-  file, so the ratio is measured on a second archive of ``--rerun-files`` (200) files of
-  ``--rerun-size``² (512) px segmented by a seeded small 2D U-Net (segflow's ``unet``, 16 base
-  features, depth 4, same plan: 64² windows, ~120 per file), whose first run does a few hundred
-  ms of real work per file. The rerun of the P4 archive is printed too. Floor: <= 5 %.
+- P4 (``batch_per_file_overhead``): the flow over ``--files`` (200) files of ``--size``² (64) px
+  into a new folder with the ``pixel_linear`` oracle (a 1×1 convolution fitted in closed form,
+  ``tests/infer_models.py``), ``--workers`` threads, default ``files_per_task``, MLflow batch run
+  on (``--no-track``: off). Flow seconds: wall time of the flow call (flow run, extraction, model
+  load, ledger, tasks, reading, windows, writers, hashing, MLflow, artifacts). Model seconds: the
+  network's own time on exactly the windows of that run: forward hooks copy every batch it gets;
+  after the flow the copies go through the same network again, one by one, in this process
+  (``inference_mode``, same torch threads). The rest, decoding and post-processing included, is
+  overhead: (flow seconds - model seconds) / files. Floor: <= 50 ms per file.
+- P5 (``batch_rerun_fraction``): the flow again on the same archive into the same finished
+  folder (all skipped) / the first run, on ``--rerun-files`` (200) files of ``--rerun-size``²
+  (512) px and a seeded small 2D U-Net (segflow's ``unet``, 16 base features, depth 4, same
+  plan: ~120 windows of 64² per file), so that the first run does a few hundred ms of real work
+  per file (the oracle does almost none). The P4 archive's rerun is printed too. Floor: <= 5 %.
 
-``--profile FILE`` adds two runs under cProfile (every thread): a P4 first run into a new
-folder (stats in FILE) and a P5 rerun (FILE.rerun); it prints the time of segflow's and
-Prefect's parts (ledger, hashing, task runs, inference, writers, MLflow, heartbeat), summed
-over threads. The profiler slows them down; the measured runs are never profiled.
+``--profile FILE``: two more runs under cProfile in every thread (slower; the measured runs are
+never profiled), a P4 first run (stats in FILE) and a P5 rerun (FILE.rerun), and the seconds of
+segflow's and Prefect's parts in each (ledger, hashing, tasks, writers, MLflow, heartbeat).
 
-Run: ``.venv/bin/python -m benchmarks.batch_overhead`` (``--no-record`` for a trial that
-must not touch ``benchmarks/results.json``; a small check: ``--rerun-files 12 --no-record``).
+Run: ``.venv/bin/python -m benchmarks.batch_overhead`` (``--no-record``: a trial that must not
+touch ``benchmarks/results.json``; a small check: ``--rerun-files 12 --no-record``).
 """
 
 from __future__ import annotations
@@ -86,11 +79,8 @@ def isolated_home(root: Path) -> Path:
 
 
 def start_api(kind: str, root: Path) -> tuple[float, float, ServerProcess | None]:
-    """Bring the Prefect API up; (start-up seconds, seconds of one more trivial flow, server).
-
-    ``ephemeral``: the first flow run starts Prefect's temporary API. ``server``: ``prefect
-    server start`` on a free 127.0.0.1 port, then ``PREFECT_API_URL`` and a first flow run.
-    """
+    """Bring the Prefect API up (``ephemeral``: by a first trivial flow; ``server``: ``prefect
+    server start`` on 127.0.0.1, then a first flow); start-up and one more flow's seconds."""
     from flows.serve import free_port, prefect_server
 
     started, server = time.perf_counter(), None
@@ -141,10 +131,7 @@ def make_files(folder: Path, kind: str, count: int, size: int, seed: int) -> Pat
 
 
 def bench_models(root: Path, kind: str, patch: int | None) -> tuple[str, str]:
-    """Register the oracle (P4) and a seeded small U-Net with the same plan (P5); their URIs.
-
-    Both are built from 4 labelled 64² files of ``kind`` (the plan: normalisation, patch size).
-    """
+    """Register the oracle (P4) and a seeded small U-Net with the same plan (P5); their URIs."""
     import seg_models
     from pipelines.ingest import ingest
     from tests.infer_models import oracle_model
@@ -226,9 +213,9 @@ def fresh_process_state() -> None:
 
 
 def run_segment(
-    flow: Flow[..., Any], archive: Path, uri: str, out: Path, **options: Any
+    flow: Flow[..., Any], archive: Path, uri: str, out: Path, skipped: int = -1, **options: Any
 ) -> tuple[float, dict[str, Any]]:
-    """Wall seconds and summary of one flow call; exits when a file failed."""
+    """Wall seconds and summary of a flow call; exits if a file failed or not ``skipped`` were."""
     from flows.flows import run_flow
 
     fresh_process_state()
@@ -237,6 +224,8 @@ def run_segment(
     seconds = time.perf_counter() - started
     if int(code) != 0:
         raise SystemExit(f"{archive.name}: exit code {int(code)}: {summary['failed_files']}")
+    if skipped >= 0 and summary["skipped"] != skipped:
+        raise SystemExit(f"{archive.name}: {summary['skipped']} of {skipped} files skipped")
     return seconds, summary
 
 
@@ -274,28 +263,22 @@ PROFILE_PARTS = {  # (file suffix, function): what it stands for
     ("pipelines/batch.py", "plan_batch"): "plan_batch (extraction, ledger decisions)",
     ("flows/segment_flow.py", "segment_files"): "task bodies (segment_files)",
     ("prefect/task_engine.py", "run_task_sync"): "task runs incl. Prefect's engine",
-    ("prefect/task_runners.py", "submit"): "task submission",
     ("pipelines/infer/run.py", "segment_case"): "segment_case (read, infer, post, write)",
     ("pipelines/infer/in_memory.py", "predict_image"): "  predict_image",
     ("pipelines/infer/raster.py", "segment_raster"): "  segment_raster",
     ("pipelines/infer/sliding.py", "sliding_probabilities"): "    sliding windows",
     ("pipelines/write/image2d.py", "write_label_image"): "  write_label_image",
     ("pipelines/write/lineage.py", "write_lineage"): "  write_lineage",
-    ("pipelines/infer/polygons.py", "write_raster_polygons"): "  polygons",
     ("pipelines/ledger.py", "record_running"): "ledger.record_running",
     ("pipelines/ledger.py", "record_done"): "ledger.record_done (hashes outputs)",
-    ("pipelines/ledger.py", "hashed"): "input hash (CaseKey.hashed)",
     ("pipelines/files.py", "sha256_file"): "sha256_file (all hashing)",
-    ("pipelines/infer/inputs.py", "checksum"): "lineage input hash",
     ("pipelines/ledger.py", "decide"): "ledger.decide",
     ("pipelines/ledger.py", "export_json"): "ledger.export_json",
     ("pipelines/infer/inputs.py", "discover_inputs"): "discover_inputs (archive extraction)",
     ("pipelines/model_loading.py", "load_model"): "load_model",
-    ("pipelines/model_loading.py", "resolve_model_uri"): "resolve_model_uri",
     ("pipelines/batch_tracking.py", "log_batch_run"): "MLflow batch run",
     ("flows/artifacts.py", "update"): "progress artifact updates",
-    ("flows/artifacts.py", "publish_table"): "table artifact",
-    ("flows/artifacts.py", "publish_summary"): "summary artifact",
+    ("flows/artifacts.py", "publish_table"): "table artifact (+ summary artifact: less)",
 }
 
 
@@ -315,6 +298,58 @@ def print_profile(path: Path, files: int) -> None:
             print(f"  {what:<45} {seconds:8.2f} s {1000 * seconds / files:8.1f} ms/file")
 
 
+def measure_p4(
+    flow: Flow[..., Any], archive: Path, uri: str, root: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """P4's first run (hooked), model replay, the rerun, and the optional profiled run."""
+    from flows.segment_flow import files_per_task_for
+
+    options = {"files_per_task": args.files_per_task, "track": not args.no_track}
+    timer = NetworkTimer()
+    instrument(timer)
+    timer.capture = True
+    first, _ = run_segment(flow, archive, uri, root / "out-small", **options)
+    timer.capture = False
+    model_seconds = timer.replay()
+    rerun, _ = run_segment(flow, archive, uri, root / "out-small", skipped=args.files, **options)
+    if args.profile:  # an extra first run, under the profiler (slower), into a new folder
+        with thread_profiles(args.profile):
+            run_segment(flow, archive, uri, root / "out-profile", **options)
+    return {
+        "files": args.files,
+        "size": args.size,
+        "flow_seconds": round(first, 3),
+        "model_seconds": round(model_seconds, 4),
+        "model_batches": len(timer.batches),
+        "in_flow_forward_seconds": round(timer.in_flow_seconds, 3),
+        "overhead_ms_per_file": round(1000 * (first - model_seconds) / args.files, 2),
+        "files_per_task": args.files_per_task or files_per_task_for(args.files, args.workers),
+        "rerun_seconds": round(rerun, 3),
+        "floor_ms": OVERHEAD_FLOOR_MS,
+    }
+
+
+def measure_p5(
+    flow: Flow[..., Any], archive: Path, uri: str, root: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """P5's first run and rerun into the same folder (and the optional profiled rerun)."""
+    options = {"files_per_task": args.files_per_task, "track": not args.no_track}
+    out, files = root / "out-big", args.rerun_files
+    first, _ = run_segment(flow, archive, uri, out, **options)
+    rerun, _ = run_segment(flow, archive, uri, out, skipped=files, **options)
+    if args.profile:  # an extra rerun, under the profiler
+        with thread_profiles(args.profile.with_name(args.profile.name + ".rerun")):
+            run_segment(flow, archive, uri, out, skipped=files, **options)
+    return {
+        "files": files,
+        "size": args.rerun_size,
+        "first_seconds": round(first, 3),
+        "rerun_seconds": round(rerun, 3),
+        "fraction": round(rerun / first, 4),
+        "floor": RERUN_FLOOR,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=("image", "raster"), default="image")
@@ -327,108 +362,56 @@ def main() -> None:
     parser.add_argument("--files-per-task", type=int, default=None)
     parser.add_argument("--api", choices=("ephemeral", "server"), default="ephemeral")
     parser.add_argument("--no-track", action="store_true", help="no MLflow batch run")
-    parser.add_argument("--profile", type=Path, default=None, help="cProfile P4 into this file")
+    parser.add_argument("--profile", type=Path, default=None, help="cProfile into this file")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="segflow-batch-bench-"))
     server = None
     try:
         isolated_home(root)
-        small = make_files(root / "small", args.kind, args.files, args.size, seed=1)
-        big = make_files(root / "big", args.kind, args.rerun_files, args.rerun_size, seed=2)
         from pipelines.synthetic import pack_archive
 
+        small = make_files(root / "small", args.kind, args.files, args.size, seed=1)
         small_zip = pack_archive(small / "images", root / "small.zip")
+        big = make_files(root / "big", args.kind, args.rerun_files, args.rerun_size, seed=2)
         big_zip = pack_archive(big / "images", root / "big.zip")
         uri, unet_uri = bench_models(root, args.kind, args.patch)
         startup, per_flow, server = start_api(args.api, root)
         print(
             f"Prefect API ({args.api}) up in {startup:.1f} s; a trivial flow then {per_flow:.2f} s"
         )
-
         from flows.runners import task_runner
-        from flows.segment_flow import files_per_task_for, segment_archive_flow
+        from flows.segment_flow import segment_archive_flow
 
-        flow = segment_archive_flow.with_options(
-            task_runner=task_runner("threads", max_workers=args.workers)
-        )
-        options = {"files_per_task": args.files_per_task, "track": not args.no_track}
-        per_task = args.files_per_task or files_per_task_for(args.files, args.workers)
-        timer = NetworkTimer()
-        instrument(timer)
-        timer.capture = True
-        first, _ = run_segment(flow, small_zip, uri, root / "out-small", **options)
-        timer.capture = False
-        model_seconds = timer.replay()
-        overhead_ms = 1000 * (first - model_seconds) / args.files
-        small_rerun, rerun_summary = run_segment(
-            flow, small_zip, uri, root / "out-small", **options
-        )
-        if rerun_summary["skipped"] != args.files:
-            raise SystemExit(f"rerun did not skip every file: {rerun_summary['skipped']}")
+        runner = task_runner("threads", max_workers=args.workers)
+        flow = segment_archive_flow.with_options(task_runner=runner)
+        p4 = measure_p4(flow, small_zip, uri, root, args)
         print(
             f"P4 {args.files} {args.kind} files of {args.size}² ({args.workers} threads, "
-            f"{per_task} files/task): flow {first:.2f} s, model {model_seconds:.3f} s "
-            f"({len(timer.batches)} batches; {timer.in_flow_seconds:.3f} s in-flow over threads) "
-            f"-> overhead {overhead_ms:.1f} ms/file (floor <= {OVERHEAD_FLOOR_MS:g}); "
-            f"Prefect start-up {startup:.1f} s not included; rerun {small_rerun:.2f} s"
+            f"{p4['files_per_task']} files/task): flow {p4['flow_seconds']:.2f} s, model "
+            f"{p4['model_seconds']:.3f} s ({p4['model_batches']} batches; "
+            f"{p4['in_flow_forward_seconds']:.3f} s in the flow, summed over threads) -> "
+            f"overhead {p4['overhead_ms_per_file']:.1f} ms/file (floor <= {OVERHEAD_FLOOR_MS:g}); "
+            f"Prefect start-up {startup:.1f} s not included; rerun {p4['rerun_seconds']:.2f} s"
         )
-        if args.profile:  # an extra first run, under the profiler (slower), into a new folder
-            with thread_profiles(args.profile):
-                run_segment(flow, small_zip, uri, root / "out-profile", **options)
+        if args.profile:
             print_profile(args.profile, args.files)
-        big_first, _ = run_segment(flow, big_zip, unet_uri, root / "out-big", **options)
-        big_rerun, big_summary = run_segment(flow, big_zip, unet_uri, root / "out-big", **options)
-        if big_summary["skipped"] != args.rerun_files:
-            raise SystemExit(f"rerun did not skip every file: {big_summary['skipped']}")
-        fraction = big_rerun / big_first
-        if args.profile:  # an extra rerun, under the profiler
-            rerun_profile = args.profile.with_name(args.profile.name + ".rerun")
-            with thread_profiles(rerun_profile):
-                run_segment(flow, big_zip, unet_uri, root / "out-big", **options)
-            print_profile(rerun_profile, args.rerun_files)
+        p5 = measure_p5(flow, big_zip, unet_uri, root, args)
+        if args.profile:
+            print_profile(args.profile.with_name(args.profile.name + ".rerun"), args.rerun_files)
         print(
             f"P5 rerun of {args.rerun_files} finished {args.kind} files of {args.rerun_size}²: "
-            f"{big_rerun:.2f} s vs first run {big_first:.2f} s "
-            f"({1000 * big_first / args.rerun_files:.0f} ms/file) -> fraction {fraction:.3f} "
-            f"(floor <= {RERUN_FLOOR:g})"
+            f"{p5['rerun_seconds']:.2f} s vs first run {p5['first_seconds']:.2f} s "
+            f"({1000 * p5['first_seconds'] / args.rerun_files:.0f} ms/file) -> fraction "
+            f"{p5['fraction']:.3f} (floor <= {RERUN_FLOOR:g})"
         )
         if not args.no_record:
             common = {"kind": args.kind, "api": args.api, "workers": args.workers}
+            common.update(mlflow_tracking=not args.no_track)
+            p4.update(prefect_startup_seconds=round(startup, 2), trivial_flow_seconds=per_flow)
             command = f"python -m benchmarks.batch_overhead --kind {args.kind} --api {args.api}"
-            record(
-                "batch_per_file_overhead",
-                {
-                    **common,
-                    "files": args.files,
-                    "size": args.size,
-                    "flow_seconds": round(first, 3),
-                    "model_seconds": round(model_seconds, 4),
-                    "model_batches": len(timer.batches),
-                    "overhead_ms_per_file": round(overhead_ms, 2),
-                    "prefect_startup_seconds": round(startup, 2),
-                    "trivial_flow_seconds": round(per_flow, 3),
-                    "files_per_task": per_task,
-                    "mlflow_tracking": not args.no_track,
-                    "rerun_seconds": round(small_rerun, 3),
-                    "floor_ms": OVERHEAD_FLOOR_MS,
-                },
-                command=command,
-            )
-            record(
-                "batch_rerun_fraction",
-                {
-                    **common,
-                    "files": args.rerun_files,
-                    "size": args.rerun_size,
-                    "first_seconds": round(big_first, 3),
-                    "rerun_seconds": round(big_rerun, 3),
-                    "fraction": round(fraction, 4),
-                    "floor": RERUN_FLOOR,
-                    "mlflow_tracking": not args.no_track,
-                },
-                command=command,
-            )
+            record("batch_per_file_overhead", {**common, **p4}, command=command)
+            record("batch_rerun_fraction", {**common, **p5}, command=command)
     finally:
         if server is not None:
             server.stop()

@@ -85,8 +85,17 @@ def segment_files(
     output folder (a network share that hiccups) retries the group, whose finished cases the
     ledger then skips.
     """
+    from prefect.runtime import task_run
+
     model, ledger = _model(model_uri), _ledger(out)
+    if task_run.run_count > 1:  # a retry: ask the ledger again, so finished cases are skipped
+        items = [_decided_again(item, ledger) for item in items]
     return [process_item(model, item, Path(out), options, ledger) for item in items]
+
+
+def _decided_again(item: BatchItem, ledger: Ledger) -> BatchItem:
+    key = item.decision.key
+    return BatchItem(item.case, ledger.decide(item.case, key.model, key.config))
 
 
 def files_per_task_for(n_items: int, workers: int) -> int:
