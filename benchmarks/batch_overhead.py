@@ -177,48 +177,39 @@ class NetworkTimer:
         """Seconds the last network needs for every captured batch, one after the other."""
         if self.network is None or not self.batches:
             return 0.0
-        capture, self.capture = self.capture, False
+        self.capture = False
         with torch.inference_mode():
             self.network(self.batches[0])  # warm-up, not timed
             started = time.perf_counter()
             for batch in self.batches:
                 self.network(batch)
-            seconds = time.perf_counter() - started
-        self.capture = capture
-        return seconds
+            return time.perf_counter() - started
 
+    def install(self) -> None:
+        """Make the flow's model loader attach this timer to each network it loads."""
+        import flows.segment_flow as segment_flow
+        from pipelines.model_loading import load_model
 
-def instrument(timer: NetworkTimer) -> None:
-    """Make the flow's model loader attach ``timer`` to each network it loads."""
-    import flows.segment_flow as segment_flow
-    from pipelines.model_loading import load_model
+        def loading(uri: str | Path) -> LoadedModel:
+            loaded = load_model(uri)
+            self.attach(loaded.network)
+            return loaded
 
-    def loading(uri: str | Path) -> LoadedModel:
-        loaded = load_model(uri)
-        timer.attach(loaded.network)
-        return loaded
-
-    segment_flow.load_model = loading
-
-
-def fresh_process_state() -> None:
-    """Forget the flow's per-process model and ledgers, as a new process would start."""
-    import flows.segment_flow as segment_flow
-
-    segment_flow._model.cache_clear()
-    with segment_flow._ledgers_lock:
-        for ledger in segment_flow._ledgers.values():
-            ledger.close()
-        segment_flow._ledgers.clear()
+        segment_flow.load_model = loading
 
 
 def run_segment(
     flow: Flow[..., Any], archive: Path, uri: str, out: Path, skipped: int = -1, **options: Any
 ) -> tuple[float, dict[str, Any]]:
     """Wall seconds and summary of a flow call; exits if a file failed or not ``skipped`` were."""
+    import flows.segment_flow as segment_flow
     from flows.flows import run_flow
 
-    fresh_process_state()
+    segment_flow._model.cache_clear()  # no model loaded, no ledger open: as a new process
+    with segment_flow._ledgers_lock:
+        for ledger in segment_flow._ledgers.values():
+            ledger.close()
+        segment_flow._ledgers.clear()
     started = time.perf_counter()
     summary, code = run_flow(flow, source=str(archive), model=uri, out=str(out), **options)
     seconds = time.perf_counter() - started
@@ -306,7 +297,7 @@ def measure_p4(
 
     options = {"files_per_task": args.files_per_task, "track": not args.no_track}
     timer = NetworkTimer()
-    instrument(timer)
+    timer.install()
     timer.capture = True
     first, _ = run_segment(flow, archive, uri, root / "out-small", **options)
     timer.capture = False
@@ -353,10 +344,8 @@ def measure_p5(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=("image", "raster"), default="image")
-    parser.add_argument("--files", type=int, default=200)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--rerun-files", type=int, default=200)
-    parser.add_argument("--rerun-size", type=int, default=512)
+    for name, default in (("files", 200), ("size", 64), ("rerun-files", 200), ("rerun-size", 512)):
+        parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--patch", type=int, default=None, help="window size (default: plan's)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--files-per-task", type=int, default=None)
