@@ -64,18 +64,16 @@ UNET_NAME = "bench-unet"
 UNET_OPTIONS = {"base_features": 16, "depth": 4}
 
 
-def isolated_home(root: Path) -> Path:
+def isolated_home(root: Path) -> None:
     """Point segflow, MLflow and Prefect at ``root/home`` (call before importing Prefect)."""
-    home = root / "home"
     for variable in ("PREFECT_HOME", "PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         os.environ.pop(variable, None)
-    os.environ["SEGFLOW_HOME"] = str(home)
+    os.environ["SEGFLOW_HOME"] = str(root / "home")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     get_settings.cache_clear()
     apply_environment()
-    return home
 
 
 def start_api(kind: str, root: Path) -> tuple[float, float, ServerProcess | None]:
@@ -221,8 +219,9 @@ def run_segment(
 
 
 @contextmanager
-def thread_profiles(path: Path) -> Iterator[None]:
-    """cProfile every thread started inside the block (and this one); stats saved to ``path``."""
+def thread_profiles(path: Path, files: int) -> Iterator[None]:
+    """cProfile every thread started inside the block (and this one), save the stats to
+    ``path`` and print the cumulative seconds of :data:`PROFILE_PARTS`, summed over threads."""
     import cProfile
     import pstats
     import sys
@@ -246,6 +245,16 @@ def thread_profiles(path: Path) -> Iterator[None]:
         for profile in profiles[1:]:
             stats.add(profile)
         stats.dump_stats(str(path))
+        raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+        print(f"profile ({path}; thread-seconds, cumulative; ms per file over {files} files):")
+        for (suffix, function), what in PROFILE_PARTS.items():
+            seconds = sum(
+                row[3]
+                for (filename, _, name), row in raw.items()
+                if name == function and filename.replace(os.sep, "/").endswith(suffix)
+            )
+            if seconds:
+                print(f"  {what:<45} {seconds:8.2f} s {1000 * seconds / files:8.1f} ms/file")
 
 
 PROFILE_PARTS = {  # (file suffix, function): what it stands for
@@ -273,22 +282,6 @@ PROFILE_PARTS = {  # (file suffix, function): what it stands for
 }
 
 
-def print_profile(path: Path, files: int) -> None:
-    """Cumulative seconds (summed over threads) of :data:`PROFILE_PARTS` in a stats file."""
-    import pstats
-
-    raw: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
-    print(f"profile ({path}; thread-seconds, cumulative; ms per file over {files} files):")
-    for (suffix, function), what in PROFILE_PARTS.items():
-        seconds = sum(
-            row[3]
-            for (filename, _, name), row in raw.items()
-            if name == function and filename.replace(os.sep, "/").endswith(suffix)
-        )
-        if seconds:
-            print(f"  {what:<45} {seconds:8.2f} s {1000 * seconds / files:8.1f} ms/file")
-
-
 def measure_p4(
     flow: Flow[..., Any], archive: Path, uri: str, root: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -304,7 +297,7 @@ def measure_p4(
     model_seconds = timer.replay()
     rerun, _ = run_segment(flow, archive, uri, root / "out-small", skipped=args.files, **options)
     if args.profile:  # an extra first run, under the profiler (slower), into a new folder
-        with thread_profiles(args.profile):
+        with thread_profiles(args.profile, args.files):
             run_segment(flow, archive, uri, root / "out-profile", **options)
     return {
         "files": args.files,
@@ -329,7 +322,7 @@ def measure_p5(
     first, _ = run_segment(flow, archive, uri, out, **options)
     rerun, _ = run_segment(flow, archive, uri, out, skipped=files, **options)
     if args.profile:  # an extra rerun, under the profiler
-        with thread_profiles(args.profile.with_name(args.profile.name + ".rerun")):
+        with thread_profiles(args.profile.with_name(args.profile.name + ".rerun"), files):
             run_segment(flow, archive, uri, out, skipped=files, **options)
     return {
         "files": files,
@@ -366,9 +359,7 @@ def main() -> None:
         big_zip = pack_archive(big / "images", root / "big.zip")
         uri, unet_uri = bench_models(root, args.kind, args.patch)
         startup, per_flow, server = start_api(args.api, root)
-        print(
-            f"Prefect API ({args.api}) up in {startup:.1f} s; a trivial flow then {per_flow:.2f} s"
-        )
+        print(f"Prefect API ({args.api}) up in {startup:.1f} s; one more flow {per_flow:.2f} s")
         from flows.runners import task_runner
         from flows.segment_flow import segment_archive_flow
 
@@ -383,11 +374,7 @@ def main() -> None:
             f"overhead {p4['overhead_ms_per_file']:.1f} ms/file (floor <= {OVERHEAD_FLOOR_MS:g}); "
             f"Prefect start-up {startup:.1f} s not included; rerun {p4['rerun_seconds']:.2f} s"
         )
-        if args.profile:
-            print_profile(args.profile, args.files)
         p5 = measure_p5(flow, big_zip, unet_uri, root, args)
-        if args.profile:
-            print_profile(args.profile.with_name(args.profile.name + ".rerun"), args.rerun_files)
         print(
             f"P5 rerun of {args.rerun_files} finished {args.kind} files of {args.rerun_size}²: "
             f"{p5['rerun_seconds']:.2f} s vs first run {p5['first_seconds']:.2f} s "
@@ -397,7 +384,9 @@ def main() -> None:
         if not args.no_record:
             common = {"kind": args.kind, "api": args.api, "workers": args.workers}
             common.update(mlflow_tracking=not args.no_track)
-            p4.update(prefect_startup_seconds=round(startup, 2), trivial_flow_seconds=per_flow)
+            p4.update(
+                prefect_startup_seconds=round(startup, 2), trivial_flow_seconds=round(per_flow, 3)
+            )
             command = f"python -m benchmarks.batch_overhead --kind {args.kind} --api {args.api}"
             record("batch_per_file_overhead", {**common, **p4}, command=command)
             record("batch_rerun_fraction", {**common, **p5}, command=command)

@@ -49,6 +49,7 @@ class DatasetFingerprint(Contract):
         channels: intensity statistics per input channel.
         class_frequencies: label value → fraction of labelled pixels.
         modality_hint: ``"ct"`` when channel names or intensities say CT, else ``"mr"``/``"other"``.
+        median_object_size: instance labels: median object size in pixels (voxels).
     """
 
     dataset_name: str
@@ -60,6 +61,7 @@ class DatasetFingerprint(Contract):
     channels: tuple[ChannelStats, ...]
     class_frequencies: dict[int, float] = Field(default_factory=dict)
     modality_hint: Literal["ct", "mr", "other"] = "other"
+    median_object_size: float | None = Field(default=None, ge=0)
 
 
 class ChannelNormalization(Contract):
@@ -100,6 +102,8 @@ class TrainingPlan(Contract):
         normalization: one entry per input channel.
         foreground_oversample: fraction of patches centred on foreground.
         memory_budget_mb: activation memory the patch and batch size were fitted to.
+        min_instance_seed: instance plans: interior regions with fewer pixels are noise, not
+            objects (they join their neighbour or vanish); about a tenth of the median object.
         overrides: fields the user set explicitly (flag or YAML), for the record.
     """
 
@@ -117,6 +121,7 @@ class TrainingPlan(Contract):
     normalization: tuple[ChannelNormalization, ...]
     foreground_oversample: float = Field(default=0.33, ge=0, le=1)
     memory_budget_mb: int = Field(default=2048, ge=64)
+    min_instance_seed: int = Field(default=0, ge=0)
     overrides: tuple[str, ...] = ()
 
     @model_validator(mode="after")

@@ -80,6 +80,7 @@ def three_class_to_instances(
     class_map_or_probabilities: np.ndarray | torch.Tensor,
     *,
     min_size: int = 0,
+    min_seed_size: int = 0,
     interior_threshold: float | None = None,
     connectivity: int = 1,
 ) -> np.ndarray:
@@ -95,6 +96,8 @@ def three_class_to_instances(
         class_map_or_probabilities: integer ``(H, W)`` class map (0/1/2), or float ``(3, H, W)``
             probabilities (background, interior, boundary; softmax output).
         min_size: objects with fewer pixels are removed (0 keeps all).
+        min_seed_size: interior regions with fewer pixels are not seeds (a network's speckles
+            would each become an object); their pixels join a neighbour's watershed or vanish.
         interior_threshold: with probabilities, seeds are ``p(interior) > threshold``; ``None``
             means the argmax is interior. Foreground is always "argmax is not background".
         connectivity: connectivity of the seed labelling (1: 4-connected, 2: 8-connected).
@@ -124,6 +127,10 @@ def three_class_to_instances(
             f"got {array.dtype} of shape {array.shape}"
         )
     seeds = label(interior & foreground, connectivity=connectivity)
+    if min_seed_size > 0:
+        seeds = label(
+            remove_small_objects(seeds, max_size=min_seed_size - 1) > 0, connectivity=connectivity
+        )
     instances = watershed(elevation, markers=seeds, mask=foreground).astype(np.int32)
     if min_size > 0:
         instances = remove_small_objects(instances, max_size=min_size - 1)

@@ -133,3 +133,16 @@ def test_targets_round_trip_through_detections() -> None:
     n = len(target["labels"])
     detections = {"masks": target["masks"].float()[:, None], "scores": torch.linspace(0.6, 1, n)}
     assert dsb2018_score(detections_to_instance_map(detections, shape=(48, 48)), instances) == 1.0
+
+
+def test_speckle_seeds_do_not_become_objects() -> None:
+    probabilities = np.zeros((3, 40, 40), np.float32)
+    probabilities[0] = 1.0
+    probabilities[:, 5:25, 5:25] = np.array([0.0, 0.9, 0.1])[:, None, None]  # one nucleus
+    rim = np.zeros((40, 40), bool)
+    rim[5:8, 22] = True  # a spurious boundary cuts a 2×2 corner off its interior
+    rim[7, 22:25] = True
+    probabilities[1][rim], probabilities[2][rim] = 0.1, 0.9
+    assert three_class_to_instances(probabilities).max() == 2  # the corner became an object
+    merged = three_class_to_instances(probabilities, min_seed_size=10)
+    assert merged.max() == 1 and (merged > 0).sum() == 400  # it joined the nucleus

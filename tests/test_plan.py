@@ -278,3 +278,23 @@ def test_plan_json_round_trip(tmp_path: Path, plan: TrainingPlan) -> None:
         load_plan(tmp_path / "bad.json")
     with pytest.raises(MissingFileError):
         load_plan(tmp_path / "absent.json")
+
+
+def test_instance_plans_ignore_seeds_under_a_tenth_of_the_median_object(tmp_path: Path) -> None:
+    from data_contracts import IngestOptions
+    from pipelines.io.image2d import read_image
+
+    dataset = make_image_dataset(tmp_path / "cells", n_images=2, size=(64, 64))
+    manifest = ingest(dataset, options=IngestOptions(label_kind="instance"), workdir=tmp_path)
+    sizes = [
+        count
+        for path in sorted((dataset / "labels").iterdir())
+        for value, count in zip(*np.unique(read_image(path), return_counts=True), strict=True)
+        if value != 0
+    ]
+    fingerprint = compute_fingerprint(manifest)
+    assert fingerprint.median_object_size == pytest.approx(float(np.median(sizes)))
+    plan = make_plan(fingerprint, manifest)
+    assert plan.min_instance_seed == round(0.1 * float(np.median(sizes)))
+    semantic = ingest(dataset, workdir=tmp_path / "semantic")
+    assert make_plan(compute_fingerprint(semantic), semantic).min_instance_seed == 0

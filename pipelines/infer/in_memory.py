@@ -96,7 +96,7 @@ def _slicewise(
 def _finish(probabilities: torch.Tensor, plan: TrainingPlan, keep: bool) -> Prediction:
     array = probabilities.numpy().astype(np.float32, copy=False)
     if plan.label_kind == "instance":
-        instances = three_class_to_instances(array).astype(np.int32)
+        instances = three_class_to_instances(array, min_seed_size=plan.min_instance_seed)
         return Prediction(instances, array if keep else None, instance=True)
     dtype = np.uint8 if array.shape[0] <= 256 else np.uint16
     return Prediction(array.argmax(axis=0).astype(dtype), array if keep else None)

@@ -42,6 +42,7 @@ __all__ = [
     "compute_fingerprint",
     "image_channels_after_alpha",
     "is_ct_channel",
+    "median_object_size",
     "ras_shape_and_spacing",
     "to_channels_first",
 ]
@@ -326,4 +327,19 @@ def compute_fingerprint(
         channels=channels,
         class_frequencies=class_frequencies(manifest),
         modality_hint=hint,  # type: ignore[arg-type]
+        median_object_size=median_object_size(manifest),
     )
+
+
+def median_object_size(manifest: DatasetManifest) -> float | None:
+    """Median object size (pixels) of an instance dataset, from the manifest's label counts."""
+    if manifest.label_kind != "instance":
+        return None
+    sizes = [
+        count
+        for case in manifest.labelled_cases
+        if case.label_stats is not None
+        for value, count in zip(case.label_stats.values, case.label_stats.voxel_counts, strict=True)
+        if value not in (0, manifest.ignore_value)
+    ]
+    return float(np.median(sizes)) if sizes else None

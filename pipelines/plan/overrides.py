@@ -172,6 +172,8 @@ def plan_table(plan: TrainingPlan) -> list[tuple[str, str]]:
         ("foreground_oversample", f"{plan.foreground_oversample:g}"),
         ("memory_budget_mb", f"{plan.memory_budget_mb} MiB"),
     ]
+    if plan.label_kind == "instance":
+        rows.append(("min_instance_seed", f"{plan.min_instance_seed} px"))
     rows += [
         (f"normalization[{c}]", _norm_text(n.scheme, n.mean, n.std, n.lower, n.upper))
         for c, n in enumerate(plan.normalization)

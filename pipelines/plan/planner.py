@@ -152,6 +152,9 @@ def _batch_size(patch: Sequence[int], budget_mb: int, dataset_voxels: float) -> 
     return max(_MIN_BATCH, min(fits, cap))
 
 
+_SEED_FRACTION = 0.1
+
+
 def _normalization(fingerprint: DatasetFingerprint) -> tuple[ChannelNormalization, ...]:
     entries = []
     for stats in fingerprint.channels:
@@ -247,4 +250,12 @@ def make_plan(
         ignore_value=manifest.ignore_value,
         normalization=_normalization(fingerprint),
         memory_budget_mb=memory_budget_mb,
+        min_instance_seed=_min_instance_seed(fingerprint),
     )
+
+
+def _min_instance_seed(fingerprint: DatasetFingerprint) -> int:
+    """A tenth of the median object: smaller interior regions are noise, not objects."""
+    if not fingerprint.median_object_size:
+        return 0
+    return round(_SEED_FRACTION * fingerprint.median_object_size)

@@ -126,7 +126,9 @@ def evaluate_network(
         prediction = probabilities.argmax(dim=0).numpy()
         truth = torch.as_tensor(item["label"]).cpu().numpy().reshape(prediction.shape)
         if instance:
-            instances = three_class_to_instances(probabilities.numpy())
+            instances = three_class_to_instances(
+                probabilities.numpy(), min_seed_size=plan.min_instance_seed
+            )
             reference = _read_instances(case)
             if reference.shape != instances.shape:
                 raise ValueError(
