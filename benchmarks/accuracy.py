@@ -52,6 +52,7 @@ class Task:
     dataset: str
     ingest: IngestOptions
     scorer: Scorer
+    model: str = "unet"
     model_options: dict[str, Any] = field(default_factory=lambda: {"base_features": 16, "depth": 4})
     plan: dict[str, Any] = field(default_factory=dict)
     steps_per_epoch: int = 25
@@ -63,6 +64,10 @@ TASKS: dict[str, Task] = {
         "dsb2018_nuclei",
         IngestOptions(label_kind="instance"),
         dsb2018_score,
+        # Fluorescence and bright-field images in one batch: instance norm (nnU-Net's DynUNet)
+        # normalises each image on its own, where batch-norm running statistics mix them.
+        model="dynunet",
+        model_options={"filters": [16, 32, 64, 128, 256]},
         plan={"patch_size": [256, 256]},
     ),
     "buildings": Task(
@@ -88,7 +93,7 @@ def run_segflow(
 ) -> dict[str, Any]:
     """Train segflow within ``budget`` minutes on the training cases; score the held-out ones."""
     config = TrainConfig(
-        model="unet",
+        model=task.model,
         model_options=task.model_options,
         loss="dice+ce",
         max_minutes=budget,
@@ -118,6 +123,8 @@ def run_segflow(
         "seconds": round(time.monotonic() - started, 1),
         "epochs": report.result.epochs,
         "stopped_by": report.result.stopped_by,
+        "model": task.model,
+        "model_options": task.model_options,
         "patch_size": list(report.plan.patch_size),
         "batch_size": report.plan.batch_size,
         "mlflow_run": report.run_id,

@@ -73,8 +73,9 @@ def raster_model(root: Path, patch: int, min_object_size: float) -> str:
 
 def measure(
     archive: Path, uri: str, root: Path, kind: str, workers: int, run: int, **options: Any
-) -> tuple[float, float]:
-    """(flow seconds, batch seconds) of one run with ``workers`` Dask workers of ``kind``."""
+) -> tuple[float, float, float]:
+    """Flow seconds, batch seconds and mean seconds per file (inside its task) of one run with
+    ``workers`` Dask workers of ``kind``."""
     from flows.runners import task_runner
     from flows.segment_flow import segment_archive_flow
 
@@ -86,7 +87,26 @@ def measure(
     if missing:
         raise SystemExit(f"no polygons for {missing}")
     shutil.rmtree(out, ignore_errors=True)
-    return seconds, float(summary["wall_seconds"])
+    per_file = statistics.mean(float(item["seconds"]) for item in summary["items"])
+    return seconds, float(summary["wall_seconds"]), per_file
+
+
+def summarise(
+    times: dict[tuple[str, int], list[tuple[float, float, float]]], kind: str
+) -> dict[str, Any]:
+    """Speed-ups (flow and batch wall time, medians) and every run's times of one worker kind."""
+    runs = {label: times[kind, n] for label, n in (("one_worker", 1), ("two_workers", 2))}
+    flow = {label: statistics.median(t[0] for t in runs[label]) for label in runs}
+    batch = {label: statistics.median(t[1] for t in runs[label]) for label in runs}
+    result: dict[str, Any] = {
+        "speedup": round(flow["one_worker"] / flow["two_workers"], 3),
+        "batch_speedup": round(batch["one_worker"] / batch["two_workers"], 3),
+    }
+    for label, rows in runs.items():
+        result[f"{label}_seconds"] = [round(t[0], 3) for t in rows]
+        result[f"{label}_batch_seconds"] = [round(t[1], 3) for t in rows]
+        result[f"{label}_seconds_per_file"] = [round(t[2], 3) for t in rows]
+    return result
 
 
 def main() -> None:
@@ -116,34 +136,26 @@ def main() -> None:
         print(f"Prefect server up in {startup:.1f} s; a trivial flow then {per_flow:.2f} s")
         kinds = ("processes", "threads") if args.worker_kind == "both" else (args.worker_kind,)
         options = {"files_per_task": args.files_per_task, "track": not args.no_track}
-        flow_times: dict[tuple[str, int], list[float]] = {}
-        batch_times: dict[tuple[str, int], list[float]] = {}
+        times: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
         for run in range(args.repeats):
-            for kind in kinds:
-                for workers in (1, 2):
-                    flow_s, batch_s = measure(archive, uri, root, kind, workers, run, **options)
-                    flow_times.setdefault((kind, workers), []).append(round(flow_s, 3))
-                    batch_times.setdefault((kind, workers), []).append(round(batch_s, 3))
-                    print(
-                        f"  {kind}, {workers} worker(s): flow {flow_s:.1f} s, batch {batch_s:.1f} s"
-                    )
-        results: dict[str, dict[str, Any]] = {}
-        for kind in kinds:
-            one, two = (statistics.median(flow_times[kind, n]) for n in (1, 2))
-            batch_one, batch_two = (statistics.median(batch_times[kind, n]) for n in (1, 2))
-            results[kind] = {
-                "speedup": round(one / two, 3),
-                "batch_speedup": round(batch_one / batch_two, 3),
-                "one_worker_seconds": flow_times[kind, 1],
-                "two_workers_seconds": flow_times[kind, 2],
-                "one_worker_batch_seconds": batch_times[kind, 1],
-                "two_workers_batch_seconds": batch_times[kind, 2],
-            }
+            for kind, workers in ((kind, n) for kind in kinds for n in (1, 2)):
+                flow_s, batch_s, file_s = measure(archive, uri, root, kind, workers, run, **options)
+                times.setdefault((kind, workers), []).append((flow_s, batch_s, file_s))
+                print(
+                    f"  {kind}, {workers} worker(s): flow {flow_s:.1f} s, batch {batch_s:.1f} s, "
+                    f"{file_s:.2f} s per file inside its task"
+                )
+        results = {kind: summarise(times, kind) for kind in kinds}
+        for kind, result in results.items():
+            one, two = (
+                statistics.median(result[key])
+                for key in ("one_worker_seconds", "two_workers_seconds")
+            )
             print(
                 f"P6 {args.files} files of {args.size}² (deflate, min object "
                 f"{args.min_object_size:g} m², polygons), Dask worker {kind}: 1 worker {one:.1f} s "
-                f"vs 2 workers {two:.1f} s -> speed-up {one / two:.2f} (floor >= "
-                f"{SPEEDUP_FLOOR:g}); batch only {batch_one / batch_two:.2f}; "
+                f"vs 2 workers {two:.1f} s -> speed-up {result['speedup']:.2f} (floor >= "
+                f"{SPEEDUP_FLOOR:g}); batch only {result['batch_speedup']:.2f}; "
                 f"{os.cpu_count()} CPUs"
             )
         if not args.no_record:
