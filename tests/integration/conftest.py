@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from data_contracts import get_settings
-from flows.serve import ServerProcess, free_port
-from flows.serve import prefect_server as prefect_server_process
+from flows.server_process import ServerProcess, free_port
+from flows.server_process import prefect_server as prefect_server_process
 
 
 @pytest.fixture(scope="session")

@@ -170,7 +170,7 @@ def test_serve_registers_a_cron_deployment_and_runs_it(
 def test_serve_without_api_url_starts_and_stops_its_own_server(tmp_path: Path) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.serve import ServerProcess, free_port
+    from flows.server_process import ServerProcess, free_port
 
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
