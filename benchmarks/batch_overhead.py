@@ -15,7 +15,8 @@ caches (model, open ledgers) are cleared, as in a new ``segflow segment`` proces
   load, ledger, tasks, reading, windows, writers, hashing, MLflow, artifacts). Model seconds: the
   network's own time on exactly the windows of that run: forward hooks copy every batch it gets;
   after the flow the copies go through the same network again, one by one, in this process
-  (``inference_mode``, same torch threads). The rest, decoding and post-processing included, is
+  (``inference_mode``; least of 3 passes with torch's threads and 3 with one thread, so that
+  waits for busy cores count as overhead). The rest, decoding and post-processing included, is
   overhead: (flow seconds - model seconds) / files. Floor: <= 50 ms per file.
 - P5 (``batch_rerun_fraction``): the flow again on the same archive into the same finished
   folder (all skipped) / the first run, on ``--rerun-files`` (200) files of ``--rerun-size``²
@@ -54,7 +55,7 @@ from data_contracts import apply_environment, get_settings
 if TYPE_CHECKING:
     from prefect import Flow
 
-    from flows.serve import ServerProcess
+    from flows.server_process import ServerProcess
     from pipelines.model_loading import LoadedModel
 
 OVERHEAD_FLOOR_MS = 50.0
@@ -79,7 +80,7 @@ def isolated_home(root: Path) -> None:
 def start_api(kind: str, root: Path) -> tuple[float, float, ServerProcess | None]:
     """Bring the Prefect API up (``ephemeral``: by a first trivial flow; ``server``: ``prefect
     server start`` on 127.0.0.1, then a first flow); start-up and one more flow's seconds."""
-    from flows.serve import free_port, prefect_server
+    from flows.server_process import free_port, prefect_server
 
     started, server = time.perf_counter(), None
     if kind == "server":
@@ -93,8 +94,7 @@ def start_api(kind: str, root: Path) -> tuple[float, float, ServerProcess | None
         return 1
 
     warm_up()
-    startup = time.perf_counter() - started
-    started = time.perf_counter()
+    startup, started = time.perf_counter() - started, time.perf_counter()
     warm_up()
     return startup, time.perf_counter() - started, server
 
@@ -134,8 +134,7 @@ def bench_models(root: Path, kind: str, patch: int | None) -> tuple[str, str]:
     from pipelines.ingest import ingest
     from tests.infer_models import oracle_model
 
-    train = make_files(root / "train", kind, 4, 64, seed=100)
-    manifest = ingest(train, workdir=root / "train-ingest")
+    manifest = ingest(make_files(root / "train", kind, 4, 64, seed=100), workdir=root / "ingest")
     oracle = oracle_model(manifest, patch=(patch, patch) if patch else None)
     torch.manual_seed(0)
     spec = oracle.spec.model_copy(update={"name": "unet", "options": dict(UNET_OPTIONS)})
@@ -148,9 +147,8 @@ class NetworkTimer:
     summed in-flow forward time (over threads)."""
 
     def __init__(self) -> None:
-        self.capture = False
+        self.capture, self.in_flow_seconds = False, 0.0
         self.batches: list[torch.Tensor] = []
-        self.in_flow_seconds = 0.0
         self.network: nn.Module | None = None
         self._starts: dict[int, float] = {}
         self._lock = threading.Lock()
@@ -161,9 +159,8 @@ class NetworkTimer:
         self.network = network
 
     def _before(self, _module: nn.Module, inputs: tuple[Any, ...]) -> None:
-        if self.capture:
-            with self._lock:
-                self.batches.append(inputs[0].detach().clone())
+        if self.capture:  # list.append is atomic: no lock
+            self.batches.append(inputs[0].detach().clone())
         self._starts[threading.get_ident()] = time.perf_counter()
 
     def _after(self, _module: nn.Module, _inputs: tuple[Any, ...], _output: Any) -> None:
@@ -171,17 +168,22 @@ class NetworkTimer:
         with self._lock:
             self.in_flow_seconds += elapsed
 
-    def replay(self) -> float:
-        """Seconds the last network needs for every captured batch, one after the other."""
+    def replay(self, rounds: int = 3) -> float:
+        """Least seconds, over ``rounds`` passes with torch's threads and as many with one
+        thread, that the last network needs for every captured batch, one after the other."""
         if self.network is None or not self.batches:
             return 0.0
-        self.capture = False
+        self.capture, best, threads = False, float("inf"), torch.get_num_threads()
         with torch.inference_mode():
-            self.network(self.batches[0])  # warm-up, not timed
-            started = time.perf_counter()
-            for batch in self.batches:
-                self.network(batch)
-            return time.perf_counter() - started
+            self.network.forward(self.batches[0])  # warm-up; forward(): no hooks
+            for count in [threads] * rounds + [1] * rounds:
+                torch.set_num_threads(count)
+                started = time.perf_counter()
+                for batch in self.batches:
+                    self.network.forward(batch)
+                best = min(best, time.perf_counter() - started)
+        torch.set_num_threads(threads)
+        return best
 
     def install(self) -> None:
         """Make the flow's model loader attach this timer to each network it loads."""
@@ -269,7 +271,6 @@ PROFILE_PARTS = {  # (file suffix, function): what it stands for
     ("pipelines/infer/sliding.py", "sliding_probabilities"): "    sliding windows",
     ("pipelines/write/image2d.py", "write_label_image"): "  write_label_image",
     ("pipelines/write/lineage.py", "write_lineage"): "  write_lineage",
-    ("pipelines/ledger.py", "record_running"): "ledger.record_running",
     ("pipelines/ledger.py", "record_done"): "ledger.record_done (hashes outputs)",
     ("pipelines/files.py", "sha256_file"): "sha256_file (all hashing)",
     ("pipelines/ledger.py", "decide"): "ledger.decide",
@@ -278,7 +279,6 @@ PROFILE_PARTS = {  # (file suffix, function): what it stands for
     ("pipelines/model_loading.py", "load_model"): "load_model",
     ("pipelines/batch_tracking.py", "log_batch_run"): "MLflow batch run",
     ("flows/artifacts.py", "update"): "progress artifact updates",
-    ("flows/artifacts.py", "publish_table"): "table artifact (+ summary artifact: less)",
 }
 
 

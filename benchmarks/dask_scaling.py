@@ -18,7 +18,10 @@ Measured: the wall time of the flow call (cluster start included, as a user wait
 kind ``processes`` (default): a local cluster of worker processes, one thread each (Dask sets
 ``OMP_NUM_THREADS=1`` in them, so torch uses one core per worker); ``threads``: the same cluster
 as threads of this process (GIL shared, torch's own thread pool); ``both`` measures each.
-``--repeats`` alternates 1, 2, 1, 2, …; the speed-up is median(1 worker) / median(2 workers).
+Worker processes start cold in every timed run, as a fresh cluster does: each imports segflow
+(torch, MONAI, Prefect, MLflow: ~7 s on the busy 2-core dev machine) and loads the model, so
+the default input (16 × 4096²) keeps that small next to the per-file work. ``--repeats``
+alternates 1, 2, 1, 2, …; the speed-up is median(1 worker) / median(2 workers).
 Floor: >= 1.5 (needs a machine with at least 2 free cores). The batch-only speed-up (the
 ledger's ``wall_seconds``: extraction and tasks, no cluster start) is printed too.
 
@@ -29,6 +32,7 @@ not touch ``benchmarks/results.json``; a small check: ``--files 4 --size 1024 --
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import statistics
@@ -138,7 +142,7 @@ def main() -> None:
         options = {"files_per_task": args.files_per_task, "track": not args.no_track}
         times: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
         for run in range(args.repeats):
-            for kind, workers in ((kind, n) for kind in kinds for n in (1, 2)):
+            for kind, workers in itertools.product(kinds, (1, 2)):
                 flow_s, batch_s, file_s = measure(archive, uri, root, kind, workers, run, **options)
                 times.setdefault((kind, workers), []).append((flow_s, batch_s, file_s))
                 print(
