@@ -29,7 +29,7 @@ def tiles(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DatasetManife
 def test_probabilities_cog_matches_the_mask(
     tiles: tuple[Path, DatasetManifest], tmp_path: Path
 ) -> None:
-    dataset, manifest = tiles
+    _, manifest = tiles
     model = oracle_model(manifest, patch=(64, 64))
     source = Path(manifest.cases[0].channels[0].path)
     outputs = segment_raster(
@@ -75,7 +75,7 @@ def test_block_postprocessing_equals_whole_scene_postprocessing(
 def test_a_raster_with_too_few_bands_fails_alone(
     tiles: tuple[Path, DatasetManifest], tmp_path: Path
 ) -> None:
-    dataset, manifest = tiles
+    _, manifest = tiles
     model = oracle_model(manifest, patch=(64, 64))
     folder = tmp_path / "in"
     folder.mkdir()

@@ -91,7 +91,9 @@ def _entries(ledger: object) -> list[dict[str, object]]:
     return list(ledger)  # type: ignore[call-overload]
 
 
-def test_batch_is_an_mlflow_run_with_the_ledger(scenes: Path, champion: str, tmp_path: Path) -> None:
+def test_batch_is_an_mlflow_run_with_the_ledger(
+    scenes: Path, champion: str, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     code, output = _segment(str(scenes / "images"), "--model", champion, "--out", str(out))
     assert code == 0, output
