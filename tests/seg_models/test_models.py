@@ -26,6 +26,8 @@ CASES = [
     ("deeplabv3", 2, 3, 2, {**TINY_RESNET, "output_stride": 16, "aspp_channels": 16}, (67, 45)),
     ("deeplabv3", 2, 4, 1, {**TINY_RESNET, "output_stride": 8, "aspp_channels": 16}, (67, 45)),
     ("pspnet", 2, 3, 3, {**TINY_RESNET, "head_channels": 16}, (67, 45)),
+    ("pixel_linear", 2, 4, 3, {}, (67, 45)),
+    ("pixel_linear", 3, 2, 1, {}, (9, 11, 7)),
 ]
 
 
