@@ -29,7 +29,7 @@ from prefect.states import State
 
 from flows.artifacts import ProgressArtifact, publish_summary, publish_table
 from flows.flows import outcome_state
-from flows.tasks import transient_io
+from flows.tasks import IO_RETRIES, IO_RETRY_DELAYS, transient_io
 from pipelines.batch import BatchItem, BatchItemResult, BatchReport, process_item, run_batch
 from pipelines.batch_tracking import log_batch_run
 from pipelines.infer.run import SegmentOptions
@@ -72,8 +72,8 @@ def _ledger(out: str) -> Ledger:
     name="segment-files",
     cache_policy=NO_CACHE,
     task_run_name="segment {label}",
-    retries=2,
-    retry_delay_seconds=[5, 30],
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_RETRY_DELAYS,
     retry_condition_fn=transient_io,
 )
 def segment_files(

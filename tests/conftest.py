@@ -77,3 +77,10 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     updates = {PREFECT_HOME: str(home), PREFECT_SERVER_ANALYTICS_ENABLED: False}
     with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def in_mlflow_home(mlflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point SEGFLOW_HOME at the module's shared MLflow home for one test."""
+    monkeypatch.setenv("SEGFLOW_HOME", str(mlflow_home))
+    get_settings.cache_clear()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from data_contracts import ConfigError, IngestOptions, TrainConfig, UsageError, get_settings
+from data_contracts import ConfigError, IngestOptions, TrainConfig, UsageError
 from flows.artifacts import ProgressArtifact, artifact_key, markdown_summary, table_rows
 from flows.cli import main
 from flows.exit_codes import ExitCode
@@ -38,9 +38,8 @@ pytestmark = pytest.mark.filterwarnings('ignore:Field name "register":UserWarnin
 
 
 @pytest.fixture(autouse=True)
-def _module_home(mlflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SEGFLOW_HOME", str(mlflow_home))
-    get_settings.cache_clear()
+def _module_home(in_mlflow_home: None) -> None:
+    """Every test of this module uses the module's MLflow home."""
 
 
 @pytest.fixture(scope="module")

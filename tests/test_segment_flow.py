@@ -22,9 +22,8 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 @pytest.fixture(autouse=True)
-def _module_home(mlflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SEGFLOW_HOME", str(mlflow_home))
-    get_settings.cache_clear()
+def _module_home(in_mlflow_home: None) -> None:
+    """Every test of this module uses the module's MLflow home."""
 
 
 @pytest.fixture(scope="module")
