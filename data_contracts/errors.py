@@ -32,9 +32,11 @@ __all__ = [
     "LabelValueError",
     "MissingFileError",
     "ModelError",
+    "NoValidPixelsError",
     "NonFiniteLabelError",
     "NonIntegerLabelError",
     "NotAnImageError",
+    "ObjectStoreError",
     "OutputError",
     "PairingError",
     "SegflowError",
@@ -137,6 +139,14 @@ class InvalidGeometryError(InputError):
     """The header's geometry is unusable: NaN or singular affine, zero spacing, wrong dims."""
 
     default_hint = "repair the header (affine, spacing, dimensions) with the tool that wrote it"
+
+
+class NoValidPixelsError(InputError):
+    """An image holds no valid pixel: every pixel is nodata (or non-finite)."""
+
+    default_hint = (
+        "the image is empty (all nodata): remove it, or fix its nodata value (gdal_edit.py -a_nodata)"
+    )
 
 
 class GeoreferenceError(InputError):
@@ -243,6 +253,15 @@ class OutputError(SegflowError, OSError):
     """An output cannot be written (read-only folder, full disk, failed verification)."""
 
     default_hint = "check that the output folder exists, is writable and has free space"
+
+
+class ObjectStoreError(SegflowError, OSError):
+    """An ``s3://`` location cannot be used: no such bucket or key, access denied, bad URI."""
+
+    default_hint = (
+        "check the URI, that the bucket exists, and the S3 endpoint and credentials "
+        "(SEGFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+    )
 
 
 class ModelError(SegflowError, ValueError):

@@ -10,7 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,13 @@ class Settings(BaseSettings):
         prefect_api_url: a real Prefect server, when set (``PREFECT_API_URL``).
         max_extract_bytes: refuse to extract archives that expand beyond this many bytes.
         max_compression_ratio: refuse archive members that expand more than this ratio.
+        s3_endpoint_url: S3-protocol endpoint for ``s3://`` inputs and outputs (MinIO, Ceph…);
+            ``SEGFLOW_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL``, else
+            ``MLFLOW_S3_ENDPOINT_URL``; unset means AWS itself.
+        s3_region: the bucket region (``AWS_DEFAULT_REGION`` or ``AWS_REGION``).
+        s3_access_key_id: ``AWS_ACCESS_KEY_ID``; unset lets boto3 find credentials itself
+            (profile, instance role).
+        s3_secret_access_key: ``AWS_SECRET_ACCESS_KEY`` (a secret: never printed or logged).
     """
 
     model_config = SettingsConfigDict(env_prefix="SEGFLOW_", extra="ignore", frozen=True)
@@ -35,6 +42,19 @@ class Settings(BaseSettings):
     prefect_api_url: str | None = Field(default=None, validation_alias="PREFECT_API_URL")
     max_extract_bytes: int = Field(default=50 * 1024**3, ge=1)
     max_compression_ratio: float = Field(default=1000.0, gt=1)
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "SEGFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"
+        ),
+    )
+    s3_region: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_DEFAULT_REGION", "AWS_REGION")
+    )
+    s3_access_key_id: str | None = Field(default=None, validation_alias="AWS_ACCESS_KEY_ID")
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, validation_alias="AWS_SECRET_ACCESS_KEY"
+    )
 
     @property
     def home_dir(self) -> Path:
@@ -52,6 +72,11 @@ class Settings(BaseSettings):
     def artifacts_dir(self) -> Path:
         """Where the default local MLflow store keeps artifacts."""
         return self.home_dir / "mlartifacts"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Local copies of ``s3://`` inputs, and outputs (with their ledgers) before upload."""
+        return self.home_dir / "staging"
 
     @property
     def prefect_home_dir(self) -> Path:

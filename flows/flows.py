@@ -34,7 +34,9 @@ from prefect.states import Completed, Failed, State
 from data_contracts import IngestOptions, InputError, TrainConfig, UsageError, get_settings
 from flows.artifacts import publish_summary
 from flows.exit_codes import ExitCode, outcome
+from flows.storage_tasks import stage_source
 from flows.tasks import evaluate_task, evaluation_counts, ingest_task, train_task
+from pipelines.object_store import is_s3_uri
 
 # Prefect validates parameters through a pydantic model whose base class (an ABC) has a
 # `register` method; train_flow's `register` parameter (the CLI's --register) shadows it, harmlessly.
@@ -143,7 +145,7 @@ def _stem(path: Path) -> str:
 
 @flow(name="ingest", flow_run_name=_flow_run_name("ingest", "source"))
 def ingest_flow(
-    source: Path,
+    source: str | Path,
     out: Path | None = None,
     options: IngestOptions | None = None,
     workdir: Path | None = None,
@@ -151,7 +153,8 @@ def ingest_flow(
     """Validate a dataset into a manifest (what ``segflow ingest`` does).
 
     Args:
-        source: dataset folder, ``.zip``/``.tar[.gz]`` archive, or CSV (columns image,label).
+        source: dataset folder, ``.zip``/``.tar[.gz]`` archive, or CSV (columns image,label);
+            local, or an ``s3://`` URI (staged into ``$SEGFLOW_HOME/staging`` first).
         out: manifest JSON to write (default ``$SEGFLOW_HOME/manifests/<source>.json``).
         options: pairing, label and tolerance options (``IngestOptions`` fields).
         workdir: extracted archives and rasterised labels (default ``<out>.files/``).
@@ -160,8 +163,8 @@ def ingest_flow(
         A state whose data is ``{"manifest", "name", "valid", "labelled", "rejected",
         "rejected_errors", "outcome", "exit_code"}``; partial when inputs were rejected.
     """
-    out = out or get_settings().home_dir / "manifests" / f"{_stem(source)}.json"
-    summary = ingest_task(source, out, options, workdir)
+    out = out or get_settings().home_dir / "manifests" / f"{_stem(Path(str(source)))}.json"
+    summary = ingest_task(_local(source), out, options, workdir)
     state = outcome_state(summary, summary["valid"], summary["rejected"], verb="rejected")
     lines = [
         f"outcome: **{state.message}**",
@@ -169,7 +172,7 @@ def ingest_flow(
         f"valid cases: {summary['valid']} ({summary['labelled']} labelled)",
         f"rejected inputs: {summary['rejected']} {', '.join(summary['rejected_errors'])}",
     ]
-    publish_summary(f"Ingest of {source.name}", lines, key="ingest-summary")
+    publish_summary(f"Ingest of {Path(str(source)).name}", lines, key="ingest-summary")
     return _returned(state)
 
 
@@ -179,10 +182,16 @@ def default_train_workdir(name: str) -> Path:
     return get_settings().home_dir / "train" / f"{name}-{stamp}"
 
 
+def _local(source: str | Path) -> Path:
+    """The local path of ``source``: staged first when it is an ``s3://`` URI."""
+    return Path(stage_source(str(source))) if is_s3_uri(source) else Path(source)
+
+
 def _ingest_for_training(
-    source: Path, workdir: Path, options: IngestOptions | None
+    source: str | Path, workdir: Path, options: IngestOptions | None
 ) -> dict[str, Any]:
-    ingested = ingest_task(source, workdir / "manifest.json", options, workdir / "manifest.files")
+    local = _local(source)
+    ingested = ingest_task(local, workdir / "manifest.json", options, workdir / "manifest.files")
     if ingested["labelled"] == 0:
         raise InputError(
             f"no labelled case to train on ({ingested['rejected']} inputs rejected)",
@@ -212,7 +221,7 @@ def _training_lines(summary: Mapping[str, Any]) -> list[str]:
 @flow(name="train", flow_run_name=_train_run_name)
 def train_flow(
     manifest: Path | None = None,
-    source: Path | None = None,
+    source: str | Path | None = None,
     config: TrainConfig | None = None,
     register: str | None = None,
     plan_overrides: dict[str, Any] | None = None,
@@ -269,8 +278,11 @@ def train_flow(
     )
     summary.update(manifest=str(manifest_path), ingest=ingested)
     detail = f"{summary['metric']} {summary['score']:.3f}"
-    if ingested:
-        valid, rejected = ingested["valid"], ingested["rejected"]
+    left_out = len(summary.get("left_out") or {})
+    if ingested or left_out:
+        # Cases left out of training (files changed since ingest) count as rejected inputs.
+        valid = ingested["valid"] - left_out if ingested else summary["cases_used"]
+        rejected = (ingested["rejected"] if ingested else 0) + left_out
         state = outcome_state(summary, valid, rejected, verb="rejected", detail=f"; {detail}")
     else:
         state = outcome_state(summary, 1, 0, done_message=f"trained {config.model}: {detail}")

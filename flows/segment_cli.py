@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -35,10 +34,11 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 def segment(
     source: Annotated[
-        Path,
+        str,
         typer.Argument(
             help="An image (.nii.gz, .tif, .png), a folder of them, a .zip/.tar.gz archive, or a "
-            "manifest JSON from `segflow ingest`."
+            "manifest JSON from `segflow ingest`; local, or an s3:// URI.",
+            metavar="SOURCE",
         ),
     ],
     model: Annotated[
@@ -50,9 +50,15 @@ def segment(
             "from `segflow export`.",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
-        "segmentations"
-    ),
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder, or an s3:// prefix (written locally under SEGFLOW_HOME/staging, "
+            "then each file uploaded whole).",
+        ),
+    ] = "segmentations",
     polygons: Annotated[
         bool,
         typer.Option(help="Rasters: also polygons (GeoPackage, source CRS; GeoJSON, WGS84)."),
@@ -105,6 +111,8 @@ def segment(
 
         segflow segment scans/ --model models:/brats@champion --out masks/
 
+        segflow segment s3://scans/incoming/ --model models:/brats@champion --out s3://scans/masks/
+
         segflow segment scene.tif --model models:/buildings/3 --polygons --probabilities
 
         segflow segment archive.zip --model ./exported-model --task-runner dask --max-workers 4
@@ -132,9 +140,9 @@ def segment(
         try:
             summary, code = run_flow(
                 segment_archive_flow.with_options(task_runner=runner),
-                source=str(source),
+                source=source,
                 model=model,
-                out=str(out),
+                out=out,
                 polygons=polygons,
                 probabilities=probabilities,
                 tta=tta,

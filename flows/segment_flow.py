@@ -9,6 +9,10 @@ paths and URIs, and each worker process loads the model and opens the ledger onc
 
 Artifacts: a progress bar while the batch runs, a markdown summary and a table of per-file
 results. The batch is also an MLflow run (counts, throughput, the ledger as artifact).
+
+``source`` and ``out`` may be ``s3://`` URIs: inputs are staged into a local folder first, the
+batch writes (and keeps its ledger) in a local staging folder, and finished outputs are then
+uploaded whole (:mod:`pipelines.object_store`).
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from prefect.states import State
 
 from flows.artifacts import ProgressArtifact, publish_summary, publish_table
 from flows.flows import outcome_state
+from flows.storage_tasks import stage_source, upload_staged_outputs
 from flows.tasks import IO_RETRIES, IO_RETRY_DELAYS, transient_io
 from pipelines.batch import BatchItem, BatchItemResult, BatchReport, process_item, run_batch
 from pipelines.batch_tracking import log_batch_run
 from pipelines.infer.run import SegmentOptions
 from pipelines.ledger import Ledger
 from pipelines.model_loading import LoadedModel, load_model, resolve_model_uri
+from pipelines.object_store import is_s3_uri, staged_output_dir
 
 __all__ = ["add_observer", "files_per_task_for", "segment_archive_flow"]
 
@@ -184,7 +190,7 @@ def _summary(report: BatchReport, source: str, model: str, out: str) -> dict[str
     return {
         "source": source,
         "model": model,
-        "out": str(Path(out).absolute()),
+        "out": out if is_s3_uri(out) else str(Path(out).absolute()),
         **{str(status): count for status, count in counts.items()},
         "wall_seconds": report.wall_seconds,
         "files_per_second": round(report.files_per_second, 3),
@@ -211,9 +217,12 @@ def segment_archive_flow(
     """Segment every case under ``source`` into ``out``; a rerun skips what is done.
 
     Args:
-        source: an image, a folder, a zip/tar archive, or a manifest JSON.
+        source: an image, a folder, a zip/tar archive, or a manifest JSON; or an ``s3://`` URI
+            of any of these (staged locally first).
         model: ``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/…`` or a model folder.
-        out: the output folder (its ledger is ``.segflow/ledger.sqlite``).
+        out: the output folder (its ledger is ``.segflow/ledger.sqlite``), or an ``s3://``
+            prefix: outputs are written in ``$SEGFLOW_HOME/staging/outputs/…`` (ledger
+            included) and uploaded whole when the batch ends.
         polygons: rasters also as GeoPackage/GeoJSON polygons.
         probabilities: also write class probabilities.
         tta: test-time flips (volumes and 2D images).
@@ -238,17 +247,22 @@ def segment_archive_flow(
         batch_size=batch_size,
         device=device,
     )
+    local_out = str(staged_output_dir(out))
     report = run_batch(
-        source,
+        stage_source(source) if is_s3_uri(source) else source,
         loaded,
-        out,
+        local_out,
         options,
         verify=verify,
-        map_items=_map_as_tasks(pinned, out, options, files_per_task),
+        map_items=_map_as_tasks(pinned, local_out, options, files_per_task),
     )
     summary = _summary(report, source, pinned, out)
+    if is_s3_uri(out):
+        summary["uploaded"] = len(upload_staged_outputs(local_out, out))
     if track:
-        summary["mlflow_run"] = log_batch_run(report, Path(out), model_uri=pinned, source=source)
+        summary["mlflow_run"] = log_batch_run(
+            report, Path(local_out), model_uri=pinned, source=source, destination=out
+        )
     counts = report.counts
     publish_summary(
         f"Segmentation of {Path(source).name}",

@@ -16,7 +16,14 @@ __all__ = ["BATCH_EXPERIMENT", "log_batch_run"]
 BATCH_EXPERIMENT = "segflow-batches"
 
 
-def log_batch_run(report: BatchReport, out_dir: Path, *, model_uri: str, source: str) -> str:
+def log_batch_run(
+    report: BatchReport,
+    out_dir: Path,
+    *,
+    model_uri: str,
+    source: str,
+    destination: str | None = None,
+) -> str:
     """Record a finished batch in MLflow and return the run id.
 
     Params: source, output folder, model URI; metrics: cases done, skipped and failed, wall
@@ -30,7 +37,11 @@ def log_batch_run(report: BatchReport, out_dir: Path, *, model_uri: str, source:
         nested=mlflow.active_run() is not None,
     ) as run:
         mlflow.log_params(
-            {"source": source, "out": str(Path(out_dir).absolute()), "model_uri": model_uri}
+            {
+                "source": source,
+                "out": destination or str(Path(out_dir).absolute()),
+                "model_uri": model_uri,
+            }
         )
         mlflow.log_metrics(
             {

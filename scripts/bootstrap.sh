@@ -21,5 +21,5 @@ fi
 echo "segflow: building .venv (first use takes a few minutes)…" >&2
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip >&2
-.venv/bin/python -m pip install --quiet -e ".[dev,dask]" >&2
+.venv/bin/python -m pip install --quiet -e ".[dev,dask,s3,stack]" >&2
 echo "$want" > "$stamp"
