@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from data_contracts import OutputError
+from pipelines.redaction import redact
 
 __all__ = ["ServerProcess", "free_port", "prefect_server"]
 
@@ -98,10 +99,8 @@ class ServerProcess:
 
     def _fail(self, what: str) -> None:
         tail = self.log_path.read_text(errors="replace").splitlines()[-15:]
-        raise OutputError(
-            f"{self.command[0]} {' '.join(self.command[1:4])} {what}; log:\n" + "\n".join(tail),
-            path=self.log_path,
-        )
+        command = " ".join(self.command[:4])
+        raise OutputError(redact(f"{command} {what}; log:\n" + "\n".join(tail)), path=self.log_path)
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop the whole process group: SIGTERM, then SIGKILL after ``timeout`` seconds."""
@@ -125,10 +124,22 @@ class ServerProcess:
         self.stop()
 
 
-def prefect_server(port: int, *, home: Path, log_path: Path) -> ServerProcess:
-    """``prefect server start`` on 127.0.0.1:``port`` with its own ``PREFECT_HOME``."""
+def prefect_server(
+    port: int, *, home: Path, log_path: Path, database_url: str | None = None
+) -> ServerProcess:
+    """``prefect server start`` on 127.0.0.1:``port`` with its own ``PREFECT_HOME``.
+
+    Args:
+        port: the port on 127.0.0.1.
+        home: the server's ``PREFECT_HOME`` (its sqlite database, unless ``database_url``).
+        log_path: the server's output.
+        database_url: a database for the server, e.g. ``postgresql+asyncpg://…`` (default:
+            sqlite in ``home``).
+    """
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     command = [sys.executable, "-m", "prefect", "server", "start"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     return ServerProcess(command, f"http://127.0.0.1:{port}/api/health", log_path, env=env)

@@ -385,23 +385,25 @@ def test_prefect_yaml_deploys_every_flow_to_the_process_pool() -> None:
     assert {d["work_pool"]["name"] for d in deployments} == {"segflow-pool"}
     entrypoints = sorted(d["entrypoint"] for d in deployments)
     assert entrypoints == [
-        "flows/flows.py:evaluate_flow",
-        "flows/flows.py:ingest_flow",
-        "flows/flows.py:train_flow",
-        "flows/segment_flow.py:segment_archive_flow",
+        "flows.flows:evaluate_flow",
+        "flows.flows:ingest_flow",
+        "flows.flows:train_flow",
+        "flows.segment_flow:segment_archive_flow",
     ]
-    # flows/flows.py loads as a top-level module named `flows` in a worker: prove its imports
-    # still resolve, in a fresh interpreter in the repository root as a process worker runs.
+    # Module entrypoints: a script path (flows/segment_flow.py) would put flows/ first on
+    # sys.path, where `import flows` finds flows/flows.py instead of the package. Prove every
+    # entrypoint loads in a fresh interpreter in the repository root, as a process worker runs.
     script = (
         "import json, sys\nfrom prefect.flows import load_flow_from_entrypoint\n"
         "print(json.dumps([load_flow_from_entrypoint(e).name for e in sys.argv[1:]]))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, *entrypoints[:3]],
+        [sys.executable, "-c", script, *entrypoints],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.splitlines()[-1]) == ["evaluate", "ingest", "train"]
+    loaded = json.loads(result.stdout.splitlines()[-1])
+    assert loaded == ["evaluate", "ingest", "train", "segment-archive"]
