@@ -108,6 +108,10 @@ def train(
         str | None, typer.Option(help="auto (CUDA when present), cpu or gpu.")
     ] = None,
     strategy: Annotated[str | None, typer.Option(help="auto, or ddp for several GPUs.")] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(help="How many GPUs (or CPU processes) to train on, or auto: all of them."),
+    ] = None,
     val_fraction: Annotated[
         float, typer.Option(help="Share of labelled cases held out for validation.")
     ] = 0.2,
@@ -145,6 +149,7 @@ def train(
         "deterministic": deterministic,
         "accelerator": accelerator,
         "strategy": strategy,
+        "devices": int(devices) if devices and devices.isdigit() else devices,
     }
     yaml_fields = load_train_yaml(config)
     if model_option:
