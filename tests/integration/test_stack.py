@@ -55,6 +55,7 @@ class Stack:
     """Where the stack's servers are, and the environment a client or worker gets."""
 
     env: dict[str, str]
+    credentials: StackCredentials
     prefect_api_url: str
     mlflow_uri: str
     s3_endpoint: str
@@ -109,6 +110,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             with running(worker):
                 yield Stack(
                     env,
+                    credentials,
                     env["PREFECT_API_URL"],
                     mlflow_uri,
                     s3_endpoint,
@@ -230,21 +232,22 @@ def _tag(run: dict[str, Any], key: str) -> str | None:
 
 
 def test_servers_listen_on_loopback_only(stack: Stack) -> None:
-    for server in stack.servers:
-        assert server.process is not None
-        family = [server.process.pid]
-        family += [child.pid for child in psutil.Process(server.process.pid).children(True)]
-        for pid in family:
-            with_ports = psutil.Process(pid).net_connections(kind="inet")
-            for connection in with_ports:
+    listening: dict[str, set[str]] = {}
+    for index, server in enumerate(stack.servers):
+        assert server.process is not None and server.process.poll() is None, server.command
+        root = psutil.Process(server.process.pid)
+        for process in [root, *root.children(recursive=True)]:
+            for connection in process.net_connections(kind="inet"):
                 if connection.status == psutil.CONN_LISTEN:
-                    assert connection.laddr.ip in ("127.0.0.1", "::1"), (server.command, connection)
+                    name = f"{index}:{' '.join(server.command[:4])}"
+                    listening.setdefault(name, set()).add(connection.laddr.ip)
+    assert len(listening) == len(stack.servers), listening  # every server listens somewhere…
+    for server, addresses in listening.items():
+        assert addresses <= {"127.0.0.1", "::1"}, (server, addresses)  # …on loopback only
 
 
-def test_no_credential_reaches_the_logs(
-    stack: Stack, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    secret = stack.env["AWS_SECRET_ACCESS_KEY"]
-    logs = [server.log_path for server in stack.servers]
-    for log in logs:
-        assert secret not in log.read_text(errors="replace"), log
+def test_no_credential_reaches_the_logs(stack: Stack) -> None:
+    secrets = [stack.env["AWS_SECRET_ACCESS_KEY"], stack.credentials.db_password]
+    for log in [server.log_path for server in stack.servers]:
+        text = log.read_text(errors="replace")
+        assert text and not any(secret in text for secret in secrets), log
