@@ -56,6 +56,9 @@ class Task:
     model_options: dict[str, Any] = field(default_factory=lambda: {"base_features": 16, "depth": 4})
     plan: dict[str, Any] = field(default_factory=dict)
     steps_per_epoch: int = 25
+    #: Held-out cases. One image of nuclei is too noisy a score (a hard histology image scores
+    #: 0.1 where the set averages 0.3), so that set holds out a fifth of its 40 images.
+    n_val: int = 1
 
 
 TASKS: dict[str, Task] = {
@@ -69,6 +72,7 @@ TASKS: dict[str, Task] = {
         model="dynunet",
         model_options={"filters": [16, 32, 64, 128, 256]},
         plan={"patch_size": [256, 256]},
+        n_val=8,
     ),
     "buildings": Task(
         "spacenet4_atlanta_buildings",
@@ -138,6 +142,9 @@ def main() -> None:
         "--budget", type=float, default=None, help="minutes per side (default: the issue's budget)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--n-val", type=int, default=None, help="held-out cases (default: the task's)"
+    )
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument(
         "--also",
@@ -151,7 +158,8 @@ def main() -> None:
     threads = configure_torch(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix=f"segflow-accuracy-{args.task}-"))
     manifest = ingest(args.data / task.dataset, options=task.ingest, workdir=workdir / "ingest")
-    train_cases, val_cases = split_cases(manifest.labelled_cases, n_val=1, seed=args.seed)
+    n_val = args.n_val or task.n_val
+    train_cases, val_cases = split_cases(manifest.labelled_cases, n_val=n_val, seed=args.seed)
     val_ids = [case.case_id for case in val_cases]
     ours = run_segflow(task, manifest, val_ids, budget, args.seed, workdir / "segflow")
     configure_torch(args.seed)
@@ -186,7 +194,8 @@ def main() -> None:
             "other_baselines": extras,
             "ratio": round(ratio, 4),
         },
-        command=f"python -m benchmarks.accuracy --task {args.task} --budget {budget:g} --seed {args.seed}",
+        command=f"python -m benchmarks.accuracy --task {args.task} --budget {budget:g} "
+        f"--seed {args.seed} --n-val {n_val}",
     )
 
 
