@@ -144,9 +144,7 @@ class InvalidGeometryError(InputError):
 class NoValidPixelsError(InputError):
     """An image holds no valid pixel: every pixel is nodata (or non-finite)."""
 
-    default_hint = (
-        "the image is empty (all nodata): remove it, or fix its nodata value (gdal_edit.py -a_nodata)"
-    )
+    default_hint = "remove the image, or correct its nodata value (gdal_edit.py -a_nodata)"
 
 
 class GeoreferenceError(InputError):

@@ -27,6 +27,7 @@ from flows.exit_codes import ExitCode
 from flows.segment_cli import segment as segment_command
 from flows.serve import serve as serve_command
 from flows.train_cli import train as train_command
+from pipelines.interrupts import SIGTERM_EXIT_CODE, TrainingInterrupted
 
 app = typer.Typer(
     name="segflow",
@@ -293,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as error:
         error_console.print(f"[red]usage error:[/red] {error}")
         code = ExitCode.USAGE
+    except TrainingInterrupted as error:
+        error_console.print(f"[yellow]interrupted:[/yellow] {error}")
+        code = SIGTERM_EXIT_CODE
     except SegflowError as error:
         error_console.print(f"[red]error:[/red] {error}")
         code = ExitCode.NOTHING_DONE

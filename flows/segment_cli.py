@@ -156,4 +156,6 @@ def segment(
             remove()
     console.print(summary_table(summary))
     console.print(f"Outputs in [bold]{out}[/bold] (model {summary['model']})")
+    if summary.get("not_logged"):
+        error_console.print(f"[yellow]not logged to MLflow:[/yellow] {summary['not_logged']}")
     raise typer.Exit(int(code))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 import threading
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
@@ -41,8 +43,11 @@ from pipelines.infer.run import SegmentOptions
 from pipelines.ledger import Ledger
 from pipelines.model_loading import LoadedModel, load_model, resolve_model_uri
 from pipelines.object_store import is_s3_uri, staged_output_dir
+from pipelines.redaction import redact
 
 __all__ = ["add_observer", "files_per_task_for", "segment_archive_flow"]
+
+logger = logging.getLogger(__name__)
 
 _MAX_FILES_PER_TASK = 32
 _TASKS_PER_WORKER = 4
@@ -260,9 +265,7 @@ def segment_archive_flow(
     if is_s3_uri(out):
         summary["uploaded"] = len(upload_staged_outputs(local_out, out))
     if track:
-        summary["mlflow_run"] = log_batch_run(
-            report, Path(local_out), model_uri=pinned, source=source, destination=out
-        )
+        summary["mlflow_run"] = _track(report, summary, pinned, source, local_out, out)
     counts = report.counts
     publish_summary(
         f"Segmentation of {Path(source).name}",
@@ -271,6 +274,7 @@ def segment_archive_flow(
             f"done {counts['done']}, skipped {counts['skipped']}, failed {counts['failed']}",
             f"{report.files_per_second:.2f} files/s over {report.wall_seconds:.1f} s",
             f"outputs: `{summary['out']}`",
+            *([f"**not logged**: {summary['not_logged']}"] if summary.get("not_logged") else []),
         ],
         key="segment-summary",
     )
@@ -280,4 +284,31 @@ def segment_archive_flow(
         counts["done"] + counts["skipped"],
         counts["failed"],
         what="files",
+        detail="; MLflow run not logged" if summary.get("not_logged") else "",
     )
+
+
+def _track(
+    report: BatchReport,
+    summary: dict[str, Any],
+    model: str,
+    source: str,
+    local_out: str,
+    out: str,
+) -> str | None:
+    """Log the batch as an MLflow run; when the tracking server is gone, say so in the
+    summary (``not_logged``) instead of failing a batch whose outputs and ledger are complete."""
+    try:
+        return log_batch_run(
+            report, Path(local_out), model_uri=model, source=source, destination=out
+        )
+    except (MlflowException, OSError) as error:
+        ledger = Path(local_out) / ".segflow" / "ledger.json"
+        summary["not_logged"] = (
+            "the batch's MLflow run (params, counts, throughput, ledger artifact) was not "
+            f"logged: {type(error).__name__}: {redact(str(error))[:300]}. The outputs and the "
+            f"ledger ({ledger}) are complete; run the same command again once MLflow is back "
+            "to log it (every file is skipped)"
+        )
+        logger.warning("%s", summary["not_logged"])
+        return None

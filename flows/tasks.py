@@ -145,6 +145,8 @@ def training_summary(report: Any, workdir: Path) -> dict[str, Any]:
         "per_case": report.evaluation.per_case,
         "plan": [list(row) for row in plan_table(report.plan)],
         "registration": registration,
+        "left_out": dict(report.left_out),
+        "cases_used": report.cases_used,
     }
 
 

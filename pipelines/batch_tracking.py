@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import mlflow
 
+from data_contracts import OutputError
 from pipelines.batch import BatchReport
 from pipelines.ledger import LEDGER_JSON, STATE_DIR
+from pipelines.redaction import redact
 from pipelines.tracking import experiment_for
 
-__all__ = ["BATCH_EXPERIMENT", "log_batch_run"]
+__all__ = ["BATCH_EXPERIMENT", "log_batch_run", "require_tracking_server"]
 
 #: The experiment that holds one run per batch segmentation.
 BATCH_EXPERIMENT = "segflow-batches"
@@ -26,9 +31,16 @@ def log_batch_run(
 ) -> str:
     """Record a finished batch in MLflow and return the run id.
 
-    Params: source, output folder, model URI; metrics: cases done, skipped and failed, wall
-    seconds, files per second; artifact: the exported ledger (``ledger/ledger.json``).
+    Params: source, output folder, model URI (passwords in URLs masked); metrics: cases done,
+    skipped and failed, wall seconds, files per second; artifact: the exported ledger
+    (``ledger/ledger.json``).
+
+    Raises:
+        OutputError: the tracking server does not answer (checked first, in a few seconds,
+            rather than after MLflow's retries of every request).
+        MlflowException: MLflow refused the run.
     """
+    require_tracking_server()
     counts = report.counts
     with mlflow.start_run(
         experiment_id=experiment_for(BATCH_EXPERIMENT),
@@ -36,13 +48,12 @@ def log_batch_run(
         tags={"segflow.kind": "batch-segmentation"},
         nested=mlflow.active_run() is not None,
     ) as run:
-        mlflow.log_params(
-            {
-                "source": source,
-                "out": destination or str(Path(out_dir).absolute()),
-                "model_uri": model_uri,
-            }
-        )
+        params = {
+            "source": source,
+            "out": destination or str(Path(out_dir).absolute()),
+            "model_uri": model_uri,
+        }
+        mlflow.log_params({key: redact(value) for key, value in params.items()})
         mlflow.log_metrics(
             {
                 "files_done": counts["done"],
@@ -56,3 +67,29 @@ def log_batch_run(
         if ledger.is_file():
             mlflow.log_artifact(str(ledger), artifact_path="ledger")
         return str(run.info.run_id)
+
+
+def require_tracking_server(timeout: float = 5.0) -> None:
+    """Check that an HTTP tracking server answers at all (any HTTP status, even 401 behind
+    an auth proxy, counts); local stores always do.
+
+    Raises:
+        OutputError: nothing answers within ``timeout`` seconds (refused, unreachable).
+    """
+    uri = mlflow.get_tracking_uri()
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    health = f"{uri.rstrip('/')}/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError) as error:
+        reason = str(getattr(error, "reason", error))
+    raise OutputError(
+        f"the MLflow tracking server does not answer ({reason})",
+        path=redact(uri),
+        hint="start the tracking server again (or unset MLFLOW_TRACKING_URI for the local store)",
+    )

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_contracts import EmptyFileError, MissingFileError, OutputError
+from data_contracts import EmptyFileError, MissingFileError, OutputError, UnreadableFileError
 
 _CHUNK_BYTES = 1 << 20
 
@@ -26,6 +26,7 @@ def sha256_file(path: str | Path, *, chunk_bytes: int = _CHUNK_BYTES) -> str:
 
     Raises:
         MissingFileError: the file does not exist.
+        UnreadableFileError: it cannot be read (permissions).
     """
     digest = hashlib.sha256()
     try:
@@ -34,6 +35,8 @@ def sha256_file(path: str | Path, *, chunk_bytes: int = _CHUNK_BYTES) -> str:
                 digest.update(chunk)
     except FileNotFoundError as error:
         raise MissingFileError("does not exist", path=path) from error
+    except PermissionError as error:
+        raise UnreadableFileError(f"cannot be read ({error.strerror})", path=path) from error
     return digest.hexdigest()
 
 
@@ -83,6 +86,8 @@ def atomic_output(destination: str | Path, *, suffix: str | None = None) -> Iter
     temp_path = Path(temp_name)
     try:
         yield temp_path
+        # mkstemp makes the file private (0600); an output gets the usual 0666 & ~umask.
+        os.chmod(temp_path, 0o666 & ~_umask())
         os.replace(temp_path, destination)
     except OSError as error:
         temp_path.unlink(missing_ok=True)
@@ -92,6 +97,18 @@ def atomic_output(destination: str | Path, *, suffix: str | None = None) -> Iter
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask: from /proc on Linux (no race with other threads), else by setting
+    it and straight back."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status", encoding="ascii") as status:
+            line = next(line for line in status if line.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(destination: str | Path, text: str) -> Path:

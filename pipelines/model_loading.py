@@ -26,6 +26,7 @@ from torch import nn
 import seg_models
 from data_contracts import ModelError, ModelSpec, OutputError, TrainingPlan
 from pipelines.mlflow_model import SegflowModel
+from pipelines.redaction import redact
 from pipelines.tracking import configure_mlflow
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,21 @@ def _local_folder(uri: str) -> Path | None:
     return Path(uri).expanduser()
 
 
+_REGISTRY_SCHEMES = ("models", "runs")
+
+
+def _require_registry_uri(uri: str) -> None:
+    """Refuse URIs that would download a model from anywhere but the configured tracking
+    server or registry (``http://``, ``s3://``, ``gs://``…)."""
+    if urlparse(uri).scheme not in _REGISTRY_SCHEMES:
+        raise ModelError(
+            "is neither a registry URI (models:/, runs:/) nor a local folder; segflow loads "
+            "models only from the configured MLflow registry or an explicit local path",
+            path=uri,
+            hint="register the model (or `segflow export` it to a folder) and pass that",
+        )
+
+
 def _resolve(uri: str) -> tuple[str, str | None, str | None]:
     """``models:/NAME@alias`` → ``models:/NAME/VERSION`` (pinned), with the name and version."""
     if not uri.startswith("models:/"):
@@ -109,7 +125,12 @@ def _lookup(client: mlflow.MlflowClient, name: str, get: Callable[[], Any]) -> A
         return get()
     except MlflowException as error:
         if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
+            raise ModelError(
+                f"cannot be looked up in the MLflow registry ({redact(error.message)[:300]})",
+                path=f"models:/{name}",
+                hint="check that the MLflow tracking server (MLFLOW_TRACKING_URI) is running "
+                "and reachable",
+            ) from error
         raise ModelError(
             f"no registered model matches ({error.message})",
             path=f"models:/{name}",
@@ -162,17 +183,27 @@ def load_model(uri: str | Path) -> LoadedModel:
         The network in eval mode with its spec, plan, names and processing config.
 
     Raises:
-        ModelError: unknown name/alias/version (the hint lists those available), or a folder
-            that is not a segflow model.
+        ModelError: unknown name/alias/version (the hint lists those available), a folder
+            that is not a segflow model, or any other URI (``http://``, ``s3://``…): models
+            come only from the configured registry or an explicit local folder.
     """
     text = str(uri)
     folder = _local_folder(text)
     name = number = None
     with tempfile.TemporaryDirectory(prefix="segflow-load-") as scratch:
         if folder is None:
+            _require_registry_uri(text)
             configure_mlflow()
             resolved, name, number = _resolve(text)
-            folder = Path(mlflow.artifacts.download_artifacts(resolved, dst_path=scratch))
+            try:
+                folder = Path(mlflow.artifacts.download_artifacts(resolved, dst_path=scratch))
+            except (MlflowException, OSError) as error:
+                raise ModelError(
+                    f"cannot be downloaded from MLflow ({redact(str(error))[:300]})",
+                    path=resolved,
+                    hint="check that the MLflow tracking server (MLFLOW_TRACKING_URI) is "
+                    "running and reachable",
+                ) from error
         elif not folder.is_dir():
             raise ModelError("does not exist or is not a folder", path=folder)
         else:

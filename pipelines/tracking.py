@@ -42,6 +42,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from data_contracts import DatasetManifest, ModelSpec, TrainingPlan, UsageError, get_settings
+from pipelines.redaction import redact
 
 __all__ = [
     "CREDENTIAL_WORDS",
@@ -145,7 +146,9 @@ def training_run(
     """
     experiment_id = experiment_for(dataset_name)
     with_system = system_metrics and importlib.util.find_spec("psutil") is not None
-    clean_tags = {key: str(value) for key, value in drop_credentials(dict(tags or {})).items()}
+    clean_tags = {
+        key: redact(str(value)) for key, value in drop_credentials(dict(tags or {})).items()
+    }
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=run_name,
@@ -225,7 +228,7 @@ def log_plan_and_spec(
         extra: more params (e.g. ``{"train": {"max_epochs": 50}}``), flattened as given.
 
     Returns:
-        The params that were logged (credential-like keys removed).
+        The params that were logged (credential-like keys removed, passwords in URLs masked).
     """
     params = flatten_params(
         {
@@ -234,7 +237,7 @@ def log_plan_and_spec(
             **dict(extra or {}),
         }
     )
-    params = drop_credentials(params)
+    params = {key: redact(value) for key, value in drop_credentials(params).items()}
     mlflow.log_params(params)
     mlflow.log_text(plan.model_dump_json(indent=2), "plan.json")
     mlflow.log_text(spec.model_dump_json(indent=2), "model_spec.json")

@@ -11,10 +11,11 @@ GeoTIFF outputs carry the same record in their ``segflow_lineage`` tag).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from data_contracts import (
+    ChannelGeometryError,
     InputError,
     PostprocessConfig,
     SegflowError,
@@ -34,9 +36,12 @@ from pipelines.infer.polygons import write_raster_polygons
 from pipelines.infer.raster import segment_raster
 from pipelines.infer.sliding import SlidingWindowConfig
 from pipelines.io.formats import suffix_of
-from pipelines.io.nifti import open_volume
+from pipelines.io.image2d import read_image, read_image_geometry
+from pipelines.io.nifti import iter_volume_slabs, open_volume, read_volume_geometry
+from pipelines.io.raster import read_raster_geometry
 from pipelines.model_loading import LoadedModel
 from pipelines.postprocess.labels import postprocess_labels
+from pipelines.preprocess.loaders import read_raster_stack
 from pipelines.write.image2d import write_label_image, write_probability_image
 from pipelines.write.lineage import lineage_record, write_lineage
 from pipelines.write.nifti import write_nifti_mask, write_nifti_probabilities
@@ -112,6 +117,108 @@ def _check_kind(case: InferenceInput, model: LoadedModel) -> None:
             path=case.channels[0],
             hint="choose a model trained on this kind of data",
         )
+
+
+def check_input(case: InferenceInput, model: LoadedModel) -> None:
+    """Read the headers of a case's files before any compute, so that a broken header fails
+    with its own error (not deep inside a transform): NaN or singular affines, zero spacing
+    and bombs (volumes), channel files on different grids, rasters with a rotated transform,
+    files that are empty, unreadable or not images.
+
+    Raises:
+        InputError: the subclass naming the file and the reason.
+    """
+    if model.plan.kind == "volume":
+        first = read_volume_geometry(case.channels[0])
+        for path in case.channels[1:]:
+            other = read_volume_geometry(path)
+            if other.shape != first.shape or not np.allclose(
+                other.affine, first.affine, rtol=1e-5, atol=1e-3
+            ):
+                raise ChannelGeometryError(
+                    f"is not on the grid of {case.channels[0].name} (shape {other.shape} vs "
+                    f"{first.shape}, or another affine)",
+                    path=path,
+                )
+    elif model.plan.kind == "raster":
+        for path in case.channels:
+            # Rasters are segmented on their own grid: a TIFF without CRS gives a mask without
+            # CRS, but a rotated or sheared transform is refused, as at ingest.
+            read_raster_geometry(path, allow_ungeoreferenced=True)
+    else:
+        for path in case.channels:
+            read_image_geometry(path)
+
+
+def _segflow_cause(error: BaseException) -> SegflowError | None:
+    """The segflow error an exception wraps (MONAI wraps transform errors in RuntimeError)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SegflowError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _damaged_file(case: InferenceInput, model: LoadedModel) -> SegflowError | None:
+    """After a reader failed inside a transform: read every file of the case in full to find
+    the damaged one (a truncated ``.nii.gz`` has a good header), or ``None``."""
+    try:
+        for path in case.channels:
+            if model.plan.kind == "volume":
+                for _ in iter_volume_slabs(open_volume(path), path):
+                    pass
+            elif model.plan.kind == "raster":
+                read_raster_stack([path])
+            else:
+                read_image(path)
+    except SegflowError as error:
+        return error
+    return None
+
+
+#: Every output name a case can have (see the module docstring), by suffix after the case id.
+_OUTPUT_SUFFIXES = (
+    ".nii.gz",
+    ".tif",
+    ".png",
+    "_prob.nii.gz",
+    "_prob.tif",
+    ".gpkg",
+    ".geojson",
+    ".lineage.json",
+)
+
+
+def _outputs_of(out: Path, case_id: str) -> dict[Path, tuple[int, int]]:
+    """The outputs of ``case_id`` present in ``out``, with their inode and modification time
+    (exact names, so that another case whose id extends this one is never touched)."""
+    found: dict[Path, tuple[int, int]] = {}
+    for suffix in _OUTPUT_SUFFIXES:
+        path = out / f"{case_id}{suffix}"
+        with contextlib.suppress(OSError):
+            info = path.stat()
+            found[path] = (info.st_ino, info.st_mtime_ns)
+    return found
+
+
+@contextlib.contextmanager
+def _no_partial_outputs(out: Path, case_id: str) -> Iterator[None]:
+    """Remove the outputs of a case that failed after writing some (its mask without its
+    lineage, say): once one output was (re)written, the set is mixed, so all go. A case that
+    failed before writing anything keeps the outputs of its earlier run."""
+    before = _outputs_of(out, case_id) if out.is_dir() else {}
+    try:
+        yield
+    except BaseException:
+        after = _outputs_of(out, case_id)
+        if any(before.get(path) != identity for path, identity in after.items()):
+            for path in after:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        raise
 
 
 def _segment_volume(
@@ -210,13 +317,35 @@ def segment_case(
 ) -> CaseResult:
     """Segment one case and write its outputs under ``out_dir`` (atomically, inputs untouched).
 
+    A case that fails leaves none of the outputs it started writing (temporary ``.part`` files
+    are removed by the writers, finished outputs of the case by this function).
+
     Raises:
         InputError: the input cannot be read, has the wrong channels, or is the wrong kind.
         OutputError: an output cannot be written or fails its post-write check.
     """
     options = options or SegmentOptions()
-    out, started = Path(out_dir), time.monotonic()
+    out = Path(out_dir)
     _check_kind(case, model)
+    check_input(case, model)
+    with _no_partial_outputs(out, case.case_id):
+        try:
+            return _segment_checked(model, case, out, options, progress)
+        except RuntimeError as error:  # MONAI wraps a reader's error in RuntimeError
+            cause = _segflow_cause(error) or _damaged_file(case, model)
+            if cause is None:
+                raise
+            raise cause from error
+
+
+def _segment_checked(
+    model: LoadedModel,
+    case: InferenceInput,
+    out: Path,
+    options: SegmentOptions,
+    progress: Progress | None,
+) -> CaseResult:
+    started = time.monotonic()
     lineage = lineage_record(
         source=case.channels[0],
         source_sha256=case.checksum(),

@@ -13,10 +13,12 @@ from rasterio.errors import RasterioIOError
 from data_contracts import (
     Case,
     CaseKind,
+    ChannelCountError,
     DatasetManifest,
     IngestOptions,
     InputError,
     MissingFileError,
+    PairingError,
     RejectedInput,
     UnreadableFileError,
     UnsupportedFormatError,
@@ -87,6 +89,7 @@ def ingest(
                 rejected.append(_rejection(unreadable, candidate.case_id))
             if progress is not None:
                 progress(done, total, candidate.case_id)
+    cases = _drop_inconsistent(cases, declaration, rejected)
     return DatasetManifest(
         name=declaration.name,
         source=str(source),
@@ -98,6 +101,58 @@ def ingest(
         cases=tuple(cases),
         rejected=tuple(rejected),
     )
+
+
+def _drop_inconsistent(
+    cases: list[Case], declaration: DatasetDeclaration, rejected: list[RejectedInput]
+) -> list[Case]:
+    """Reject the cases that do not fit the others, each with its reason.
+
+    - Labelled volumes and rasters whose channel count differs from the dataset's: the number
+      of declared channel names when some labelled case has it, else the most common count of
+      the labelled cases (ties going to the fewest channels): they train one model, of one
+      input width. Unlabelled cases are exempt (a folder of images to segment may mix
+      sensors), and so are 2D images (grey and RGB are converted to the plan's channels).
+    - Cases whose channel files have the same content as an earlier case's: a copy would sit in
+      the training and the validation split at once.
+    """
+    counts = [
+        sum(case.channel_counts)
+        for case in cases
+        if case.kind != "image" and case.label is not None
+    ]
+    declared = len(declaration.channel_names)
+    if declared in counts:
+        expected = declared
+    else:
+        expected = min(counts, key=lambda n: (-counts.count(n), n)) if counts else 0
+    kept: list[Case] = []
+    seen: dict[tuple[str, ...], Case] = {}
+    for case in cases:
+        first = case.channels[0].path
+        count = sum(case.channel_counts)
+        content = tuple(record.sha256 for record in case.channels)
+        if case.kind != "image" and case.label is not None and count != expected:
+            error: InputError = ChannelCountError(
+                f"has {count} channel(s) ({case.kind}); the dataset's other labelled cases "
+                f"have {expected}",
+                path=first,
+            )
+        elif content in seen:
+            original = seen[content]
+            error = PairingError(
+                f"has the same content (SHA-256) as case {original.case_id!r} "
+                f"({Path(original.channels[0].path).name}); a copy would be in both the "
+                "training and the validation split",
+                path=first,
+                hint="remove the duplicate case",
+            )
+        else:
+            seen[content] = case
+            kept.append(case)
+            continue
+        rejected.append(_rejection(error, case.case_id))
+    return kept
 
 
 def _rejection(error: InputError | Exception, case_id: str | None) -> RejectedInput:

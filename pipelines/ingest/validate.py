@@ -22,6 +22,7 @@ from data_contracts import (
     LabelValueError,
     NonFiniteLabelError,
     NonIntegerLabelError,
+    NoValidPixelsError,
     RasterGeometry,
     VolumeGeometry,
 )
@@ -131,9 +132,16 @@ def _read_channel(path: Path, kind: CaseKind, options: IngestOptions) -> tuple[A
             geometry = raster.raster_geometry(
                 dataset, path, allow_ungeoreferenced=options.allow_ungeoreferenced
             )
+            valid_pixels = 0
             for band in range(1, dataset.count + 1):
-                for values, _ in raster.iter_band_windows(dataset, path, band):
+                for values, valid in raster.iter_band_windows(dataset, path, band):
                     stats.update(values)
+                    valid_pixels += values.size if valid is None else int(valid.sum())
+            if valid_pixels == 0:
+                raise NoValidPixelsError(
+                    f"holds only nodata pixels (nodata={dataset.nodata}): nothing to learn from",
+                    path=path,
+                )
     else:
         geometry = image2d.read_image_geometry(path)
         stats.update(image2d.read_image(path))

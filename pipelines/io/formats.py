@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from data_contracts import NotAnImageError, UnsupportedFormatError
+from data_contracts import NotAnImageError, UnreadableFileError, UnsupportedFormatError
 from pipelines.files import require_nonempty_file
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -72,6 +72,7 @@ def detect_format(path: str | Path) -> FileFormat:
         EmptyFileError: the file is empty.
         UnsupportedFormatError: the suffix is not one segflow reads.
         NotAnImageError: the content does not match the suffix (e.g. text named ``.tif``).
+        UnreadableFileError: the file cannot be opened for reading (permissions).
     """
     path = Path(path)
     suffix = suffix_of(path)
@@ -79,8 +80,11 @@ def detect_format(path: str | Path) -> FileFormat:
         raise UnsupportedFormatError(f"has an unsupported file type {path.suffix!r}", path=path)
     require_nonempty_file(path)
     file_format = _SUFFIXES[suffix]
-    with open(path, "rb") as handle:
-        head = handle.read(352)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(352)
+    except PermissionError as error:
+        raise UnreadableFileError(f"cannot be read ({error.strerror})", path=path) from error
     if not _content_matches(suffix, head):
         raise NotAnImageError(
             f"does not contain {file_format.value} data despite its {suffix!r} name "

@@ -41,7 +41,8 @@ def read_image_geometry(path: str | Path) -> ImageGeometry:
                 mode = image.mode
                 channels = len(image.getbands())
         except UnidentifiedImageError as error:
-            raise NotAnImageError(f"is not a decodable PNG ({error})", path=path) from error
+            # The PNG signature matched (detect_format): the rest is damaged or cut short.
+            raise CorruptFileError(f"has a damaged PNG header ({error})", path=path) from error
         except OSError as error:
             raise CorruptFileError(f"has a damaged PNG header ({error})", path=path) from error
         return ImageGeometry(

@@ -13,8 +13,16 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.openers import ImageOpener
+from nibabel.spatialimages import HeaderDataError
 
-from data_contracts import CorruptFileError, InvalidGeometryError, NotAnImageError, VolumeGeometry
+from data_contracts import (
+    CorruptFileError,
+    DecompressionBombError,
+    InvalidGeometryError,
+    NotAnImageError,
+    VolumeGeometry,
+    get_settings,
+)
 from pipelines.io.formats import detect_format
 
 _SLAB_BYTES = 64 * 1024**2
@@ -26,6 +34,8 @@ def open_volume(path: str | Path) -> nib.Nifti1Image | nib.Nifti2Image:
     Raises:
         EmptyFileError, NotAnImageError: the file is empty or not NIfTI.
         CorruptFileError: the header cannot be decoded (truncated, bad gzip stream).
+        DecompressionBombError: the header declares more voxel bytes than
+            ``max_extract_bytes`` (a gzip bomb, or a header asking for 100000³ voxels).
     """
     path = Path(path)
     detect_format(path)
@@ -34,12 +44,37 @@ def open_volume(path: str | Path) -> nib.Nifti1Image | nib.Nifti2Image:
             image = nib.load(path)
     except (ImageFileError, ValueError) as error:
         raise NotAnImageError(f"is not a readable NIfTI file ({error})", path=path) from error
+    except HeaderDataError as error:  # nibabel's header checks (not a ValueError)
+        raise CorruptFileError(f"has an invalid NIfTI header ({error})", path=path) from error
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as error:
         raise CorruptFileError(f"has a damaged or truncated header ({error})", path=path) from error
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise NotAnImageError(f"is a {type(image).__name__}, not NIfTI", path=path)
+    _check_declared_size(image, path)
     _check_raw_spacing(image, path)
     return image
+
+
+def _check_declared_size(image: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> None:
+    """Refuse a header that declares more voxel bytes than segflow may expand.
+
+    A ``.nii.gz`` of zeros expands about 1000-fold, and a header can declare any size: the
+    voxels are only read slab by slab, but a 10^15-byte volume would never finish.
+    """
+    shape = [int(size) for size in image.header.get_data_shape()]
+    itemsize = np.dtype(image.header.get_data_dtype()).itemsize
+    declared = itemsize
+    for size in shape:
+        declared *= max(size, 1)
+    limit = get_settings().max_extract_bytes
+    if declared > limit:
+        dims = "×".join(str(size) for size in shape)
+        raise DecompressionBombError(
+            f"declares {dims} voxels of {image.header.get_data_dtype()} ({declared} bytes), "
+            f"more than the limit of {limit} bytes",
+            path=path,
+            hint="raise SEGFLOW_MAX_EXTRACT_BYTES if the file is trusted, or repair its header",
+        )
 
 
 def _check_raw_spacing(image: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> None:
@@ -90,6 +125,8 @@ def volume_geometry(image: nib.Nifti1Image | nib.Nifti2Image, path: str | Path) 
         raise InvalidGeometryError(
             f"has {len(shape)} dimensions {shape}; expected 3 (or 4 for channels)", path=path
         )
+    if min(shape) < 1:
+        raise InvalidGeometryError(f"has an empty dimension in its shape {shape}", path=path)
     affine = np.asarray(image.affine, dtype=float)
     if not np.all(np.isfinite(affine)):
         raise InvalidGeometryError("has a non-finite (NaN/inf) affine in its header", path=path)

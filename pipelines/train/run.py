@@ -12,6 +12,7 @@ import torch
 
 from data_contracts import (
     DatasetManifest,
+    InputError,
     ModelError,
     ModelSpec,
     TrainConfig,
@@ -20,6 +21,7 @@ from data_contracts import (
 )
 from pipelines.plan import apply_overrides, compute_fingerprint, make_plan, save_plan
 from pipelines.preprocess.datasets import build_datasets, split_cases
+from pipelines.preprocess.verify import check_training_cases
 from pipelines.registry import (
     RegistrationResult,
     load_model,
@@ -57,6 +59,9 @@ class TrainingReport:
         model_uri: the logged model (``models:/<id>``).
         registration: the registered version and promotion decision, when ``register`` was given.
         validation_cases: ids of the validation cases.
+        left_out: labelled cases of the manifest left out because their files are missing,
+            unreadable or changed since ingest: case id → ``"ErrorClass: message"``.
+        cases_used: labelled cases trained and validated on.
     """
 
     plan: TrainingPlan
@@ -67,6 +72,8 @@ class TrainingReport:
     model_uri: str
     registration: RegistrationResult | None = None
     validation_cases: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)
+    cases_used: int = 0
 
 
 def plan_for(
@@ -125,6 +132,16 @@ def train_from_manifest(
             "Mask R-CNN trains through pipelines.train.maskrcnn, not the semantic trainer",
             hint="use the U-Net + boundary route (--model unet on instance labels) or the Mask R-CNN module",
         )
+    checked = check_training_cases(manifest)
+    manifest = checked.manifest
+    left_out = {case: f"{type(e).__name__}: {e}" for case, e in checked.errors.items()}
+    if checked.errors and not manifest.labelled_cases:
+        raise InputError(
+            f"no labelled case left to train on: {len(left_out)} failed their check, e.g. "
+            f"{next(iter(left_out.values()))}",
+            path=manifest.source,
+            hint="restore the files or run segflow ingest again",
+        )
     seed_everything(config.seed)
     plan = plan_for(manifest, config, plan_overrides)
     save_plan(plan, workdir / "plan.json")
@@ -170,6 +187,11 @@ def train_from_manifest(
     with training_run(manifest.name, run_name=f"{config.model}-{manifest.name}", tags=tags) as run:
         log_plan_and_spec(plan, spec, extra={"train": config.model_dump(mode="json")})
         log_manifest_input(manifest)
+        if left_out:
+            import mlflow
+
+            mlflow.set_tag("segflow.cases_left_out", str(len(left_out)))
+            mlflow.log_dict(left_out, "cases_left_out.json")
         train_loader, val_loader = make_loaders(train_set, val_set, config, plan.batch_size)
         # The three-class nuclei route also selects checkpoints by Dice; DSB-2018 is scored after.
         result = fit(
@@ -229,6 +251,8 @@ def train_from_manifest(
         model_uri,
         registration,
         [case.case_id for case in val_cases],
+        left_out,
+        len(manifest.labelled_cases),
     )
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sized
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -18,10 +21,12 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
     Timer,
 )
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from monai.data.utils import worker_init_fn as monai_worker_init
 from torch.utils.data import DataLoader, Dataset
 
 from data_contracts import TrainConfig
+from pipelines.interrupts import TrainingInterrupted
 from pipelines.train.sampler import EpochSeededSampler
 
 logger = logging.getLogger(__name__)
@@ -171,8 +176,45 @@ def fit(
     ckpt_path = str(last) if resume and last.is_file() else None
     if ckpt_path:
         logger.info("resuming from %s", ckpt_path)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+    with _sigterm_noted():
+        try:
+            trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException as error:
+            raise _interrupted(trainer, last) from error
     return _result(trainer, checkpoints, stopper, timer, history)
+
+
+@contextlib.contextmanager
+def _sigterm_noted() -> Iterator[None]:
+    """While training, SIGTERM only takes note: Lightning (whose handler runs first) stops at
+    the next batch boundary; no other handler (Prefect's, the default's exit) interrupts a
+    checkpoint being written. Signals can only be handled in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, frame: logger.warning("SIGTERM received"))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(trainer: L.Trainer, last: Path) -> TrainingInterrupted:
+    """The error of a training stopped by SIGTERM, naming the checkpoint kept (last.ckpt is
+    only written at epoch ends, so it is whole and resumes exactly)."""
+    epoch = trainer.current_epoch
+    if not last.is_file():
+        return TrainingInterrupted(
+            f"training stopped by SIGTERM in epoch {epoch}, before any epoch finished: "
+            "no checkpoint to resume from",
+            hint="run the same command again; training starts from the beginning",
+        )
+    return TrainingInterrupted(
+        f"training stopped by SIGTERM in epoch {epoch}; the checkpoint of the last finished "
+        "epoch is kept",
+        path=last,
+    )
 
 
 def _result(
