@@ -41,7 +41,14 @@ from rasterio.windows import Window
 
 from benchmarks.results import record
 from data_contracts import ChannelNormalization
-from pipelines.infer.stream import Predictor, Sink, StreamConfig, stream_raster, window_starts
+from pipelines.infer.stream import (
+    Predictor,
+    Sink,
+    StreamConfig,
+    class_indices,
+    stream_raster,
+    window_starts,
+)
 from pipelines.io.raster import bounded_gdal_env, open_raster
 from pipelines.preprocess.array import normalize_channels
 from pipelines.write.geotiff import GeoTiffMaskWriter
@@ -54,7 +61,7 @@ OVERHEAD_FLOOR = 1.2
 MEMORY_FLOOR = 1.1
 MEMORY_LIMIT_MB = 1536.0
 _TILE = 512
-_LABEL_ROWS = 32  # labels from probabilities in slices of rows: small temporaries
+_NODATA_ROWS = 32
 
 
 def write_scene(path: Path, size: int, seed: int = 0) -> Path:
@@ -101,24 +108,13 @@ def build_predictor(threads: int) -> Predictor:
 
 def _mask_sink(writer: GeoTiffMaskWriter) -> Sink:
     def sink(window: Window, probabilities: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
-        labels = np.empty(valid.shape, dtype=np.uint8)
-        for top in range(0, len(labels), _LABEL_ROWS):
-            rows = slice(top, top + _LABEL_ROWS)
-            labels[rows] = _argmax(probabilities[:, rows])
-        labels[~valid] = MASK_NODATA
+        labels = class_indices(probabilities)
+        for top in range(0, len(labels), _NODATA_ROWS):  # small temporaries
+            rows = slice(top, top + _NODATA_ROWS)
+            np.copyto(labels[rows], np.uint8(MASK_NODATA), where=~valid[rows])
         writer.write(labels, window)
 
     return sink
-
-
-def _argmax(probabilities: NDArray[np.float32]) -> NDArray[np.uint8]:
-    """``argmax`` over the first axis as uint8 (NumPy's is slow along a non-last axis)."""
-    labels = np.zeros(probabilities.shape[1:], dtype=np.uint8)
-    best = probabilities[0].copy()
-    for index, channel in enumerate(probabilities[1:], start=1):
-        labels[channel > best] = index  # strictly greater: ties go to the first class
-        np.maximum(best, channel, out=best)
-    return labels
 
 
 @dataclass(frozen=True)

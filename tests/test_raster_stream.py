@@ -15,7 +15,13 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from data_contracts import ChannelNormalization, CorruptFileError, ModelError, UsageError
-from pipelines.infer.stream import Predictor, StreamConfig, StreamSummary, stream_raster
+from pipelines.infer.stream import (
+    Predictor,
+    StreamConfig,
+    StreamSummary,
+    class_indices,
+    stream_raster,
+)
 from pipelines.preprocess.array import normalize_channels
 
 torch.set_num_threads(1)
@@ -98,6 +104,8 @@ def _monai(image: NDArray[np.float32], predictor: Predictor, config: StreamConfi
         pytest.param(330, 90, StreamConfig((32, 32), 0.5, 5), id="many-strips"),
         pytest.param(97, 70, StreamConfig((24, 40), 0.0, 8, "constant"), id="no-overlap"),
         pytest.param(120, 100, StreamConfig((32, 32), read_ahead=2), id="read-ahead"),
+        pytest.param(260, 150, StreamConfig((32, 32), read_threads=1), id="one-read-thread"),
+        pytest.param(150, 90, StreamConfig((48, 32), read_threads=2), id="two-read-threads"),
     ],
 )
 def test_stream_equals_monai_sliding_window(
@@ -209,8 +217,35 @@ def test_normalize_must_keep_the_shape(tmp_path: Path, predictor: Predictor) -> 
         )  # fmt: skip
 
 
+def test_nodata_across_strip_and_tile_borders(tmp_path: Path, predictor: Predictor) -> None:
+    image = _scene(200, 170, seed=7)
+    image[0, 50:140, 60:75] = 0  # crosses strips (stride 24) and 64 px tiles in both directions
+    image[:, 120:130, :] = 0
+    config = StreamConfig((32, 32), 0.25, 3, read_ahead=1)
+    bands, _ = _stream(_write_scene(tmp_path / "scene.tif", image, nodata=0), predictor, config)
+    streamed, valid = bands.stacked()
+    np.testing.assert_array_equal(valid, (image != 0).all(axis=0))
+    with_nan = np.where(image == 0, np.nan, image.astype(np.float32))
+    np.testing.assert_allclose(streamed, _monai(with_nan, predictor, config), atol=1e-5)
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 3])
+def test_class_indices_is_argmax_with_ties_to_the_first_class(n_classes: int) -> None:
+    rng = np.random.default_rng(n_classes)
+    probabilities = rng.integers(0, 4, (n_classes, 30, 40)).astype(np.float32)  # many ties
+    labels = class_indices(probabilities)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, probabilities.argmax(axis=0))
+
+
 @pytest.mark.parametrize(
-    "kwargs", [{"roi": (0, 32)}, {"roi": (32, 32), "overlap": 1.0}, {"roi": (8, 8), "mode": "x"}]
+    "kwargs",
+    [
+        {"roi": (0, 32)},
+        {"roi": (32, 32), "overlap": 1.0},
+        {"roi": (8, 8), "mode": "x"},
+        {"roi": (8, 8), "read_threads": 0},
+    ],
 )
 def test_bad_config_is_a_usage_error(kwargs: dict) -> None:
     with pytest.raises(UsageError):

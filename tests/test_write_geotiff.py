@@ -22,6 +22,7 @@ from pipelines.write.geotiff import (
     GeoTiffMaskWriter,
     default_colormap,
     mask_dtype,
+    overview_factors,
     quantize_probabilities,
 )
 
@@ -190,3 +191,31 @@ def test_inconsistent_arguments_are_usage_errors(tmp_path: Path, kwargs: dict[st
     with pytest.raises(UsageError):
         GeoTiffMaskWriter(tmp_path / "mask.tif", profile, **kwargs)
     assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize(("width", "height"), [(1300, 1100), (512, 512), (1025, 300), (4097, 2000)])
+def test_overview_factors_are_those_the_cog_driver_picks(
+    tmp_path: Path, width: int, height: int
+) -> None:
+    plain = tmp_path / "plain.tif"
+    with rasterio.open(
+        plain, "w", driver="GTiff", width=width, height=height, count=1, dtype="uint8",
+        crs=CRSES["epsg"], transform=Affine.translation(500_000, 0) @ Affine.scale(1, -1),
+    ) as dst:  # fmt: skip
+        dst.write(np.zeros((1, height, width), np.uint8))
+    rasterio.shutil.copy(plain, tmp_path / "cog.tif", driver="COG", BLOCKSIZE=512)
+    with rasterio.open(tmp_path / "cog.tif") as cog:
+        assert overview_factors(width, height) == cog.overviews(1)
+
+
+def test_without_cog_the_tiled_gtiff_is_published_compressed(tmp_path: Path) -> None:
+    out = tmp_path / "out" / "mask.tif"
+    with rasterio.open(_source(tmp_path, CRSES["epsg"])) as source:
+        profile = source.profile
+    with GeoTiffMaskWriter(out, profile, class_names=CLASSES, cog=False) as writer:
+        _write_bands(writer, _labels())
+    with rasterio.open(out) as mask:
+        assert mask.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == "DEFLATE"
+        assert mask.overviews(1) == []
+        np.testing.assert_array_equal(mask.read(1), _labels())
+    assert _files(out.parent) == ["mask.tif"]

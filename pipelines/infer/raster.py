@@ -29,7 +29,7 @@ from rasterio.windows import Window
 from data_contracts import ChannelCountError, PostprocessConfig
 from pipelines.infer.in_memory import class_values_of
 from pipelines.infer.sliding import SlidingWindowConfig, choose_device, probability_predictor
-from pipelines.infer.stream import StreamConfig, stream_raster
+from pipelines.infer.stream import StreamConfig, class_indices, stream_raster
 from pipelines.io.raster import bounded_gdal_env, open_raster
 from pipelines.model_loading import LoadedModel
 from pipelines.postprocess.labels import pixel_area, postprocess_labels
@@ -199,7 +199,7 @@ def segment_raster(
         )
 
         def sink(window: Window, probabilities: np.ndarray, valid: np.ndarray) -> None:
-            labels = class_values_of(probabilities.argmax(axis=0), plan)
+            labels = class_values_of(class_indices(probabilities), plan)
             if writer is None:
                 write_labels(labels, valid, int(window.row_off))
             else:

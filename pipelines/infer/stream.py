@@ -3,34 +3,39 @@
 Windows are laid out exactly as MONAI's ``sliding_window_inference`` lays them out (same stride,
 last window flush with the edge, a scene smaller than the ROI padded with zeros around its
 centre) and blended with the same importance map, so the result equals MONAI's on the whole
-image. Unlike MONAI, only one strip of window rows is held: an accumulator of ``roi`` rows by
-the scene's width. When a strip is done, the rows that no later window touches are divided by
-their weights and handed to a ``sink``; the overlap rows are carried to the next strip.
-Memory is therefore O(K × roi × width), independent of the scene's height.
+image. Unlike MONAI, only one strip of window rows is held: its source rows
+(:class:`pipelines.infer.strips.StripReader`, each tile decoded once) and an accumulator of
+``roi`` rows by the scene's width. When a strip is done, the rows that no later window touches
+are divided by their weights and handed to a ``sink``; the overlap rows are carried to the next
+strip. Memory is therefore O((K + C) × roi × width), independent of the scene's height.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import islice
 
 import numpy as np
 import rasterio
 import torch
-from monai.data.utils import compute_importance_map, dense_patch_slices
+from monai.data.utils import compute_importance_map
 from numpy.typing import NDArray
-from rasterio.enums import MaskFlags
-from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from data_contracts import CorruptFileError, ModelError, UsageError
-from pipelines.io.raster import bounded_gdal_env
+from data_contracts import ModelError, UsageError
+from pipelines.infer.strips import (
+    Layout,
+    Normalizer,
+    StripReader,
+    batch_patches,
+    iter_batches,
+    threaded_handle,
+    window_starts,
+)
 
 __all__ = [
     "Normalizer",
@@ -38,6 +43,7 @@ __all__ = [
     "Sink",
     "StreamConfig",
     "StreamSummary",
+    "class_indices",
     "stream_raster",
     "window_starts",
 ]
@@ -47,14 +53,11 @@ logger = logging.getLogger(__name__)
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 """``(B, C, h, w)`` normalised float32 patches → ``(B, K, h, w)`` probabilities."""
 
-Normalizer = Callable[[torch.Tensor], torch.Tensor]
-"""``(C, h, w)`` float32 pixels, NaN where nodata/masked → normalised ``(C, h, w)``."""
-
 Sink = Callable[[Window, NDArray[np.float32], NDArray[np.bool_]], None]
 """Receives ``(window, probabilities (K, rows, width), valid (rows, width))`` per finished band."""
 
 _BLEND_MODES = ("gaussian", "constant")
-_VALUE_MASKS = {MaskFlags.nodata, MaskFlags.all_valid}  # masks computed from the pixel values
+_BLOCK_CACHE_FLOOR = 96 * 2**20
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,13 @@ class StreamConfig:
         batch_size: windows per predictor call.
         mode: ``gaussian`` (less weight near window edges) or ``constant``.
         sigma_scale: standard deviation of the gaussian, as a fraction of the window size.
-        read_ahead: batches whose pixels are read on a background thread while the model runs;
-            worth it when the model leaves CPU idle (GPU, or fewer torch threads than cores).
-            Keep 0 when torch uses every core: a third busy thread stalls its OpenMP team.
+        read_ahead: strips whose new rows are read on a background thread while the model
+            runs; worth it when the model leaves CPU idle (GPU, or fewer torch threads than
+            cores). Keep 0 when torch uses every core: a third busy thread stalls its OpenMP
+            team. Each strip read ahead holds ``stride × width × bands`` source pixels.
+        read_threads: threads GDAL decodes the tiles of one read on (through a second handle on
+            the same file); None: one per core. Reads run between model calls, when torch's
+            threads are idle, unless ``read_ahead`` moves them beside the model.
     """
 
     roi: tuple[int, int]
@@ -78,6 +85,7 @@ class StreamConfig:
     mode: str = "gaussian"
     sigma_scale: float = 0.125
     read_ahead: int = 0
+    read_threads: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.roi) != 2 or min(self.roi) < 1:
@@ -92,6 +100,8 @@ class StreamConfig:
             raise UsageError(f"sigma_scale must be positive, got {self.sigma_scale}")
         if self.read_ahead < 0:
             raise UsageError(f"read_ahead must be 0 or more, got {self.read_ahead}")
+        if self.read_threads is not None and self.read_threads < 1:
+            raise UsageError(f"read_threads must be at least 1, got {self.read_threads}")
 
 
 @dataclass(frozen=True)
@@ -101,8 +111,9 @@ class StreamSummary:
     Attributes:
         windows: windows predicted.
         batches: predictor calls.
-        peak_band_bytes: bytes of the row accumulator (probabilities, weights, validity); it
-            depends on the scene's width and the ROI, never on its height.
+        peak_band_bytes: bytes of the row accumulator (weighted probabilities and weights) and
+            of the strip's source rows; it depends on the scene's width and the ROI, never on
+            its height.
         seconds: wall time of the whole stream, sink included.
     """
 
@@ -112,194 +123,61 @@ class StreamSummary:
     seconds: float
 
 
-def window_starts(size: int, roi: int, overlap: float) -> list[int]:
-    """Window offsets along one axis, as MONAI's ``sliding_window_inference`` places them.
-
-    Offsets are in padded coordinates: an axis shorter than ``roi`` is first padded to ``roi``.
-    The stride is ``int(roi * (1 - overlap))`` (at least 1) and the last window ends at the edge.
-    """
-    padded = max(size, roi)
-    stride = roi if roi == padded else max(int(roi * (1 - overlap)), 1)
-    return [int(window[0].start) for window in dense_patch_slices((padded,), (roi,), (stride,))]
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Window grid of one scene; ``pad_*`` is the zero padding MONAI adds before each axis."""
-
-    height: int
-    width: int
-    roi: tuple[int, int]
-    pad_top: int
-    pad_left: int
-    rows: list[int]
-    cols: list[int]
-
-    @classmethod
-    def of(cls, height: int, width: int, config: StreamConfig) -> _Layout:
-        (roi_rows, roi_cols), overlap = config.roi, config.overlap
-        pad_top, pad_left = max(roi_rows - height, 0) // 2, max(roi_cols - width, 0) // 2
-        rows = window_starts(height, roi_rows, overlap)
-        cols = window_starts(width, roi_cols, overlap)
-        return cls(height, width, config.roi, pad_top, pad_left, rows, cols)
-
-    @property
-    def padded_width(self) -> int:
-        return max(self.width, self.roi[1])
-
-    def jobs(self, batch_size: int) -> Iterator[_Job]:
-        """The batches of windows in row-major order; a batch never spans two strips."""
-        for strip, top in enumerate(self.rows):
-            for first in range(0, len(self.cols), batch_size):
-                yield _Job(strip, top, self.cols[first : first + batch_size])
-
-    def band_end(self, strip: int) -> int:
-        """Padded row after the last row that strip ``strip`` is the last to touch."""
-        if strip + 1 < len(self.rows):
-            return self.rows[strip + 1]
-        return max(self.height, self.roi[0])
-
-
-@dataclass(frozen=True)
-class _Job:
-    """Consecutive windows of one strip, predicted in one batch."""
-
-    strip: int
-    top: int
-    cols: list[int]
-
-
-@dataclass(frozen=True)
-class _Region:
-    """The source pixels a job's windows cover: NaN where masked, and their validity.
-
-    ``rows`` are rows of the strip (0 = its top) and ``cols`` padded columns: the place of
-    ``values`` in the padded scene; the rest of the windows is zero padding.
-    """
-
-    job: _Job
-    values: NDArray[np.float32]
-    valid: NDArray[np.bool_]
-    rows: slice
-    cols: slice
-
-
-class _RegionReader:
-    """Reads the pixels of each job (GDAL and NumPy only, so it can run on a worker thread).
-
-    Nodata masks are computed from the values (GDAL's nodata mask band costs about three times
-    the read itself); other masks (internal mask band, alpha) are read.
-    """
-
-    def __init__(self, dataset: rasterio.DatasetReader, bands: list[int], layout: _Layout) -> None:
-        self._dataset, self._bands, self._layout = dataset, bands, layout
-        flags = [set(dataset.mask_flag_enums[band - 1]) for band in bands]
-        nodata = [dataset.nodatavals[band - 1] for band in bands]
-        self._nodata = [
-            (i, nodata[i]) for i, found in enumerate(flags) if MaskFlags.nodata in found
-        ]
-        self._read_masks = [i for i, found in enumerate(flags) if not _VALUE_MASKS & found]
-
-    def read(self, job: _Job) -> _Region:
-        layout = self._layout
-        row0 = max(job.top - layout.pad_top, 0)
-        row1 = min(job.top + layout.roi[0] - layout.pad_top, layout.height)
-        col0 = max(job.cols[0] - layout.pad_left, 0)
-        col1 = min(job.cols[-1] + layout.roi[1] - layout.pad_left, layout.width)
-        window = Window(col0, row0, col1 - col0, row1 - row0)
-        try:
-            data = self._dataset.read(self._bands, window=window)
-            masked = np.zeros(data.shape, dtype=bool)
-            for index in self._read_masks:
-                masked[index] = self._dataset.read_masks(self._bands[index], window=window) == 0
-        except RasterioIOError as error:
-            raise CorruptFileError(
-                f"pixel data cannot be read at {window}: {str(error).rstrip('.')}",
-                path=self._dataset.name,
-            ) from error
-        for index, nodata in self._nodata:
-            band = data[index]
-            masked[index] = np.isnan(band) if np.isnan(nodata) else band == band.dtype.type(nodata)
-        values, invalid = data.astype(np.float32), np.logical_or.reduce(masked, axis=0)
-        if invalid.any():
-            np.copyto(values, np.float32(np.nan), where=masked)
-        rows = slice(row0 + layout.pad_top - job.top, row1 + layout.pad_top - job.top)
-        cols = slice(col0 + layout.pad_left, col1 + layout.pad_left)
-        return _Region(job, values, ~invalid, rows, cols)
-
-
-def _regions(
-    reader: _RegionReader, jobs: Iterator[_Job], read_ahead: int
-) -> Generator[_Region, None, None]:
-    """Read the jobs' regions in order, up to ``read_ahead`` of them on a background thread."""
-    if read_ahead == 0:
-        yield from map(reader.read, jobs)
-        return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-read-ahead")
-    try:
-        pending = deque(pool.submit(reader.read, job) for job in islice(jobs, read_ahead))
-        while pending:
-            region = pending.popleft().result()
-            pending.extend(pool.submit(reader.read, job) for job in islice(jobs, 1))
-            yield region
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _patches(region: _Region, normalize: Normalizer, roi: tuple[int, int]) -> torch.Tensor:
-    """Normalise a region and cut it into ``(B, C, *roi)`` windows, zero-padded like MONAI."""
-    image = np.asarray(normalize(torch.from_numpy(region.values)).cpu(), dtype=np.float32)
-    if image.shape != region.values.shape:
-        raise UsageError(f"normalize returned shape {image.shape} for input {region.values.shape}")
-    left, cols = region.job.cols[0], region.job.cols
-    width = cols[-1] + roi[1] - left
-    padded = image
-    if image.shape[1:] != (roi[0], width):
-        padded = np.zeros((image.shape[0], roi[0], width), dtype=np.float32)
-        padded[:, region.rows, region.cols.start - left : region.cols.stop - left] = image
-    return torch.from_numpy(np.stack([padded[:, :, c - left : c - left + roi[1]] for c in cols]))
-
-
 class _RowAccumulator:
     """Weighted probability sums and weights for the ``roi`` rows of the current strip.
 
     NumPy rather than torch: these small element-wise steps are single-threaded and do not
-    compete with the model for torch's thread pool.
+    compete with the model for torch's thread pool (a two-thread ``addcmul_`` per window is
+    faster on an idle machine but tens of times slower when another process takes a core).
+    NumPy also asks for huge pages for large arrays, which matters here: each window touches
+    ``roi`` rows a whole scene width apart.
+
+    The weights channel does not depend on the data: when a strip overlaps earlier strips at
+    the same offsets as the strip before it (every strip but the first and the last, with a
+    regular stride), its summed weights are those the previous strip ended with, bit for bit.
+    :meth:`shift` then keeps that channel and :meth:`add` stops adding weights to it.
     """
 
     def __init__(self, n_classes: int, weights: NDArray[np.float32], width: int) -> None:
         rows = weights.shape[0]
         # Channels 0..K-1 hold sum(weight * probability), channel K holds sum(weight).
         self.sums = np.zeros((n_classes + 1, rows, width), dtype=np.float32)
-        self.valid = np.zeros((rows, width), dtype=bool)
         self._weights = weights
         self._weighted = np.empty((n_classes, *weights.shape), dtype=np.float32)
         self._classes = n_classes
+        self._weights_done = False  # the weights channel already holds this strip's sums
 
     @property
     def nbytes(self) -> int:
-        return self.sums.nbytes + self.valid.nbytes
+        return self.sums.nbytes
 
-    def add(self, region: _Region, probabilities: NDArray[np.float32]) -> None:
-        width = self._weights.shape[1]
-        for patch, col in zip(probabilities, region.job.cols, strict=True):
+    def add(self, cols: list[int], probabilities: NDArray[np.float32]) -> None:
+        """Blend ``(B, K, h, w)`` probabilities of windows at padded columns ``cols``."""
+        width, classes = self._weights.shape[1], self._classes
+        for patch, col in zip(probabilities, cols, strict=True):
             np.multiply(patch, self._weights, out=self._weighted)
-            self.sums[: self._classes, :, col : col + width] += self._weighted
-            self.sums[self._classes, :, col : col + width] += self._weights
-        self.valid[region.rows, region.cols] = region.valid
+            self.sums[:classes, :, col : col + width] += self._weighted
+            if not self._weights_done:
+                self.sums[classes, :, col : col + width] += self._weights
 
-    def finish(self, rows: slice, cols: slice) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
-        """Divide ``rows`` by their weights in place; views valid until :meth:`shift`."""
+    def finish(self, rows: slice, cols: slice) -> NDArray[np.float32]:
+        """Divide ``rows`` by their weights in place; a view, valid until :meth:`shift`."""
         done = self.sums[:, rows]
         np.divide(done[: self._classes], done[self._classes], out=done[: self._classes])
-        return done[: self._classes, :, cols], self.valid[rows, cols]
+        return done[: self._classes, :, cols]
 
-    def shift(self, rows: int) -> None:
-        """Drop the first ``rows`` rows, move the rest to the top, zero the freed rows."""
+    def shift(self, rows: int, *, same_weights: bool) -> None:
+        """Drop the first ``rows`` rows, move the rest to the top, zero the freed rows.
+
+        With ``same_weights`` (the next strip's weights equal this one's) the weights channel
+        is kept as it is and not summed again.
+        """
         kept = self.sums.shape[1] - rows
-        for channel in self.sums:  # one channel at a time keeps NumPy's overlap copy small
+        channels = self.sums[: self._classes] if same_weights else self.sums
+        for channel in channels:  # one channel at a time keeps NumPy's overlap copy small
             channel[:kept] = channel[rows:]
             channel[kept:] = 0
+        self._weights_done = same_weights
 
 
 def _predict(predictor: Predictor, patches: torch.Tensor, n_classes: int) -> NDArray[np.float32]:
@@ -354,7 +232,7 @@ def stream_raster(
         progress: called with ``(windows done, windows in all)`` after each batch.
 
     Returns:
-        Counts, the accumulator's size and the elapsed time.
+        Counts, the size of the strip's buffers and the elapsed time.
 
     Raises:
         UsageError: bad band indexes, or ``normalize`` changed the shape.
@@ -364,35 +242,76 @@ def stream_raster(
     started = time.perf_counter()
     if n_classes < 1:
         raise UsageError(f"n_classes must be at least 1, got {n_classes}")
-    layout = _Layout.of(dataset.height, dataset.width, config)
-    reader = _RegionReader(dataset, _check_bands(dataset, bands), layout)
-    regions = _regions(reader, layout.jobs(config.batch_size), config.read_ahead)
+    layout = Layout.of(dataset.height, dataset.width, config.roi, config.overlap)
+    bands = _check_bands(dataset, bands)
     weights = compute_importance_map(config.roi, config.mode, config.sigma_scale, device="cpu")
     accumulator = _RowAccumulator(n_classes, weights.numpy(), layout.padded_width)
-    total, done, batches, strip = len(layout.rows) * len(layout.cols), 0, 0, 0
-    with bounded_gdal_env(), torch.inference_mode(), contextlib.closing(regions):
-        for region in regions:
-            if region.job.strip != strip:
-                _hand_off(accumulator, layout, strip, sink)
-                strip = region.job.strip
-            patches = _patches(region, normalize, config.roi)
-            accumulator.add(region, _predict(predictor, patches, n_classes))
-            done, batches = done + len(region.job.cols), batches + 1
-            if progress is not None:
-                progress(done, total)
-        _hand_off(accumulator, layout, strip, sink)
-    summary = StreamSummary(done, batches, accumulator.nbytes, time.perf_counter() - started)
+    total, done, batches = len(layout.rows) * len(layout.cols), 0, 0
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=_block_cache_bytes(dataset)))
+        stack.enter_context(torch.inference_mode())
+        handle = stack.enter_context(threaded_handle(dataset, _threads(config.read_threads)))
+        strips = stack.enter_context(StripReader(handle, bands, layout, config.read_ahead))
+        for strip in range(len(layout.rows)):
+            strips.load(strip)
+            for cols in iter_batches(layout.cols, config.batch_size):
+                patches = batch_patches(strips, cols, normalize)
+                accumulator.add(cols, _predict(predictor, patches, n_classes))
+                done, batches = done + len(cols), batches + 1
+                if progress is not None:
+                    progress(done, total)
+            _hand_off(accumulator, strips, strip, sink)
+    nbytes = accumulator.nbytes + strips.pixels.nbytes + strips.masked.nbytes
+    summary = StreamSummary(done, batches, nbytes, time.perf_counter() - started)
     logger.debug("streamed %s: %s", dataset.name, summary)
     return summary
 
 
-def _hand_off(accumulator: _RowAccumulator, layout: _Layout, strip: int, sink: Sink) -> None:
+def _block_cache_bytes(dataset: rasterio.DatasetReader) -> int:
+    """GDAL's block cache while streaming: two rows of source blocks, and at least 96 MiB.
+
+    A strip's new rows cut through a row of tiles that the next two or three strips read as
+    well: unless the cache holds that whole row of tiles (every band: pixel-interleaved tiles
+    are decoded for all of them), each tile is decoded again by every strip that reads it,
+    about three times over. The floor leaves room for the mask writer's blocks. An integer
+    ``GDAL_CACHEMAX`` is a number of bytes for rasterio, so the size is given in bytes.
+    """
+    block_rows = dataset.block_shapes[0][0]
+    itemsize = max(np.dtype(dtype).itemsize for dtype in dataset.dtypes)
+    return max(_BLOCK_CACHE_FLOOR, 2 * block_rows * dataset.width * dataset.count * itemsize)
+
+
+def _threads(requested: int | None) -> int:
+    return requested if requested is not None else os.cpu_count() or 1
+
+
+def class_indices(probabilities: NDArray[np.floating]) -> NDArray[np.unsignedinteger]:
+    """``argmax`` over the first axis (ties go to the first class): uint8, or uint16 past 256.
+
+    One comparison pass per class instead of NumPy's ``argmax`` along a non-last axis, which
+    walks the array with a stride of a whole plane and is several times slower.
+    """
+    dtype = np.uint8 if len(probabilities) <= 256 else np.uint16
+    labels = np.zeros(probabilities.shape[1:], dtype=dtype)
+    if len(probabilities) == 2:
+        np.greater(probabilities[1], probabilities[0], out=labels, casting="unsafe")
+        return labels
+    best = probabilities[0].copy()
+    for index, channel in enumerate(probabilities[1:], start=1):
+        labels[channel > best] = index
+        np.maximum(best, channel, out=best)
+    return labels
+
+
+def _hand_off(accumulator: _RowAccumulator, strips: StripReader, strip: int, sink: Sink) -> None:
     """Give ``sink`` the rows that strip ``strip`` finished, then make room for the next one."""
+    layout = strips.layout
     top, end = layout.rows[strip], layout.band_end(strip)
     first, last = max(top - layout.pad_top, 0), min(end - layout.pad_top, layout.height)
     if last > first:
         rows = slice(first + layout.pad_top - top, last + layout.pad_top - top)
         cols = slice(layout.pad_left, layout.pad_left + layout.width)
-        probabilities, valid = accumulator.finish(rows, cols)
-        sink(Window(0, first, layout.width, last - first), probabilities, valid)
-    accumulator.shift(end - top)
+        probabilities = accumulator.finish(rows, cols)
+        sink(Window(0, first, layout.width, last - first), probabilities, strips.valid(rows))
+    same = strip + 1 < len(layout.rows) and layout.overlaps(strip + 1) == layout.overlaps(strip)
+    accumulator.shift(end - top, same_weights=same)

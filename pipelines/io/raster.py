@@ -20,8 +20,12 @@ GDAL_CACHE_MB = 64
 
 def bounded_gdal_env() -> rasterio.Env:
     """A GDAL environment whose block cache is small (GDAL's default is 5 % of RAM), so that
-    streaming a large scene does not grow the process by the size of the cache."""
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+    streaming a large scene does not grow the process by the size of the cache.
+
+    rasterio hands an integer ``GDAL_CACHEMAX`` to ``GDALSetCacheMax64``, which counts bytes
+    (GDAL's "under 100000 means megabytes" rule applies only to the config string).
+    """
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20)
 
 
 def open_raster(path: str | Path) -> rasterio.DatasetReader:

@@ -1,10 +1,17 @@
 """Georeferenced masks and probability maps: a tiled GeoTIFF written by windows, then a COG.
 
 The grid (CRS, transform, size) always comes from the source raster's profile and is checked
-again on the finished file. Blocks go into a temporary tiled, deflate-compressed GTiff beside the
-destination (opening the COG driver for writing would buffer the whole raster in memory); on a
-clean exit it is copied to a Cloud Optimized GeoTIFF with nearest-neighbour overviews (the COG
-default, cubic, invents class values) and renamed into place. On an error nothing is left.
+again on the finished file. Blocks go into a temporary tiled GTiff beside the destination (opening
+the COG driver for writing would buffer the whole raster in memory); on a clean exit it gets
+nearest-neighbour overviews (the COG default, cubic, invents class values), is copied to a Cloud
+Optimized GeoTIFF and renamed into place. On an error nothing is left.
+
+When a COG is published the work file is left uncompressed: the COG step compresses every block
+anyway, so compressing the work file too would only double the work (and the COG driver would
+decompress it again). Its overviews are built on that uncompressed file, where nearest-neighbour
+resampling is a cheap strided read, and the COG driver copies them instead of computing its own
+through compressed temporary files. The price is disk space: the work file is as large as the
+raster's raw pixels (1 GiB for a 32768² uint8 mask) until the COG is written.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import rasterio
 import rasterio.shutil
 from numpy.typing import NDArray
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -35,6 +43,7 @@ __all__ = [
     "GeoTiffMaskWriter",
     "default_colormap",
     "mask_dtype",
+    "overview_factors",
     "quantize_probabilities",
 ]
 
@@ -43,12 +52,14 @@ Colormap = Mapping[int, tuple[int, int, int, int]]
 BLOCK_SIZE = 512
 WORK_DEFLATE_LEVEL = 1
 COG_DEFLATE_LEVEL = 1
-"""Deflate level of both files. Level 1 compresses a noisy 4096² mask 3-6x faster than GDAL's
-default 6, for files about 20 % larger; smooth masks compress fast and small at any level."""
+"""Deflate level of the COG, and of the GTiff when no COG is wanted. Level 1 compresses a noisy
+4096² mask 3-6x faster than GDAL's default 6, for files about 20 % larger; smooth masks compress
+fast and small at any level."""
 PROBABILITY_TAGS: Mapping[str, str] = {"scale": "1/255", "offset": "0"}
 """Tags for a probability raster written with :func:`quantize_probabilities`."""
 
 _DTYPES = ("uint8", "uint16")
+_PUBLISH_CACHE = 64 * 2**20  # bytes: an integer GDAL_CACHEMAX is bytes for rasterio
 _NODATA_COLOUR = (0, 0, 0, 0)
 # Tableau 20: distinct, colour-blind-aware colours; classes past 20 reuse them in order.
 _PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -188,11 +199,11 @@ class GeoTiffMaskWriter:
 
     def _open(self, path: Path) -> Any:
         try:
+            compression = {} if self.cog else {"compress": "deflate", "zlevel": WORK_DEFLATE_LEVEL}
             dataset = rasterio.open(
                 path, "w", driver="GTiff", **self._grid, count=self.count, dtype=self.dtype,
                 nodata=self.nodata, tiled=True, blockxsize=BLOCK_SIZE, blockysize=BLOCK_SIZE,
-                compress="deflate", zlevel=WORK_DEFLATE_LEVEL, num_threads="ALL_CPUS",
-                BIGTIFF="IF_SAFER",
+                num_threads="ALL_CPUS", BIGTIFF="IF_SAFER", **compression,
             )  # fmt: skip
             dataset.update_tags(**self.tags)
             if self.band_descriptions is not None:
@@ -241,8 +252,10 @@ class GeoTiffMaskWriter:
                 self._publish(self._work)
 
     def _publish(self, work: Path) -> None:
-        with atomic_output(self.destination) as temp:
+        with atomic_output(self.destination) as temp, rasterio.Env(GDAL_CACHEMAX=_PUBLISH_CACHE):
             if self.cog:
+                grid = self._grid
+                _build_overviews(work, overview_factors(grid["width"], grid["height"]))
                 rasterio.shutil.copy(
                     work, temp, driver="COG", BLOCKSIZE=BLOCK_SIZE, COMPRESS="DEFLATE",
                     LEVEL=COG_DEFLATE_LEVEL, OVERVIEW_RESAMPLING="NEAREST",
@@ -266,6 +279,23 @@ class GeoTiffMaskWriter:
                 path=self.destination,
                 hint="report this as a bug: the writer must copy the source geometry",
             )
+
+
+def overview_factors(width: int, height: int) -> list[int]:
+    """Decimation factors 2, 4, … until a level fits one block, as the COG driver chooses them."""
+    factors: list[int] = []
+    while max(width, height) > BLOCK_SIZE:
+        width, height = width // 2, height // 2
+        factors.append(2 ** (len(factors) + 1))
+    return factors
+
+
+def _build_overviews(path: Path, factors: list[int]) -> None:
+    """Nearest-neighbour overviews inside the (uncompressed) work file, for the COG to copy."""
+    if not factors:
+        return
+    with rasterio.open(path, "r+") as dataset:
+        dataset.build_overviews(factors, Resampling.nearest)
 
 
 def _source_grid(profile: Mapping[str, Any]) -> dict[str, Any]:
