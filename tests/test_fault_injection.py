@@ -224,24 +224,12 @@ def test_mlflow_server_gone_during_a_batch(tmp_path: Path, monkeypatch: pytest.M
     from flows.segment_flow import add_observer, segment_archive_flow
     from flows.server_process import ServerProcess, free_port
     from tests.infer_models import register_oracle
+    from tests.integration.stack import mlflow_server_command
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--serve-artifacts",
-        "--artifacts-destination",
-        str(tmp_path / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    backend = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = mlflow_server_command(backend, str(tmp_path / "artifacts"), port)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")

@@ -9,16 +9,15 @@ context for the flows run here (Prefect reads its environment only once, at impo
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from data_contracts import get_settings
 from flows.server_process import ServerProcess, free_port
 from flows.server_process import prefect_server as prefect_server_process
+from tests.integration.stack import mlflow_server_command
 
 
 @pytest.fixture(scope="session")
@@ -36,21 +35,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mlflow server`` on a sqlite store, serving artifacts itself; yields the tracking URI."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--serve-artifacts",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    backend = f"sqlite:///{root / 'mlflow.db'}"
+    command = mlflow_server_command(backend, str(root / "artifacts"), port)
     with ServerProcess(command, f"http://127.0.0.1:{port}/health", root / "server.log"):
         yield f"http://127.0.0.1:{port}"
 

@@ -21,9 +21,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_contracts import TrainConfig
 from flows.server_process import ServerProcess, free_port
 
-__all__ = ["PostgresServer", "StackCredentials", "postgres_bin", "venv_tool"]
+__all__ = [
+    "TINY_TRAINING",
+    "PostgresServer",
+    "StackCredentials",
+    "mlflow_server_command",
+    "postgres_bin",
+    "venv_tool",
+]
+
+#: One epoch of two steps of a 2-level U-Net with 4 base features: seconds on a CPU.
+TINY_TRAINING = TrainConfig(
+    model="unet",
+    model_options={"base_features": 4, "depth": 2},
+    max_epochs=1,
+    steps_per_epoch=2,
+    accelerator="cpu",
+)
 
 
 def venv_tool(name: str) -> str:
@@ -123,14 +140,19 @@ def s3_server(log_path: Path) -> tuple[ServerProcess, str]:
     return ServerProcess(command, f"{endpoint}/moto-api/", log_path), endpoint
 
 
+def mlflow_server_command(backend_url: str, artifacts: str, port: int) -> list[str]:
+    """``mlflow server`` on 127.0.0.1:``port``, one worker, proxying artifacts to ``artifacts``."""
+    command = [venv_tool("mlflow"), "server", "--backend-store-uri", backend_url]
+    command += ["--serve-artifacts", "--artifacts-destination", artifacts]
+    return [*command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+
 def mlflow_server(
     backend_url: str, bucket: str, env: dict[str, str], log_path: Path
 ) -> tuple[ServerProcess, str]:
     """``mlflow server`` on Postgres, proxying artifacts to ``s3://bucket``; its URI."""
     port = free_port()
-    command = [venv_tool("mlflow"), "server", "--backend-store-uri", backend_url]
-    command += ["--artifacts-destination", f"s3://{bucket}/", "--serve-artifacts"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command = mlflow_server_command(backend_url, f"s3://{bucket}/", port)
     uri = f"http://127.0.0.1:{port}"
     return ServerProcess(command, f"{uri}/health", log_path, env=env), uri
 

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from data_contracts import TrainConfig
 from pipelines.synthetic import make_raster_dataset
 from tests.integration.conftest import Servers
+from tests.integration.stack import TINY_TRAINING
 
 pytestmark = [
     pytest.mark.integration,
@@ -31,13 +31,7 @@ pytestmark = [
 ]
 REPO = Path(__file__).resolve().parents[2]
 SERVE = [sys.executable, "-m", "flows", "serve"]
-CONFIG = TrainConfig(
-    model="unet",
-    model_options={"base_features": 4, "depth": 2},
-    max_epochs=1,
-    steps_per_epoch=2,
-    accelerator="cpu",
-)
+CONFIG = TINY_TRAINING
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,11 @@ from typing import Any
 import psutil
 import pytest
 
-from data_contracts import TrainConfig
 from flows.server_process import ServerProcess, free_port
 from flows.server_process import prefect_server as prefect_server_process
 from pipelines.synthetic import make_raster_dataset
 from tests.integration.stack import (
+    TINY_TRAINING,
     PostgresServer,
     StackCredentials,
     mlflow_server,
@@ -41,13 +41,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 POOL = "segflow-pool"
 MODEL = "stack-tiles"
-CONFIG = TrainConfig(
-    model="unet",
-    model_options={"base_features": 4, "depth": 2},
-    max_epochs=1,
-    steps_per_epoch=2,
-    accelerator="cpu",
-)
+CONFIG = TINY_TRAINING
 
 
 @dataclass
