@@ -191,12 +191,10 @@ def local_source(source: str | Path, *, settings: Settings | None = None) -> str
     location = S3Location.parse(str(source))
     destination = _staging_path("inputs", location, settings or get_settings())
     files = download_prefix(location.uri, destination)
-    single = (
-        len(files) == 1 and files[0].parent == destination and not location.prefix.endswith("/")
-    )
-    return (
-        files[0] if single and files[0].name == PurePosixPath(location.prefix).name else destination
-    )
+    if location.prefix.endswith("/"):
+        return destination
+    single_object = destination / PurePosixPath(location.prefix).name
+    return single_object if files == [single_object] else destination
 
 
 def staged_output_dir(out: str | Path, *, settings: Settings | None = None) -> Path:
