@@ -59,6 +59,8 @@ class Task:
     #: Held-out cases. One image of nuclei is too noisy a score (a hard histology image scores
     #: 0.1 where the set averages 0.3), so that set holds out a fifth of its 40 images.
     n_val: int = 1
+    #: Validate (and keep the best checkpoint) every this many epochs.
+    val_every: int = 4
 
 
 TASKS: dict[str, Task] = {
@@ -105,7 +107,7 @@ def run_segflow(
         steps_per_epoch=task.steps_per_epoch,
         seed=seed,
         patience=1_000,
-        val_every=4,
+        val_every=task.val_every,
     )
     started = time.monotonic()
     report = train_from_manifest(

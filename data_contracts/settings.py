@@ -94,7 +94,8 @@ def apply_environment(settings: Settings | None = None) -> Settings:
     """Export the settings to the variables Prefect and MLflow read, without overriding the user.
 
     Sets ``PREFECT_HOME`` (under ``SEGFLOW_HOME`` unless already set), turns Prefect's analytics
-    off, and sets ``MLFLOW_TRACKING_URI``. Call it before importing Prefect.
+    off, gives its temporary API server 120 s to start (20 by default), and sets
+    ``MLFLOW_TRACKING_URI``. Call it before importing Prefect.
 
     Args:
         settings: the settings to apply; the process-wide ones by default.
@@ -107,5 +108,8 @@ def apply_environment(settings: Settings | None = None) -> Settings:
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home_dir))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT", "false")
+    # Prefect gives its temporary API server 20 s; on a machine busy training (2 cores) its
+    # start-up (database migrations) takes longer and every command failed.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
     return settings

@@ -63,7 +63,8 @@ def train(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Model name: unet, dynunet, fcn8s, deeplabv3, pspnet… (see docs/models.md)."
+            help="Model name: unet, dynunet, fcn8s, deeplabv3, pspnet… (see docs/models.md), "
+            "or maskrcnn on instance labels."
         ),
     ] = None,
     model_option: Annotated[
@@ -74,7 +75,10 @@ def train(
         ),
     ] = None,
     loss: Annotated[
-        str | None, typer.Option(help="Loss name or sum, e.g. dice+ce, dice+focal, 0.5*dice+ce.")
+        str | None,
+        typer.Option(
+            help="Loss name or sum, e.g. dice+ce, dice+focal, 0.5*dice+ce (Mask R-CNN has its own)."
+        ),
     ] = None,
     max_minutes: Annotated[
         float | None,
@@ -134,6 +138,8 @@ def train(
         segflow train brats.json --model unet --loss dice+ce --max-minutes 20 --register brats
 
         segflow train tiles.json --model fcn8s --plan patch_size=256,256 --config train.yaml
+
+        segflow train nuclei.json --model maskrcnn --max-minutes 20 --register nuclei-mrcnn
     """
     from flows.flows import run_flow, train_flow
     from pipelines.ingest import read_manifest

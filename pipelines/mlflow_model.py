@@ -129,13 +129,16 @@ class SegflowModel(PythonModel):
             raise ModelError("the model has no network loaded", hint="load it with load_context")
         batch = torch.from_numpy(np.ascontiguousarray(_as_array(model_input), dtype=np.float32))
         if self.spec.task == "instance":
-            detections = seg_models.predict_instances(self.network, batch, self.spec)
+            score_threshold = float(self.processing.get("score_threshold", 0.5))
+            detections = seg_models.predict_instances(
+                self.network, batch, self.spec, min_score=score_threshold
+            )
             return np.stack(
                 [
                     paint_instances(
                         found,
                         tuple(batch.shape[2:]),
-                        score_threshold=float(self.processing.get("score_threshold", 0.5)),
+                        score_threshold=score_threshold,
                         mask_threshold=float(self.processing.get("mask_threshold", 0.5)),
                     )[None]
                     for found in detections

@@ -149,6 +149,8 @@ def _maskrcnn(spec: ModelSpec, opt: Options) -> nn.Module:
         "image_mean": opt.float_list("image_mean", spec.in_channels),
         "image_std": opt.float_list("image_std", spec.in_channels),
         "detections_per_image": opt.integer("detections_per_image", 100),
+        "fpn_channels": opt.integer("fpn_channels", 256),
+        "box_batch_size_per_image": opt.integer("box_batch_size_per_image", 512),
     }
     if anchors is not None:
         kwargs["anchor_sizes"] = anchors
@@ -281,7 +283,7 @@ def predict(model: nn.Module, x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
 
 
 def predict_instances(
-    model: nn.Module, x: torch.Tensor, spec: ModelSpec
+    model: nn.Module, x: torch.Tensor, spec: ModelSpec, *, min_score: float | None = None
 ) -> list[dict[str, torch.Tensor]]:
     """Detections of an instance model, in eval mode and without autograd.
 
@@ -289,6 +291,9 @@ def predict_instances(
         model: from :func:`build_model` with ``task="instance"``.
         x: ``(B, in_channels, H, W)``.
         spec: the spec the model was built from.
+        min_score: drop detections scoring less before the mask head runs (torchvision keeps
+            everything above 0.05 and predicts a mask for each: on an uncertain model, hundreds
+            of masks per image that a later score threshold throws away).
 
     Returns:
         One dict per image: ``boxes`` (N, 4), ``labels`` (N,), ``scores`` (N,) and ``masks``
@@ -298,9 +303,15 @@ def predict_instances(
         raise ModelError(f"{spec.name!r} is a semantic model", hint="use seg_models.predict")
     _check_input(x, spec)
     was_training = model.training
+    heads = getattr(model, "roi_heads", None)
+    default_score = getattr(heads, "score_thresh", None)
     model.eval()
     try:
+        if min_score is not None and default_score is not None:
+            heads.score_thresh = max(float(default_score), min_score)  # type: ignore[union-attr]
         with torch.inference_mode():
             return list(model(list(x)))
     finally:
+        if default_score is not None:
+            heads.score_thresh = default_score  # type: ignore[union-attr]
         model.train(was_training)

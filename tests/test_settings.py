@@ -41,11 +41,24 @@ def test_apply_environment_sets_prefect_and_mlflow_without_overriding(
 ) -> None:
     monkeypatch.setenv("SEGFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "mine"))
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "45")
     for name in ("MLFLOW_TRACKING_URI", "PREFECT_SERVER_ANALYTICS_ENABLED"):
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     apply_environment()
     assert os.environ["PREFECT_HOME"] == str(tmp_path / "mine")
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "45"
     assert os.environ["MLFLOW_TRACKING_URI"].endswith(f"{tmp_path.name}/mlflow.db")
     assert tmp_path.is_dir()
+
+
+def test_apply_environment_gives_the_temporary_prefect_server_time_to_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefect's 20 s made every command fail on a machine busy training."""
+    monkeypatch.setenv("SEGFLOW_HOME", str(tmp_path))
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    get_settings.cache_clear()
+    apply_environment()
+    assert int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]) >= 60

@@ -20,10 +20,8 @@ __all__ = ["segment_instances", "tile_config"]
 
 def tile_config(model: LoadedModel) -> TileConfig:
     """Tiles the size of the training chips, overlapping by an eighth; thresholds from the model."""
-    tile = max(model.plan.patch_size)
-    return TileConfig(
-        tile=tile,
-        overlap=max(16, tile // 8),
+    return TileConfig.for_chips(
+        max(model.plan.patch_size),
         score_threshold=float(model.processing.get("score_threshold", 0.5)),
         mask_threshold=float(model.processing.get("mask_threshold", 0.5)),
     )
@@ -47,9 +45,13 @@ def segment_instances(
     image = item[IMAGE_KEY]
     plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
 
+    tiles = tile_config(model)
+
     def detect(batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        found = seg_models.predict_instances(network, batch.to(target), model.spec)
+        found = seg_models.predict_instances(
+            network, batch.to(target), model.spec, min_score=tiles.score_threshold
+        )
         return [{key: value.cpu() for key, value in detections.items()} for detections in found]
 
-    result = segment_instances_tiled(plain.float(), detect, tile_config(model), progress=progress)
+    result = segment_instances_tiled(plain.float(), detect, tiles, progress=progress)
     return result.labels.astype(np.uint16)

@@ -94,6 +94,19 @@ class TileConfig:
         if problems:
             raise UsageError("; ".join(problems), hint="fix the tiling options")
 
+    @classmethod
+    def for_chips(
+        cls, chip: int, *, score_threshold: float = 0.5, mask_threshold: float = 0.5
+    ) -> TileConfig:
+        """Tiles the size of the training chips (the scale the detector learnt), overlapping
+        by an eighth (at least 16 px)."""
+        return cls(
+            tile=chip,
+            overlap=max(16, chip // 8),
+            score_threshold=score_threshold,
+            mask_threshold=mask_threshold,
+        )
+
 
 @dataclass(frozen=True)
 class InstanceResult:

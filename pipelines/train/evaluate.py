@@ -1,21 +1,25 @@
-"""Score a network on validation cases: semantic Dice/HD95, or DSB-2018 for the nuclei route."""
+"""Score a network on validation cases: semantic Dice/HD95, or DSB-2018, AP@[.5:.95] and F1@.5
+for instance routes (U-Net + boundary, Mask R-CNN)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from data_contracts import Case, ModelSpec, RasterGeometry, TrainingPlan
+from data_contracts import Case, ModelError, ModelSpec, RasterGeometry, TrainingPlan
+from pipelines.infer.tiled_instances import TileConfig, segment_instances_tiled
 from pipelines.instances import three_class_to_instances
 from pipelines.io import image2d, raster
-from pipelines.metrics import dsb2018_score, semantic_scores
+from pipelines.metrics import instance_scores, semantic_scores
 from pipelines.preprocess.array import IGNORE_INDEX
 from pipelines.train.module import foreground_indices
+from seg_models import predict_instances
 
 
 @dataclass
@@ -69,7 +73,8 @@ def _spacing(case: Case, plan: TrainingPlan) -> tuple[float, ...]:
     return (1.0,) * plan.spatial_dims
 
 
-def _read_instances(case: Case) -> np.ndarray:
+def read_instances(case: Case) -> np.ndarray:
+    """The case's instance label map ``(H, W)`` as stored (0 background, 1..N objects)."""
     if case.label is None:
         raise ValueError(f"case {case.case_id} has no label")
     path = Path(case.label.path)
@@ -109,13 +114,31 @@ def evaluate_network(
     *,
     max_overlays: int = 4,
     keep_predictions: bool = False,
+    processing: Mapping[str, Any] | None = None,
 ) -> Evaluation:
     """Score ``network`` on preprocessed validation ``items`` (one per case, in ``cases`` order).
 
     Semantic plans score mean foreground Dice per case (HD95 in physical units reported too);
-    instance plans turn the three-class output into instances and score DSB-2018 against the
-    original instance maps.
+    instance plans turn the three-class output into instances and score DSB-2018 (AP@[.5:.95]
+    and F1@.5 reported too) against the original instance maps. Instance models (Mask R-CNN)
+    segment each image by tiles of the plan's patch size, with the score and mask thresholds of
+    ``processing``.
     """
+    if spec.task == "instance":
+        tiles = TileConfig.for_chips(
+            max(plan.patch_size),
+            score_threshold=float((processing or {}).get("score_threshold", 0.5)),
+            mask_threshold=float((processing or {}).get("mask_threshold", 0.5)),
+        )
+        return evaluate_detector(
+            network,
+            spec,
+            cases,
+            items,
+            tiles,
+            max_overlays=max_overlays,
+            keep_predictions=keep_predictions,
+        )
     instance = plan.label_kind == "instance"
     evaluation = Evaluation(score=float("nan"), metric="val_dsb2018" if instance else "val_dice")
     scores: list[float] = []
@@ -129,13 +152,14 @@ def evaluate_network(
             instances = three_class_to_instances(
                 probabilities.numpy(), min_seed_size=plan.min_instance_seed
             )
-            reference = _read_instances(case)
+            reference = read_instances(case)
             if reference.shape != instances.shape:
                 raise ValueError(
                     f"case {case.case_id}: prediction {instances.shape} vs instance map {reference.shape}"
                 )
-            score = dsb2018_score(instances, reference)
-            evaluation.per_case[case.case_id] = {"instances": {"dsb2018": score}}
+            metrics = instance_scores(instances, reference)
+            score = metrics["dsb2018"]
+            evaluation.per_case[case.case_id] = {"instances": metrics}
             if keep_predictions:
                 evaluation.predictions[case.case_id] = (instances, reference)
         else:
@@ -159,3 +183,54 @@ def evaluate_network(
             )
     evaluation.score = float(np.mean(scores)) if scores else float("nan")
     return evaluation
+
+
+def evaluate_detector(
+    network: torch.nn.Module,
+    spec: ModelSpec,
+    cases: Sequence[Case],
+    items: Iterable[dict[str, torch.Tensor]],
+    tiles: TileConfig,
+    *,
+    max_overlays: int = 4,
+    keep_predictions: bool = False,
+) -> Evaluation:
+    """Score an instance model (Mask R-CNN) on whole preprocessed images, segmented by tiles.
+
+    Per case: DSB-2018 (the headline ``val_dsb2018``), AP@[.5:.95] ranked by the detection
+    scores, and F1@.5, against the stored instance maps.
+    """
+    evaluation = Evaluation(score=float("nan"), metric="val_dsb2018")
+    device = next(network.parameters()).device
+
+    def detect(batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return predict_instances(network, batch, spec, min_score=tiles.score_threshold)
+
+    for case, item in zip(cases, items, strict=True):
+        image = torch.as_tensor(item["image"]).as_subclass(torch.Tensor).float()
+        found = segment_instances_tiled(image.to(device), detect, tiles)
+        reference = read_instances(case)
+        if reference.shape != found.labels.shape:
+            raise ModelError(
+                f"case {case.case_id}: {found.labels.shape} instance map predicted for a "
+                f"{reference.shape} label",
+                hint="instance models keep the image grid; check the plan's target spacing",
+            )
+        metrics = instance_scores(found.labels, reference, found.scores)
+        evaluation.per_case[case.case_id] = {"instances": metrics}
+        if keep_predictions:
+            evaluation.predictions[case.case_id] = (found.labels, reference)
+        if len(evaluation.overlays) < max_overlays:
+            shown = image[0].cpu().numpy()
+            evaluation.overlays.append(
+                (case.case_id, shown, _colour_ids(reference), _colour_ids(found.labels))
+            )
+    scores = [per_class["instances"]["dsb2018"] for per_class in evaluation.per_case.values()]
+    evaluation.score = float(np.mean(scores)) if scores else float("nan")
+    return evaluation
+
+
+def _colour_ids(instances: np.ndarray) -> np.ndarray:
+    """Instance ids folded onto the overlay palette's 19 colours (0 stays background)."""
+    ids = np.asarray(instances, dtype=np.int64)
+    return np.where(ids > 0, (ids - 1) % 19 + 1, 0)

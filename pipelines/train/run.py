@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from pydantic import JsonValue
 
 from data_contracts import (
+    DatasetFingerprint,
     DatasetManifest,
     InputError,
-    ModelError,
     ModelSpec,
     TrainConfig,
     TrainingPlan,
@@ -38,12 +40,32 @@ from pipelines.tracking import (
     training_run,
 )
 from pipelines.train.evaluate import Evaluation, evaluate_network
+from pipelines.train.maskrcnn import (
+    MASK_THRESHOLD,
+    SCORE_THRESHOLD,
+    MaskRCNNModule,
+    maskrcnn_batch_size,
+    maskrcnn_module,
+    maskrcnn_spec,
+)
 from pipelines.train.module import SegmentationModule, foreground_indices
 from pipelines.train.trainer import TrainResult, fit, make_loaders, seed_everything
 
 logger = logging.getLogger(__name__)
 
 PlanCallback = Callable[[TrainingPlan], None]
+
+
+@dataclass
+class _Route:
+    """What differs between semantic models and Mask R-CNN: spec, module, batch, metric."""
+
+    spec: ModelSpec
+    module: SegmentationModule | MaskRCNNModule
+    batch_size: int
+    monitor: str
+    class_names: tuple[str, ...]
+    processing: dict[str, JsonValue] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,8 +102,15 @@ def plan_for(
     manifest: DatasetManifest, config: TrainConfig, overrides: Mapping[str, Any] | None = None
 ) -> TrainingPlan:
     """Fingerprint the dataset and derive its plan, then apply user overrides."""
-    plan = make_plan(compute_fingerprint(manifest, seed=config.seed), manifest)
-    return apply_overrides(plan, overrides) if overrides else plan
+    return _fingerprint_and_plan(manifest, config, overrides)[1]
+
+
+def _fingerprint_and_plan(
+    manifest: DatasetManifest, config: TrainConfig, overrides: Mapping[str, Any] | None
+) -> tuple[DatasetFingerprint, TrainingPlan]:
+    fingerprint = compute_fingerprint(manifest, seed=config.seed)
+    plan = make_plan(fingerprint, manifest)
+    return fingerprint, apply_overrides(plan, overrides) if overrides else plan
 
 
 def spec_for(plan: TrainingPlan, config: TrainConfig) -> ModelSpec:
@@ -110,7 +139,11 @@ def train_from_manifest(
     on_plan: PlanCallback | None = None,
     progress_bar: bool = True,
 ) -> TrainingReport:
-    """Train a semantic model on ``manifest`` and track it in MLflow; optionally register it.
+    """Train a model on ``manifest`` and track it in MLflow; optionally register it.
+
+    Semantic models of the factory train on patches with ``config.loss``; ``maskrcnn`` trains
+    torchvision's Mask R-CNN on chips of an instance dataset (targets built from the instance
+    maps; its losses are its own) and is validated by tiled inference with the DSB-2018 score.
 
     Args:
         manifest: the validated dataset (labelled cases are used).
@@ -127,11 +160,6 @@ def train_from_manifest(
         on_plan: called with the plan before training starts (e.g. to print it).
         progress_bar: show Lightning's progress bar.
     """
-    if config.model == "maskrcnn":
-        raise ModelError(
-            "Mask R-CNN trains through pipelines.train.maskrcnn, not the semantic trainer",
-            hint="use the U-Net + boundary route (--model unet on instance labels) or the Mask R-CNN module",
-        )
     checked = check_training_cases(manifest)
     manifest = checked.manifest
     left_out = {case: f"{type(e).__name__}: {e}" for case, e in checked.errors.items()}
@@ -143,11 +171,12 @@ def train_from_manifest(
             hint="restore the files or run segflow ingest again",
         )
     seed_everything(config.seed)
-    plan = plan_for(manifest, config, plan_overrides)
+    fingerprint, plan = _fingerprint_and_plan(manifest, config, plan_overrides)
     save_plan(plan, workdir / "plan.json")
     if on_plan is not None:
         on_plan(plan)
-    spec = spec_for(plan, config)
+    route = _route(plan, config, fingerprint)
+    spec, module = route.spec, route.module
     _, val_cases = split_cases(
         manifest,
         val_fraction=val_fraction,
@@ -167,18 +196,6 @@ def train_from_manifest(
         fold=fold,
         val_ids=val_case_ids,
     )
-    module = SegmentationModule(
-        spec.model_dump(),
-        loss=config.loss,
-        loss_options=dict(config.loss_options),
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        roi_size=plan.patch_size,
-        class_names=plan.class_names,
-        max_epochs=config.max_epochs,
-        seed=config.seed,
-        foreground=foreground_indices(plan.class_values),
-    )
     tags = {
         "segflow.dataset": manifest.name,
         "segflow.seed": config.seed,
@@ -192,8 +209,7 @@ def train_from_manifest(
 
             mlflow.set_tag("segflow.cases_left_out", str(len(left_out)))
             mlflow.log_dict(left_out, "cases_left_out.json")
-        train_loader, val_loader = make_loaders(train_set, val_set, config, plan.batch_size)
-        # The three-class nuclei route also selects checkpoints by Dice; DSB-2018 is scored after.
+        train_loader, val_loader = make_loaders(train_set, val_set, config, route.batch_size)
         result = fit(
             module,
             train_loader,
@@ -202,6 +218,7 @@ def train_from_manifest(
             workdir / "checkpoints",
             on_epoch=lambda epoch, metrics: log_epoch_metrics(metrics, epoch),
             progress_bar=progress_bar,
+            monitor=route.monitor,
         )
         _load_best(module, result)
         evaluation = evaluate_network(
@@ -211,14 +228,16 @@ def train_from_manifest(
             val_cases,
             _items(val_set),
             keep_predictions=keep_predictions,
+            processing=route.processing,
         )
         _log_evaluation(evaluation, result)
         model_uri = log_segmentation_model(
             module.network,
             spec,
             plan,
-            class_names=plan.class_names,
+            class_names=route.class_names,
             channel_names=_channel_names(manifest, plan.in_channels),
+            processing=route.processing,
         )
         registration = None
         if register:
@@ -232,6 +251,7 @@ def train_from_manifest(
                     val_cases,
                     _items(val_set),
                     max_overlays=0,
+                    processing=loaded.processing,
                 ).score
 
             registration = register_model(
@@ -254,6 +274,38 @@ def train_from_manifest(
         left_out,
         len(manifest.labelled_cases),
     )
+
+
+def _route(plan: TrainingPlan, config: TrainConfig, fingerprint: DatasetFingerprint) -> _Route:
+    if config.model == "maskrcnn":
+        if "loss" in config.model_fields_set:
+            logger.warning(
+                "Mask R-CNN trains on its own RPN, box and mask losses: %r is ignored", config.loss
+            )
+        spec = maskrcnn_spec(plan, config, fingerprint.median_object_size)
+        return _Route(
+            spec,
+            maskrcnn_module(spec, plan, config),
+            maskrcnn_batch_size(plan, config),
+            monitor="val_dsb2018",
+            class_names=("background", "object"),
+            processing={"score_threshold": SCORE_THRESHOLD, "mask_threshold": MASK_THRESHOLD},
+        )
+    spec = spec_for(plan, config)
+    module = SegmentationModule(
+        spec.model_dump(),
+        loss=config.loss,
+        loss_options=dict(config.loss_options),
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        roi_size=plan.patch_size,
+        class_names=plan.class_names,
+        max_epochs=config.max_epochs,
+        seed=config.seed,
+        foreground=foreground_indices(plan.class_values),
+    )
+    # The three-class nuclei route also selects checkpoints by Dice; DSB-2018 is scored after.
+    return _Route(spec, module, plan.batch_size, monitor="val_dice", class_names=plan.class_names)
 
 
 IN_MEMORY_CACHE_BYTES = 4 * 1024**3
@@ -283,7 +335,7 @@ def _items(dataset: Any) -> list[dict[str, torch.Tensor]]:
     return [dataset[index] for index in range(len(dataset))]
 
 
-def _load_best(module: SegmentationModule, result: TrainResult) -> None:
+def _load_best(module: L.LightningModule, result: TrainResult) -> None:
     checkpoint = result.best_checkpoint or result.last_checkpoint
     if checkpoint is None or not checkpoint.is_file():
         return

@@ -13,6 +13,7 @@ from torchvision.models.detection import (
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 __all__ = ["MASKRCNN_BACKBONES", "build_maskrcnn"]
 
@@ -32,6 +33,8 @@ def build_maskrcnn(
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
     detections_per_image: int = 100,
+    fpn_channels: int = 256,
+    box_batch_size_per_image: int = 512,
 ) -> MaskRCNN:
     """Builds torchvision's Mask R-CNN with ``weights=None, weights_backbone=None``.
 
@@ -55,6 +58,10 @@ def build_maskrcnn(
         image_mean: per-band mean subtracted by the transform.
         image_std: per-band std the transform divides by.
         detections_per_image: maximum detections returned per image in eval mode.
+        fpn_channels: channels of the FPN levels, hence of the RPN, box and mask heads' inputs
+            (ResNet-18/34 only; 128 halves a CPU training step).
+        box_batch_size_per_image: proposals sampled per image for the box and mask heads in
+            training (a quarter positive); fewer make each step cheaper.
 
     Returns:
         The model. Training mode: ``model(images, targets)`` → dict of losses, where targets
@@ -83,7 +90,10 @@ def build_maskrcnn(
         "image_mean": mean,
         "image_std": std,
         "box_detections_per_img": detections_per_image,
+        "box_batch_size_per_image": box_batch_size_per_image,
     }
+    if fpn_channels != 256 and backbone.startswith("resnet50"):
+        raise ValueError("fpn_channels applies to the resnet18/34/101 backbones only")
     model: MaskRCNN
     if backbone == "resnet50":
         model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **kwargs)
@@ -93,6 +103,13 @@ def build_maskrcnn(
         body = resnet_fpn_backbone(
             backbone_name=backbone, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
         )
+        if fpn_channels != body.out_channels:
+            body.fpn = FeaturePyramidNetwork(
+                [block[0].in_channels for block in body.fpn.inner_blocks],
+                fpn_channels,
+                extra_blocks=LastLevelMaxPool(),
+            )
+            body.out_channels = fpn_channels
         model = MaskRCNN(body, **kwargs)
     _set_anchors(model, anchor_sizes, aspect_ratios, conv_depth=2 if backbone.endswith("v2") else 1)
     if in_channels != 3:

@@ -83,6 +83,7 @@ def test_any_number_of_bands(bands: int) -> None:
         ({"anchor_sizes": [[8], [16]]}, "anchor_sizes"),
         ({"image_mean": [0.5, 0.5]}, "image_mean"),
         ({"min_size": "big"}, "min_size"),
+        ({"backbone": "resnet50", "fpn_channels": 128}, "fpn_channels"),
     ],
 )
 def test_bad_options(options: dict, match: str) -> None:
@@ -108,3 +109,27 @@ def test_full_size_backbones_and_anchor_shapes(backbone: str, depth: int) -> Non
     assert model.rpn.head.cls_logits.out_channels == 4
     assert len(model.rpn.head.conv) == depth
     assert model.backbone.body.conv1.in_channels == 4
+
+
+def test_cpu_sized_heads() -> None:
+    """Narrower FPN (hence RPN, box and mask heads) and fewer sampled proposals per image."""
+    options = {**SMALL, "backbone": "resnet18", "fpn_channels": 64, "box_batch_size_per_image": 32}
+    spec = _spec(3, options)
+    model = build_model(spec)
+    assert model.backbone.out_channels == 64
+    assert model.rpn.head.conv[0][0].in_channels == 64
+    assert model.roi_heads.mask_head[0][0].in_channels == 64
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 32
+    assert len(predict_instances(model, torch.rand(1, 3, 64, 64), spec)) == 1
+
+
+def test_min_score_drops_detections_before_the_mask_head_and_is_restored() -> None:
+    spec = _spec(3, SMALL)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    x = torch.rand(1, 3, 64, 64)
+    everything = predict_instances(model, x, spec)[0]
+    confident = predict_instances(model, x, spec, min_score=0.5)[0]
+    assert bool((confident["scores"] >= 0.5).all())
+    assert len(confident["scores"]) == int((everything["scores"] >= 0.5).sum())
+    assert model.roi_heads.score_thresh == 0.05  # torchvision's default, back in place
