@@ -230,7 +230,8 @@ DEFAULT_ANCHORS = [[32], [64], [128], [256], [512]]
 
 
 def anchor_ladder(median_object_size: float | None) -> list[list[int]]:
-    """Anchor sizes of the five FPN levels, doubling from half the median object's side.
+    """Anchor sizes of the five FPN levels, doubling from half the median object's side (rounded
+    to a power of two, at least 4 px).
 
     torchvision's 32…512 px anchors miss small objects (a 12 px nucleus overlaps a 32 px anchor
     with IoU 0.14, below the RPN's 0.3 negative threshold), so the ladder follows the data.
@@ -241,7 +242,7 @@ def anchor_ladder(median_object_size: float | None) -> list[list[int]]:
     if not median_object_size:
         return [list(level) for level in DEFAULT_ANCHORS]
     side = math.sqrt(median_object_size)
-    smallest = max(4, 2 ** math.floor(math.log2(max(side / 2, 1))))
+    smallest = max(4, 2 ** round(math.log2(max(side / 2, 1))))
     return [[int(smallest * 2**level)] for level in range(5)]
 
 
