@@ -132,7 +132,7 @@ def run_segflow(
         "model": task.model,
         "model_options": task.model_options,
         "patch_size": list(report.plan.patch_size),
-        "batch_size": report.plan.batch_size,
+        "batch_size": report.batch_size,
         "mlflow_run": report.run_id,
     }
 

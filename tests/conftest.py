@@ -12,6 +12,15 @@ from data_contracts import get_settings
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _prefect_logs_to_the_session_stream() -> None:
+    """Prefect's console log handler binds ``sys.stderr`` when Prefect is first imported. If
+    that happened inside a test using ``capsys`` or ``CliRunner``, whose streams are closed
+    afterwards, every later Prefect log line would fail; importing it once at session start
+    binds pytest's session-long capture stream instead, whatever order tests run in."""
+    import prefect.main  # noqa: F401
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch

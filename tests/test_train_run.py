@@ -124,6 +124,7 @@ def test_maskrcnn_route_trains_registers_and_round_trips(tmp_path: Path) -> None
     )
     assert report.spec.task == "instance" and report.spec.options["backbone"] == "resnet18"
     assert report.spec.options["min_size"] == report.spec.options["max_size"] == 64
+    assert report.batch_size == min(report.plan.batch_size, 2)  # chips per CPU step
     assert report.evaluation.metric == "val_dsb2018"
     (per_case,) = report.evaluation.per_case.values()
     assert set(per_case["instances"]) == {"dsb2018", "ap_50_95", "f1_50"}

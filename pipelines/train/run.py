@@ -84,6 +84,7 @@ class TrainingReport:
         left_out: labelled cases of the manifest left out because their files are missing,
             unreadable or changed since ingest: case id → ``"ErrorClass: message"``.
         cases_used: labelled cases trained and validated on.
+        batch_size: patches (chips) per training step (Mask R-CNN's can differ from the plan's).
     """
 
     plan: TrainingPlan
@@ -96,6 +97,7 @@ class TrainingReport:
     validation_cases: list[str] = field(default_factory=list)
     left_out: dict[str, str] = field(default_factory=dict)
     cases_used: int = 0
+    batch_size: int = 0
 
 
 def plan_for(
@@ -273,6 +275,7 @@ def train_from_manifest(
         [case.case_id for case in val_cases],
         left_out,
         len(manifest.labelled_cases),
+        route.batch_size,
     )
 
 
