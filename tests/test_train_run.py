@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
@@ -120,6 +121,7 @@ def test_maskrcnn_route_trains_registers_and_round_trips(tmp_path: Path) -> None
         tmp_path / "run",
         plan_overrides={"patch_size": [64, 64]},
         register="cells",
+        keep_predictions=True,
         progress_bar=False,
     )
     assert report.spec.task == "instance" and report.spec.options["backbone"] == "resnet18"
@@ -150,6 +152,16 @@ def test_maskrcnn_route_trains_registers_and_round_trips(tmp_path: Path) -> None
         torch.testing.assert_close(theirs[key], ours[key], rtol=1e-5, atol=1e-5)
     painted = detections_to_instance_map(theirs, score_threshold=0.0, shape=(64, 64))
     assert painted.shape == (64, 64)
+
+    # `segflow segment` with the champion gives exactly what validation scored.
+    from pipelines.infer.instances import segment_instances
+
+    (case_id,) = report.validation_cases
+    (case,) = [case for case in manifest.cases if case.case_id == case_id]
+    segmented = segment_instances(champion, case.channels[0].path)
+    validated, truth = report.evaluation.predictions[case_id]
+    assert segmented.dtype == np.uint16 and segmented.shape == truth.shape
+    np.testing.assert_array_equal(segmented, validated)
 
 
 def test_maskrcnn_refuses_semantic_labels(raster_manifest, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -9,9 +9,8 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-import seg_models
 from pipelines.infer.sliding import choose_device
-from pipelines.infer.tiled_instances import TileConfig, segment_instances_tiled
+from pipelines.infer.tiled_instances import TileConfig, segment_with_network
 from pipelines.model_loading import LoadedModel
 from pipelines.preprocess.transforms import IMAGE_KEY, image_transforms
 
@@ -20,11 +19,7 @@ __all__ = ["segment_instances", "tile_config"]
 
 def tile_config(model: LoadedModel) -> TileConfig:
     """Tiles the size of the training chips, overlapping by an eighth; thresholds from the model."""
-    return TileConfig.for_chips(
-        max(model.plan.patch_size),
-        score_threshold=float(model.processing.get("score_threshold", 0.5)),
-        mask_threshold=float(model.processing.get("mask_threshold", 0.5)),
-    )
+    return TileConfig.for_model(model.plan, model.processing)
 
 
 def segment_instances(
@@ -44,14 +39,7 @@ def segment_instances(
     item = image_transforms(model.plan, train=False)({IMAGE_KEY: [str(path)]})
     image = item[IMAGE_KEY]
     plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
-
-    tiles = tile_config(model)
-
-    def detect(batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        found = seg_models.predict_instances(
-            network, batch.to(target), model.spec, min_score=tiles.score_threshold
-        )
-        return [{key: value.cpu() for key, value in detections.items()} for detections in found]
-
-    result = segment_instances_tiled(plain.float(), detect, tiles, progress=progress)
+    result = segment_with_network(
+        network, model.spec, plain.float(), tile_config(model), progress=progress
+    )
     return result.labels.astype(np.uint16)

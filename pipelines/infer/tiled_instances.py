@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torchvision.ops import box_iou
 
-from data_contracts import ModelError, UsageError
+from data_contracts import ModelError, ModelSpec, TrainingPlan, UsageError
+from seg_models import predict_instances
 
 __all__ = [
     "CONTAINMENT",
@@ -42,6 +44,7 @@ __all__ = [
     "InstanceResult",
     "TileConfig",
     "segment_instances_tiled",
+    "segment_with_network",
     "tile_starts",
 ]
 
@@ -105,6 +108,16 @@ class TileConfig:
             overlap=max(16, chip // 8),
             score_threshold=score_threshold,
             mask_threshold=mask_threshold,
+        )
+
+    @classmethod
+    def for_model(cls, plan: TrainingPlan, processing: Mapping[str, Any]) -> TileConfig:
+        """Tiles of a trained model: its plan's patch size, the thresholds of its
+        ``processing`` config (0.5 each when absent)."""
+        return cls.for_chips(
+            max(plan.patch_size),
+            score_threshold=float(processing.get("score_threshold", 0.5)),
+            mask_threshold=float(processing.get("mask_threshold", 0.5)),
         )
 
 
@@ -210,6 +223,28 @@ def segment_instances_tiled(
             progress(indices[-1] + 1, len(windows))
     objects = _merge(pieces, grid, config)
     return _paint(objects, shape)
+
+
+def segment_with_network(
+    network: torch.nn.Module,
+    spec: ModelSpec,
+    image: np.ndarray | torch.Tensor,
+    config: TileConfig,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> InstanceResult:
+    """:func:`segment_instances_tiled` with an instance model of the factory as the detector.
+
+    Tiles go to the network's device; detections under ``config.score_threshold`` are dropped
+    before the mask head runs (``predict_instances(min_score=…)``).
+    """
+    device = next(network.parameters()).device
+
+    def detect(batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        found = predict_instances(network, batch.to(device), spec, min_score=config.score_threshold)
+        return [{key: value.cpu() for key, value in detections.items()} for detections in found]
+
+    return segment_instances_tiled(image, detect, config, progress=progress)
 
 
 def _batches(

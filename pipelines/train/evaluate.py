@@ -13,13 +13,12 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from data_contracts import Case, ModelError, ModelSpec, RasterGeometry, TrainingPlan
-from pipelines.infer.tiled_instances import TileConfig, segment_instances_tiled
+from pipelines.infer.tiled_instances import TileConfig, segment_with_network
 from pipelines.instances import three_class_to_instances
 from pipelines.io import image2d, raster
 from pipelines.metrics import instance_scores, semantic_scores
 from pipelines.preprocess.array import IGNORE_INDEX
 from pipelines.train.module import foreground_indices
-from seg_models import predict_instances
 
 
 @dataclass
@@ -125,17 +124,12 @@ def evaluate_network(
     ``processing``.
     """
     if spec.task == "instance":
-        tiles = TileConfig.for_chips(
-            max(plan.patch_size),
-            score_threshold=float((processing or {}).get("score_threshold", 0.5)),
-            mask_threshold=float((processing or {}).get("mask_threshold", 0.5)),
-        )
         return evaluate_detector(
             network,
             spec,
             cases,
             items,
-            tiles,
+            TileConfig.for_model(plan, processing or {}),
             max_overlays=max_overlays,
             keep_predictions=keep_predictions,
         )
@@ -201,14 +195,9 @@ def evaluate_detector(
     scores, and F1@.5, against the stored instance maps.
     """
     evaluation = Evaluation(score=float("nan"), metric="val_dsb2018")
-    device = next(network.parameters()).device
-
-    def detect(batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        return predict_instances(network, batch, spec, min_score=tiles.score_threshold)
-
     for case, item in zip(cases, items, strict=True):
         image = torch.as_tensor(item["image"]).as_subclass(torch.Tensor).float()
-        found = segment_instances_tiled(image.to(device), detect, tiles)
+        found = segment_with_network(network, spec, image, tiles)
         reference = read_instances(case)
         if reference.shape != found.labels.shape:
             raise ModelError(

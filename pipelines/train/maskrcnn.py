@@ -13,11 +13,11 @@ from pydantic import JsonValue
 from torch.utils.data import Dataset
 
 from data_contracts import ConfigError, ModelSpec, TrainConfig, TrainingPlan
-from pipelines.infer.tiled_instances import InstanceResult, TileConfig, segment_instances_tiled
+from pipelines.infer.tiled_instances import InstanceResult, TileConfig, segment_with_network
 from pipelines.instances import maskrcnn_targets
 from pipelines.metrics import dsb2018_score
 from pipelines.preprocess.datasets import seed_augmentation
-from seg_models import build_model, predict_instances
+from seg_models import build_model
 
 InstanceItem = dict[str, torch.Tensor]
 
@@ -163,12 +163,7 @@ class MaskRCNNModule(L.LightningModule):
 
     def segment(self, image: torch.Tensor) -> InstanceResult:
         """Instances of one whole normalised image ``(C, H, W)`` by overlapping tiles."""
-        network, spec = self.network, self.spec
-
-        def detect(tiles: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-            return predict_instances(network, tiles, spec, min_score=self.tiles.score_threshold)
-
-        return segment_instances_tiled(image.float().to(self.device), detect, self.tiles)
+        return segment_with_network(self.network, self.spec, image.float(), self.tiles)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         for item in instance_items(batch):
