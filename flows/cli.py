@@ -27,7 +27,14 @@ from flows.exit_codes import ExitCode
 from flows.segment_cli import segment as segment_command
 from flows.serve import serve as serve_command
 from flows.train_cli import train as train_command
-from pipelines.interrupts import SIGTERM_EXIT_CODE, TrainingInterrupted
+from pipelines.interrupts import (
+    SIGTERM_EXIT_CODE,
+    BatchInterrupted,
+    StopSignal,
+    TrainingInterrupted,
+    exit_code_for,
+    install_stop_handlers,
+)
 
 app = typer.Typer(
     name="segflow",
@@ -77,6 +84,16 @@ def ingest(
     label_suffix: Annotated[
         str, typer.Option(help="Text between case id and extension of label files, e.g. _mask.")
     ] = "",
+    channel_suffix: Annotated[
+        bool,
+        typer.Option(
+            help="Group files named <case>_0000, <case>_0001… into the channels of one case "
+            "<case>: pat1_0000.nii.gz + pat1_0001.nii.gz → case pat1 with 2 channels. Without "
+            "it every image file is its own case named by its full stem (tile_2023.tif → case "
+            "tile_2023); the nnU-Net layout and a dataset.json declaring several channels "
+            "group without it."
+        ),
+    ] = False,
     labels: Annotated[
         str | None,
         typer.Option(
@@ -115,11 +132,16 @@ def ingest(
     """Validate a dataset into a manifest: pair images and labels, check grids and label values.
 
     Every file is opened and hashed (SHA-256, streamed); invalid cases are quarantined into the
-    manifest's rejected list with their reason and the others go on.
+    manifest's rejected list with their reason and the others go on. Every image file is a
+    case named by its full stem (tile_2023.tif → tile_2023) unless channels are grouped
+    (--channel-suffix, the nnU-Net layout, a dataset.json declaring several channels); inputs
+    whose case ids clash (Tile.tif and tile.tif, scene.tif and scene.tiff) are rejected.
 
     Examples:
 
         segflow ingest ../shared/data/brats2015_deepmedic --out brats.json
+
+        segflow ingest scans/ --channel-suffix   # scans/pat1_0000.nii.gz + pat1_0001.nii.gz → pat1
 
         segflow ingest tiles.zip --label-suffix _mask --labels background=0,building=1
 
@@ -131,6 +153,7 @@ def ingest(
         raise UsageError(f"--kind must be auto, volume, raster or image, not {kind!r}")
     options = IngestOptions(
         label_suffix=label_suffix,
+        channel_suffix=channel_suffix,
         labels=parse_labels(labels),
         ignore_value=ignore_value,
         label_kind=label_kind,  # type: ignore[arg-type]
@@ -288,6 +311,7 @@ def _save_crash(error: BaseException) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segflow`` console script; returns (and exits with) the exit code."""
     apply_environment()
+    install_stop_handlers()
     try:
         result = app(args=argv, standalone_mode=False)
         code = result if isinstance(result, int) else ExitCode.OK
@@ -297,6 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as error:
         error_console.print(f"[yellow]interrupted:[/yellow] {error}")
         code = SIGTERM_EXIT_CODE
+    except BatchInterrupted as error:
+        error_console.print(f"[yellow]interrupted:[/yellow] {error}")
+        code = exit_code_for(error.signal_name)
+    except StopSignal as stop:
+        error_console.print(
+            f"[yellow]interrupted by {stop.signal_name}[/yellow]: run the same command again "
+            "to start over (its outputs are written atomically: nothing half-written is kept)"
+        )
+        code = exit_code_for(stop.signal_name)
     except SegflowError as error:
         error_console.print(f"[red]error:[/red] {error}")
         code = ExitCode.NOTHING_DONE

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from data_contracts import UsageError
 from flows.console import console, error_console, progress_bar
+from pipelines.interrupts import cooperative_stop
 
 _MAX_TABLE_ROWS = 40
 
@@ -59,6 +60,16 @@ def segment(
             "then each file uploaded whole).",
         ),
     ] = "segmentations",
+    channel_suffix: Annotated[
+        bool,
+        typer.Option(
+            help="Group files named <case>_0000, <case>_0001… into the channels of one case "
+            "<case>, written as <case>.<ext>: pat1_0000.nii.gz + pat1_0001.nii.gz → pat1.nii.gz. "
+            "Without it every image is its own case named by its full stem (scene_8192.tif → "
+            "scene_8192.tif). Automatic for models of multi-channel volumes, nnU-Net's "
+            "imagesTr/imagesTs and a dataset.json declaring several channels."
+        ),
+    ] = False,
     polygons: Annotated[
         bool,
         typer.Option(help="Rasters: also polygons (GeoPackage, source CRS; GeoJSON, WGS84)."),
@@ -96,6 +107,13 @@ def segment(
     files_per_task: Annotated[
         int | None, typer.Option(help="Files per Prefect task (default: automatic).")
     ] = None,
+    retry_crashed: Annotated[
+        bool,
+        typer.Option(
+            help="Try again the files whose worker process crashed twice before (quarantined: "
+            "skipped and reported by default)."
+        ),
+    ] = False,
 ) -> None:
     """Segment volumes, rasters and images with a model; outputs keep the source geometry.
 
@@ -107,9 +125,22 @@ def segment(
     whose input, model and settings are unchanged, and retries failed ones. A file that is
     unreadable or has the wrong channels is reported; the others go on (exit code 3).
 
+    Every image file is a case named by its full stem, and its outputs keep that name
+    (scene_8192.tif → OUT/scene_8192.tif); _0000 channel files are grouped with
+    --channel-suffix, and automatically for a model of multi-channel volumes. Inputs whose case
+    ids clash (Tile.tif and tile.tif, scene.tif and scene.tiff) are reported, not segmented.
+
+    Each file runs in a worker process: a file that crashes native code (a segfault in a
+    decoder, an abort, the OOM killer) fails alone, is retried once in a fresh worker and,
+    after a second crash, quarantined (reported; --retry-crashed tries it again). SIGTERM or
+    Ctrl-C stops at the next batch of windows within seconds: finished files stay recorded,
+    nothing half-written is left, and the same command resumes (exit 143 or 130).
+
     Examples:
 
         segflow segment scans/ --model models:/brats@champion --out masks/
+
+        segflow segment bands/ --model models:/landcover@champion --channel-suffix
 
         segflow segment s3://scans/incoming/ --model models:/brats@champion --out s3://scans/masks/
 
@@ -128,7 +159,7 @@ def segment(
     from flows.segment_flow import add_observer, segment_archive_flow
 
     runner = make_runner(task_runner, max_workers=max_workers, dask_address=dask_address)
-    with progress_bar() as bar:
+    with cooperative_stop(), progress_bar() as bar:
         files = bar.add_task("files", total=None, current="")
 
         def advance(result: Any, done: int, total: int) -> None:
@@ -143,6 +174,7 @@ def segment(
                 source=source,
                 model=model,
                 out=out,
+                channel_suffix=channel_suffix,
                 polygons=polygons,
                 probabilities=probabilities,
                 tta=tta,
@@ -151,6 +183,7 @@ def segment(
                 device=device,
                 verify=verify,
                 files_per_task=files_per_task,
+                retry_crashed=retry_crashed,
             )
         finally:
             remove()

@@ -22,6 +22,7 @@ import functools
 import logging
 import math
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -39,7 +40,14 @@ from flows.storage_tasks import stage_source, upload_staged_outputs
 from flows.tasks import IO_RETRIES, IO_RETRY_DELAYS, transient_io
 from pipelines.batch import BatchItem, BatchItemResult, BatchReport, process_item, run_batch
 from pipelines.batch_tracking import log_batch_run
+from pipelines.case_workers import (
+    CaseWorkers,
+    WorkerSettings,
+    default_worker_count,
+    local_model_folder,
+)
 from pipelines.infer.run import SegmentOptions
+from pipelines.interrupts import BatchInterrupted, stop_reason, stop_requested
 from pipelines.ledger import Ledger
 from pipelines.model_loading import LoadedModel, load_model, resolve_model_uri
 from pipelines.object_store import is_s3_uri, staged_output_dir
@@ -64,10 +72,19 @@ def add_observer(observer: Observer) -> Callable[[], None]:
     return lambda: _observers.remove(observer)
 
 
+_models_lock = threading.Lock()
+
+
+def _model(uri: str, device: str | None = None) -> LoadedModel:
+    """The model of a pinned URI, loaded and made ready for inference once per process;
+    the tasks of a process share it and only read it."""
+    with _models_lock:
+        return _load_cached(uri, device)
+
+
 @functools.lru_cache(maxsize=4)
-def _model(uri: str) -> LoadedModel:
-    """The model of a pinned URI, loaded once per process (tasks in one worker share it)."""
-    return load_model(uri)
+def _load_cached(uri: str, device: str | None) -> LoadedModel:
+    return load_model(uri, device=device)
 
 
 def _ledger(out: str) -> Ledger:
@@ -88,20 +105,30 @@ def _ledger(out: str) -> Ledger:
     retry_condition_fn=transient_io,
 )
 def segment_files(
-    items: list[BatchItem], model_uri: str, out: str, options: SegmentOptions, label: str
+    items: list[BatchItem],
+    model_uri: str,
+    out: str,
+    options: SegmentOptions,
+    label: str,
+    workers: CaseWorkers | None = None,
 ) -> list[BatchItemResult]:
     """Segment a group of cases and record each in the ledger.
 
     A file's own errors are recorded as failures, not raised; a transient ``OSError`` of the
     output folder (a network share that hiccups) retries the group, whose finished cases the
-    ledger then skips.
+    ledger then skips. With ``workers`` (the threads runner), each case runs in one of the
+    batch's worker processes, so that a native crash fails that case only; without (Dask),
+    in this process.
     """
     from prefect.runtime import task_run
 
-    model, ledger = _model(model_uri), _ledger(out)
+    model, ledger = _model(model_uri, options.device), _ledger(out)
     if task_run.run_count > 1:  # a retry: ask the ledger again, so finished cases are skipped
         items = [_decided_again(item, ledger) for item in items]
-    return [process_item(model, item, Path(out), options, ledger) for item in items]
+    segment = workers.segment if workers is not None else None
+    return [
+        process_item(model, item, Path(out), options, ledger, segment=segment) for item in items
+    ]
 
 
 def _decided_again(item: BatchItem, ledger: Ledger) -> BatchItem:
@@ -146,7 +173,11 @@ def _cores_shared(workers: int) -> Iterator[None]:
 
 
 def _map_as_tasks(
-    model_uri: str, out: str, options: SegmentOptions, files_per_task: int | None
+    model_uri: str,
+    out: str,
+    options: SegmentOptions,
+    files_per_task: int | None,
+    isolated: bool,
 ) -> Callable[[Callable[[BatchItem], BatchItemResult], list[BatchItem]], Iterable[BatchItemResult]]:
     """A ``map_items`` for :func:`run_batch` that runs the items as Prefect tasks."""
 
@@ -154,13 +185,26 @@ def _map_as_tasks(
         _process: Callable[[BatchItem], BatchItemResult], items: list[BatchItem]
     ) -> list[BatchItemResult]:
         workers, threads = _workers()
-        with _cores_shared(workers if threads else 1):
+        if not items:
+            return []
+        with contextlib.ExitStack() as stack:
+            pool: CaseWorkers | None = None
+            if threads and isolated:
+                workers = default_worker_count(len(items), workers)
+                pool = stack.enter_context(_case_workers(model_uri, out, options, workers))
+            else:
+                stack.enter_context(_cores_shared(workers if threads else 1))
             size = files_per_task or files_per_task_for(len(items), workers)
             groups = [items[i : i + size] for i in range(0, len(items), size)]
             progress = ProgressArtifact("segment-progress", "files segmented")
             futures = [
                 segment_files.submit(
-                    group, model_uri, out, options, f"{group[0].case.case_id}+{len(group) - 1}"
+                    group,
+                    model_uri,
+                    out,
+                    options,
+                    f"{group[0].case.case_id}+{len(group) - 1}",
+                    pool,  # type: ignore[arg-type]
                 )
                 for group in groups
             ]
@@ -174,6 +218,23 @@ def _map_as_tasks(
             return results
 
     return run
+
+
+@contextlib.contextmanager
+def _case_workers(
+    model_uri: str, out: str, options: SegmentOptions, workers: int
+) -> Iterator[CaseWorkers]:
+    """Worker processes for the batch, sharing the cores; ended when the batch ends (given a
+    few seconds to reach a boundary when a stop was asked for)."""
+    model = _model(model_uri, options.device)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with tempfile.TemporaryDirectory(prefix="segflow-model-") as scratch:
+        folder = local_model_folder(model_uri, scratch)
+        pool = CaseWorkers(WorkerSettings.of(model, folder, out, options, threads), workers)
+        try:
+            yield pool
+        finally:
+            pool.close(stopping=stop_requested())
 
 
 def _rows(report: BatchReport) -> list[dict[str, Any]]:
@@ -218,6 +279,8 @@ def segment_archive_flow(
     verify: bool = False,
     files_per_task: int | None = None,
     track: bool = True,
+    retry_crashed: bool = False,
+    isolated: bool = True,
 ) -> State[dict[str, Any]]:
     """Segment every case under ``source`` into ``out``; a rerun skips what is done.
 
@@ -237,13 +300,16 @@ def segment_archive_flow(
         verify: re-hash inputs and outputs instead of trusting size and mtime.
         files_per_task: cases per task (default: a few tasks per worker, at most 32 cases each).
         track: log the batch as an MLflow run (counts, throughput, ledger artifact).
+        retry_crashed: try quarantined files again (their worker crashed twice before).
+        isolated: with the threads runner, segment in worker processes, so that a native
+            crash (segfault, abort, OOM kill) fails one file, not the batch (default).
 
     Returns:
         ``Completed`` (all done or skipped; ``partial: …`` when some failed) or ``Failed``
         (nothing done), carrying the summary.
     """
     pinned = resolve_model_uri(model)
-    loaded = _model(pinned)
+    loaded = _model(pinned, device)
     options = SegmentOptions(
         polygons=polygons,
         probabilities=probabilities,
@@ -259,8 +325,11 @@ def segment_archive_flow(
         local_out,
         options,
         verify=verify,
-        map_items=_map_as_tasks(pinned, local_out, options, files_per_task),
+        retry_crashed=retry_crashed,
+        map_items=_map_as_tasks(pinned, local_out, options, files_per_task, isolated),
     )
+    if stop_requested() or report.counts["interrupted"]:
+        raise _interrupted(report, local_out)
     summary = _summary(report, source, pinned, out)
     if is_s3_uri(out):
         summary["uploaded"] = len(upload_staged_outputs(local_out, out))
@@ -285,6 +354,19 @@ def segment_archive_flow(
         counts["failed"],
         what="files",
         detail="; MLflow run not logged" if summary.get("not_logged") else "",
+    )
+
+
+def _interrupted(report: BatchReport, out: str) -> BatchInterrupted:
+    counts, name = report.counts, stop_reason() or "SIGTERM"
+    total = sum(counts.values())
+    return BatchInterrupted(
+        f"stopped by {name}: {counts['done']} file(s) segmented by this run, "
+        f"{counts['skipped']} done before, {counts['failed']} failed, "
+        f"{counts['interrupted']} of {total} left to do; finished files are recorded in the "
+        "ledger and no partial output is left",
+        path=out,
+        signal_name=name,
     )
 
 

@@ -21,11 +21,15 @@ from pathlib import Path
 from typing import Literal
 
 from data_contracts import SegflowError
+from pipelines.case_workers import CaseCrashed
 from pipelines.infer.inputs import InferenceInput, discover_inputs
-from pipelines.infer.run import SegmentOptions, segment_case
+from pipelines.infer.run import CaseResult, SegmentOptions, remove_case_outputs, segment_case
+from pipelines.interrupts import StopRequested, stop_requested
 from pipelines.ledger import (
     LEDGER_JSON,
+    QUARANTINE_AFTER_CRASHES,
     STATE_DIR,
+    CaseKey,
     Decision,
     Ledger,
     config_hash,
@@ -47,7 +51,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ItemStatus = Literal["done", "skipped", "failed"]
+ItemStatus = Literal["done", "skipped", "failed", "interrupted"]
+#: Segments one case and returns its result (in this thread, or in a worker process).
+SegmentOne = Callable[[InferenceInput], CaseResult]
 # Errors that fail one file (readers raise the builtins); anything else is a bug and stops the run.
 _FILE_ERRORS = (SegflowError, OSError, RuntimeError, ValueError)
 
@@ -66,9 +72,12 @@ class BatchItemResult:
 
     Attributes:
         case_id: the case id (the path for an input rejected before it became a case).
-        status: ``done`` (segmented now), ``skipped`` (done before) or ``failed``.
+        status: ``done`` (segmented now), ``skipped`` (done before), ``failed`` (its error,
+            a crash of its worker, or quarantined) or ``interrupted`` (a stop was asked for
+            before it finished; the next run does it).
         reason: why it ran (``new``, ``input changed``…), ``done`` when skipped, ``rejected``
-            for an input that did not become a case.
+            for an input that did not become a case, ``quarantined`` for a case whose worker
+            crashed twice (not run again unless asked).
         outputs: output files by role (for skipped cases, those recorded).
         seconds: time spent on it.
         error: ``"ClassName: message"`` when it failed.
@@ -92,7 +101,7 @@ class BatchReport:
     @property
     def counts(self) -> dict[ItemStatus, int]:
         """Number of items by status (every status present)."""
-        counts: dict[ItemStatus, int] = {"done": 0, "skipped": 0, "failed": 0}
+        counts: dict[ItemStatus, int] = {"done": 0, "skipped": 0, "failed": 0, "interrupted": 0}
         for item in self.items:
             counts[item.status] += 1
         return counts
@@ -125,6 +134,7 @@ def plan_batch(
     options: SegmentOptions | None = None,
     *,
     verify: bool = False,
+    retry_crashed: bool = False,
     workdir: str | Path,
     ledger: Ledger | None = None,
 ) -> tuple[list[BatchItem], list[BatchItemResult]]:
@@ -136,6 +146,7 @@ def plan_batch(
         model: the model the cases would run with.
         options: inference settings (their :func:`~pipelines.ledger.config_hash` is compared).
         verify: re-hash inputs and outputs instead of trusting size and mtime.
+        retry_crashed: run quarantined cases again (see :meth:`Ledger.decide`).
         workdir: scratch folder; archives are extracted under it.
         ledger: an open ledger of ``out_dir`` (opened and closed here when ``None``).
 
@@ -157,11 +168,16 @@ def plan_batch(
     to_run: list[BatchItem] = []
     with _ledger_of(out_dir, ledger) as book:
         for case in found.cases:
-            decision = book.decide(case, model_id, config, verify=verify)
+            decision = book.decide(
+                case, model_id, config, verify=verify, retry_crashed=retry_crashed
+            )
             if decision.action == "run":
                 to_run.append(BatchItem(case, decision))
                 continue
             entry = book.get(case.case_id)
+            if decision.action == "quarantine":
+                settled.append(_quarantined(case.case_id, entry.error if entry else None))
+                continue
             outputs = {role: record.path for role, record in entry.outputs.items()} if entry else {}
             settled.append(BatchItemResult(case.case_id, "skipped", decision.reason, outputs))
     return to_run, settled
@@ -176,28 +192,61 @@ def _ledger_of(out_dir: str | Path, ledger: Ledger | None) -> Iterator[Ledger]:
         yield opened
 
 
+def _quarantined(case_id: str, cause: str | None) -> BatchItemResult:
+    error = (
+        f"CaseCrashed: quarantined: its worker process crashed {QUARANTINE_AFTER_CRASHES} times "
+        f"({cause or 'see the ledger'}); not tried again. Fix: pass --retry-crashed to try it"
+    )
+    return BatchItemResult(case_id, "failed", "quarantined", error=error)
+
+
 def process_item(
     model: LoadedModel,
     item: BatchItem,
     out_dir: str | Path,
     options: SegmentOptions | None,
     ledger: Ledger,
+    *,
+    segment: SegmentOne | None = None,
 ) -> BatchItemResult:
-    """Segment one case and record it: ``running``, then ``done`` or ``failed``.
+    """Segment one case and record it: ``running``, then ``done``, ``failed`` or ``crashed``.
 
     An error of the file (a :class:`SegflowError`, or ``OSError``/``RuntimeError``/
     ``ValueError`` from a reader) is recorded and returned as a failed result; any other
-    exception is recorded and raised.
+    exception is recorded and raised. When ``segment`` runs the case in a worker process that
+    dies (:class:`~pipelines.case_workers.CaseCrashed`), the case is recorded ``crashed``, what
+    it wrote is removed, and it is tried once more in a fresh worker; a second crash
+    quarantines it. A stop request (SIGTERM) before or during the case returns it
+    ``interrupted``: the ledger keeps it ``running``, so the next run does it.
+
+    Args:
+        model: the batch's model.
+        item: the case and the ledger's decision.
+        out_dir: the output folder.
+        options: inference options.
+        ledger: the output folder's ledger.
+        segment: runs the case (default: :func:`segment_case` in this thread).
     """
     case, decision = item.case, item.decision
     if decision.action == "skip":
         return BatchItemResult(case.case_id, "skipped", decision.reason)
+    if stop_requested():
+        return BatchItemResult(case.case_id, "interrupted", decision.reason)
+    run = segment or (lambda one: segment_case(model, one, out_dir, options))
     key, started = decision.key, time.monotonic()
     try:
         key = key.hashed()
         ledger.record_running(case, key)
-        result = segment_case(model, case, out_dir, options)
+        result = _with_crash_retry(run, case, key, Path(out_dir), ledger)
         ledger.record_done(case, key, result.outputs, result.seconds)
+    except StopRequested:
+        return BatchItemResult(
+            case.case_id, "interrupted", decision.reason, seconds=_since(started)
+        )
+    except CaseCrashed as error:
+        return BatchItemResult(
+            case.case_id, "failed", "crashed", seconds=_since(started), error=describe_error(error)
+        )
     except _FILE_ERRORS as error:
         seconds = round(time.monotonic() - started, 2)
         ledger.record_failed(case, key, error, seconds=seconds)
@@ -213,6 +262,34 @@ def process_item(
     )
 
 
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 2)
+
+
+def _with_crash_retry(
+    run: SegmentOne, case: InferenceInput, key: CaseKey, out: Path, ledger: Ledger
+) -> CaseResult:
+    """``run(case)``; when its worker dies, record the crash and try once more (a crash may be
+    the OOM killer's choice under load), unless it has crashed often enough to quarantine."""
+    while True:
+        started = time.monotonic()
+        try:
+            return run(case)
+        except CaseCrashed as error:
+            remove_case_outputs(out, case.case_id)
+            crashes = ledger.record_crashed(case, key, error.cause, seconds=_since(started))
+            logger.warning("%s: %s (crash %d)", case.case_id, error.cause, crashes)
+            if crashes >= QUARANTINE_AFTER_CRASHES or stop_requested():
+                if crashes >= QUARANTINE_AFTER_CRASHES:
+                    raise CaseCrashed(
+                        f"{error.cause}; crashed {crashes} times, quarantined: later runs "
+                        "report it without trying it (--retry-crashed tries it again)",
+                        path=case.channels[0],
+                    ) from None
+                raise
+            ledger.record_running(case, key)
+
+
 def run_batch(
     source: str | Path,
     model: LoadedModel,
@@ -220,6 +297,7 @@ def run_batch(
     options: SegmentOptions | None = None,
     *,
     verify: bool = False,
+    retry_crashed: bool = False,
     map_items: MapItems | None = None,
     on_result: Callable[[BatchItemResult], None] | None = None,
 ) -> BatchReport:
@@ -231,6 +309,7 @@ def run_batch(
         out_dir: the output folder (created); its ledger is ``.segflow/ledger.sqlite``.
         options: extra outputs and window settings.
         verify: re-hash inputs and outputs instead of trusting size and mtime.
+        retry_crashed: run quarantined cases again (their worker crashed twice before).
         map_items: runs the items (default: one after the other); see :data:`MapItems`.
         on_result: called with every result: the settled ones first, then each case as it
             finishes (from the worker running it, when ``map_items`` uses threads).
@@ -254,7 +333,14 @@ def run_batch(
         clean_partials(out)
         try:
             to_run, settled = plan_batch(
-                source, out, model, options, verify=verify, workdir=scratch, ledger=ledger
+                source,
+                out,
+                model,
+                options,
+                verify=verify,
+                retry_crashed=retry_crashed,
+                workdir=scratch,
+                ledger=ledger,
             )
             logger.info("%d case(s) to segment, %d settled", len(to_run), len(settled))
             for result in settled:
@@ -267,6 +353,7 @@ def run_batch(
 
             ran = list((map_items or map)(process, to_run))
         finally:
+            clean_partials(out)  # what workers killed at a stop left (no writer runs now)
             ledger.export_json(out / STATE_DIR / LEDGER_JSON)
     items = sorted([*settled, *ran], key=lambda result: result.case_id)
     return BatchReport(items, round(time.monotonic() - started, 3))

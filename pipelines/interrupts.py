@@ -1,15 +1,190 @@
-"""Stops asked for from outside (SIGTERM): a light module, so the CLI imports it cheaply."""
+"""Stops asked for from outside (SIGTERM, SIGINT): a light module, so the CLI imports it cheaply.
+
+A stop is *cooperative*: the signal handler only calls :func:`request_stop`; long work calls
+:func:`check_stop` at its boundaries (each batch of windows, each file) and unwinds through
+:class:`StopRequested`, so that writers remove their temporary files and a batch records what
+finished. Worker processes of a batch see the same request through a shared event
+(:func:`watch_event`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from data_contracts import SegflowError
 
-__all__ = ["SIGTERM_EXIT_CODE", "TrainingInterrupted"]
+__all__ = [
+    "SIGINT_EXIT_CODE",
+    "SIGTERM_EXIT_CODE",
+    "BatchInterrupted",
+    "StopRequested",
+    "StopSignal",
+    "TrainingInterrupted",
+    "check_stop",
+    "cooperative_stop",
+    "exit_code_for",
+    "handle_stop_signal",
+    "install_stop_handlers",
+    "request_stop",
+    "reset_stop",
+    "signal_is_cooperative",
+    "stop_reason",
+    "stop_requested",
+    "watch_event",
+]
 
 #: The exit status of a command stopped by SIGTERM (128 + 15, as a shell reports it).
 SIGTERM_EXIT_CODE = 143
+#: The exit status of a command stopped by SIGINT (Ctrl-C; 128 + 2).
+SIGINT_EXIT_CODE = 130
+
+
+class _Event(Protocol):
+    def is_set(self) -> bool: ...
+
+
+_requested = threading.Event()
+_reason: list[str] = []
+_shared: list[_Event] = []
+
+
+def request_stop(reason: str = "SIGTERM") -> None:
+    """Ask every cooperative loop of this process to stop at its next boundary."""
+    if not _requested.is_set():
+        _reason[:] = [reason]
+    _requested.set()
+
+
+def watch_event(event: _Event) -> None:
+    """Also stop when ``event`` is set (a ``multiprocessing`` event the parent of a worker
+    process sets)."""
+    _shared[:] = [event]
+
+
+def stop_requested() -> bool:
+    """True once a stop was asked for (here or through the watched event)."""
+    if _requested.is_set():
+        return True
+    if _shared and _shared[0].is_set():
+        request_stop("stop requested by the batch")
+        return True
+    return False
+
+
+def stop_reason() -> str:
+    """``"SIGTERM"``, ``"SIGINT"``… (empty when no stop was asked for)."""
+    return _reason[0] if _reason and _requested.is_set() else ""
+
+
+def reset_stop() -> None:
+    """Forget a stop request (tests, and a long-lived process after it handled one)."""
+    _requested.clear()
+    _reason.clear()
+
+
+def exit_code_for(reason: str) -> int:
+    """130 for SIGINT, 143 for anything else (SIGTERM and requests from a parent)."""
+    return SIGINT_EXIT_CODE if reason == signal.Signals.SIGINT.name else SIGTERM_EXIT_CODE
+
+
+_cooperative: list[int] = [0]
+
+
+@contextlib.contextmanager
+def cooperative_stop() -> Iterator[None]:
+    """Within this block, the process's stop-signal handler only requests a stop: the work
+    inside checks for it and unwinds at a boundary (see :func:`signal_is_cooperative`)."""
+    _cooperative[0] += 1
+    try:
+        yield
+    finally:
+        _cooperative[0] -= 1
+
+
+def signal_is_cooperative() -> bool:
+    """True while a :func:`cooperative_stop` block runs."""
+    return _cooperative[0] > 0
+
+
+class StopSignal(KeyboardInterrupt):
+    """Raised by the stop-signal handler in the main thread when the running work does not
+    check for stops itself (libraries treat it like Ctrl-C and unwind).
+
+    Attributes:
+        signal_name: ``SIGTERM`` or ``SIGINT``.
+    """
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def handle_stop_signal(signum: int, _frame: object) -> None:
+    """A handler for SIGTERM and SIGINT: request a cooperative stop, or (outside a
+    :func:`cooperative_stop` block, or on a second signal) raise :class:`StopSignal`."""
+    name = signal.Signals(signum).name
+    repeated = stop_requested()
+    request_stop(name)
+    if repeated or not signal_is_cooperative():
+        raise StopSignal(name)
+
+
+def install_stop_handlers() -> None:
+    """Install :func:`handle_stop_signal` for SIGTERM and SIGINT (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, handle_stop_signal)
+
+
+class StopRequested(SegflowError):
+    """The work stopped at a boundary because a stop was asked for; nothing half-written is kept."""
+
+    default_hint = "run the same command again to resume"
+
+
+def check_stop() -> None:
+    """Raise :class:`StopRequested` when a stop was asked for.
+
+    Raises:
+        StopRequested: with the signal's name as the reason.
+    """
+    if stop_requested():
+        raise StopRequested(f"stopped by {stop_reason() or 'a stop request'}")
+
+
+class BatchInterrupted(SegflowError):
+    """A batch stopped on a signal: finished files are in the ledger, partial outputs removed.
+
+    Attributes:
+        signal_name: ``SIGTERM`` or ``SIGINT``.
+    """
+
+    default_hint = "run the same command again (same --out) to resume: finished files are skipped"
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        path: str | Path | None = None,
+        hint: str | None = None,
+        signal_name: str = "SIGTERM",
+    ) -> None:
+        super().__init__(reason, path=path, hint=hint)
+        self.signal_name = signal_name
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_batch, (self.reason, self.path, self.hint, self.signal_name))
+
+
+def _rebuild_batch(
+    reason: str, path: str | None, hint: str | None, signal_name: str
+) -> BatchInterrupted:
+    return BatchInterrupted(reason, path=path, hint=hint, signal_name=signal_name)
 
 
 class TrainingInterrupted(SegflowError):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from data_contracts import OutputError, SegflowError
 from pipelines.files import sha256_file, write_text_atomic
+from pipelines.ledger_schema import SCHEMA_VERSION, UPSERT, prepare_connection
 
 if TYPE_CHECKING:
     from pipelines.infer.inputs import InferenceInput
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LEDGER_JSON",
+    "QUARANTINE_AFTER_CRASHES",
     "STATE_DIR",
     "CaseKey",
     "Decision",
@@ -59,13 +61,14 @@ STATE_DIR = ".segflow"
 #: The ledger's JSON export (the MLflow artifact), inside :data:`STATE_DIR`.
 LEDGER_JSON = "ledger.json"
 _LEDGER_DB = "ledger.sqlite"
-_SCHEMA_VERSION = 1
 # Options that change what is written; batch size and device only change how fast.
 _OUTPUT_OPTIONS = ("polygons", "probabilities", "tta", "overlap")
 _STAT_FIELDS = ("input_paths", "input_sizes", "input_mtimes_ns")
 
-Status = Literal["done", "failed", "running"]
+Status = Literal["done", "failed", "running", "crashed"]
 Reason = Literal[
+    "crashed before",
+    "quarantined",
     "new",
     "input changed",
     "model changed",
@@ -75,37 +78,6 @@ Reason = Literal[
     "interrupted",
     "done",
 ]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS cases (
-    case_id TEXT PRIMARY KEY,
-    input_paths TEXT NOT NULL,
-    input_sizes TEXT NOT NULL,
-    input_mtimes_ns TEXT NOT NULL,
-    input_sha256 TEXT,
-    model TEXT NOT NULL,
-    config TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('done', 'failed', 'running')),
-    outputs TEXT NOT NULL DEFAULT '{}',
-    error TEXT,
-    started TEXT,
-    finished TEXT,
-    seconds REAL
-)
-"""
-# A done or failed row keeps the start time of the running row it replaces.
-_UPSERT = """
-INSERT INTO cases VALUES (:case_id, :input_paths, :input_sizes, :input_mtimes_ns, :input_sha256,
-    :model, :config, :status, :outputs, :error, :started, :finished, :seconds)
-ON CONFLICT (case_id) DO UPDATE SET
-    input_paths = excluded.input_paths, input_sizes = excluded.input_sizes,
-    input_mtimes_ns = excluded.input_mtimes_ns, input_sha256 = excluded.input_sha256,
-    model = excluded.model, config = excluded.config, status = excluded.status,
-    outputs = excluded.outputs, error = excluded.error,
-    started = CASE WHEN excluded.started IS NOT NULL THEN excluded.started
-                   WHEN cases.status = 'running' THEN cases.started END,
-    finished = excluded.finished, seconds = excluded.seconds
-"""
 
 
 def config_hash(options: SegmentOptions, model: LoadedModel) -> str:
@@ -213,14 +185,14 @@ class Decision:
     """Whether a case runs, and why.
 
     Attributes:
-        action: ``run`` or ``skip``.
+        action: ``run``, ``skip`` or ``quarantine`` (crashed too often; reported, not run).
         reason: ``new``, ``input changed``, ``model changed``, ``config changed``,
-            ``failed before``, ``output missing or altered`` or ``interrupted`` for a run;
-            ``done`` for a skip.
+            ``failed before``, ``crashed before``, ``output missing or altered`` or
+            ``interrupted`` for a run; ``done`` for a skip; ``quarantined``.
         key: the case's key (with its input hash when the decision had to compute it).
     """
 
-    action: Literal["run", "skip"]
+    action: Literal["run", "skip", "quarantine"]
     reason: Reason
     key: CaseKey
 
@@ -246,6 +218,12 @@ class LedgerEntry:
     started: str | None = None
     finished: str | None = None
     seconds: float | None = None
+    crashes: int = 0
+
+
+#: A case whose worker process died this many times in a row is quarantined: later runs
+#: report it without trying it again, unless asked (``retry_crashed``).
+QUARANTINE_AFTER_CRASHES = 2
 
 
 class Ledger:
@@ -282,7 +260,7 @@ class Ledger:
         except sqlite3.Error as error:
             raise OutputError(f"cannot be opened ({error})", path=path) from error
         try:
-            _prepare(connection, path)
+            prepare_connection(connection, path)
         except BaseException:
             connection.close()
             raise
@@ -327,13 +305,19 @@ class Ledger:
 
     def summary(self) -> dict[str, int]:
         """Number of rows by status (every status present, zero when none)."""
-        counts = {"done": 0, "failed": 0, "running": 0}
+        counts = {"done": 0, "failed": 0, "running": 0, "crashed": 0}
         for status, count in self._execute("SELECT status, COUNT(*) FROM cases GROUP BY status"):
             counts[status] = count
         return counts
 
     def decide(
-        self, case: InferenceInput, model_id: str, config: str, *, verify: bool = False
+        self,
+        case: InferenceInput,
+        model_id: str,
+        config: str,
+        *,
+        verify: bool = False,
+        retry_crashed: bool = False,
     ) -> Decision:
         """Whether ``case`` must run with this model and settings.
 
@@ -342,9 +326,12 @@ class Ledger:
             model_id: :func:`model_identity` of the model.
             config: :func:`config_hash` of the settings.
             verify: re-hash the inputs and the recorded outputs instead of trusting their stat.
+            retry_crashed: run a quarantined case again (one whose worker process died
+                :data:`QUARANTINE_AFTER_CRASHES` times on these inputs, model and settings).
 
         Returns:
-            ``run`` with the reason, or ``skip`` (reason ``done``).
+            ``run`` with the reason, ``skip`` (reason ``done``) or ``quarantine`` (reason
+            ``quarantined``).
         """
         key = CaseKey.of(case, model_id, config)
         entry = self.get(case.case_id)
@@ -358,6 +345,10 @@ class Ledger:
             reason = "model changed"
         elif entry.key.config != config:
             reason = "config changed"
+        elif entry.status == "crashed":
+            if entry.crashes >= QUARANTINE_AFTER_CRASHES and not retry_crashed:
+                return Decision("quarantine", "quarantined", key)
+            reason = "crashed before"
         elif entry.status == "running":
             reason = "interrupted"
         elif entry.status == "failed":
@@ -410,6 +401,19 @@ class Ledger:
             )
         )
 
+    def record_crashed(
+        self, case: InferenceInput, key: CaseKey, cause: str, *, seconds: float | None = None
+    ) -> int:
+        """Record that the worker process segmenting ``case`` died (``cause``: the signal or
+        exit status); returns how many times in a row it has now crashed."""
+        self._write(
+            LedgerEntry(
+                case.case_id, "crashed", key, error=cause, finished=now_iso(), seconds=seconds
+            )
+        )
+        entry = self.get(case.case_id)
+        return entry.crashes if entry is not None else 1
+
     def _write(self, entry: LedgerEntry) -> None:
         row = {
             "case_id": entry.case_id,
@@ -422,7 +426,7 @@ class Ledger:
             "finished": entry.finished,
             "seconds": entry.seconds,
         }
-        self._execute(_UPSERT, row)
+        self._execute(UPSERT, row)
 
     def _stored_outputs(self, outputs: Mapping[str, OutputRecord]) -> dict[str, dict[str, Any]]:
         """Paths relative to the output folder when inside it, so the folder can be moved."""
@@ -454,6 +458,7 @@ class Ledger:
             started=row["started"],
             finished=row["finished"],
             seconds=row["seconds"],
+            crashes=row["crashes"],
         )
 
     def export_json(self, path: str | Path | None = None) -> Path:
@@ -468,32 +473,8 @@ class Ledger:
             row["key"] = dataclasses.asdict(entry.key)
             row["outputs"] = self._stored_outputs(entry.outputs)
             cases.append(row)
-        payload = {"schema": _SCHEMA_VERSION, "summary": self.summary(), "cases": cases}
+        payload = {"schema": SCHEMA_VERSION, "summary": self.summary(), "cases": cases}
         return write_text_atomic(destination, json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
-def _prepare(connection: sqlite3.Connection, path: Path) -> None:
-    """WAL mode, the table, and a schema-version check."""
-    try:
-        connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL survives process kills
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, _SCHEMA_VERSION):
-            raise OutputError(
-                f"was written by another segflow version (ledger schema {version}, "
-                f"this one reads {_SCHEMA_VERSION})",
-                path=path,
-                hint="remove it (the next run redoes every case) or use another --out",
-            )
-        connection.execute(_SCHEMA)
-        connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-    except sqlite3.DatabaseError as error:
-        raise OutputError(
-            f"is not a readable segflow ledger ({error})",
-            path=path,
-            hint="remove it (the next run redoes every case) or use another --out",
-        ) from error
 
 
 def _match_inputs(key: CaseKey, stored: CaseKey, *, verify: bool) -> tuple[CaseKey, bool]:

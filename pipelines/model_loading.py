@@ -7,6 +7,8 @@ anything that is not models-from-code, and builds the installed
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -46,6 +48,8 @@ class LoadedModel:
         name: registered model name (``None`` for run or logged-model URIs).
         version: registry version (``None`` likewise).
         uri: the URI or folder it was loaded from.
+        device: where ``network`` lives (it was made ready for inference there, once: see
+            :func:`prepare_for_inference`).
     """
 
     network: nn.Module
@@ -57,13 +61,14 @@ class LoadedModel:
     name: str | None = None
     version: str | None = None
     uri: str = ""
+    device: str = "cpu"
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities ``(B, K, *spatial)`` for a preprocessed ``(B, C, *spatial)`` batch."""
         return seg_models.predict(self.network, x, self.spec)
 
 
-def _local_folder(uri: str) -> Path | None:
+def local_model_path(uri: str) -> Path | None:
     """The local folder ``uri`` names, or ``None`` for a URI (``models:/``, ``runs:/``, ``s3://``)."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":
@@ -172,15 +177,17 @@ def _from_folder(folder: Path) -> SegflowModel:
     return SegflowModel.from_artifacts(artifacts)
 
 
-def load_model(uri: str | Path) -> LoadedModel:
+def load_model(uri: str | Path, *, device: str | None = None) -> LoadedModel:
     """Load a segflow model for inference (no code or pickle from the model is executed).
 
     Args:
         uri: ``models:/NAME@alias``, ``models:/NAME/VERSION``, ``models:/<model id>``,
             ``runs:/<run id>/<name>``, or a local model folder (from :func:`export_model`).
+        device: where it will run (default: CUDA when present, else the CPU).
 
     Returns:
-        The network in eval mode with its spec, plan, names and processing config.
+        The network ready for inference on ``device`` (see :func:`prepare_for_inference`),
+        with its spec, plan, names and processing config.
 
     Raises:
         ModelError: unknown name/alias/version (the hint lists those available), a folder
@@ -188,7 +195,7 @@ def load_model(uri: str | Path) -> LoadedModel:
             come only from the configured registry or an explicit local folder.
     """
     text = str(uri)
-    folder = _local_folder(text)
+    folder = local_model_path(text)
     name = number = None
     with tempfile.TemporaryDirectory(prefix="segflow-load-") as scratch:
         if folder is None:
@@ -211,7 +218,7 @@ def load_model(uri: str | Path) -> LoadedModel:
         model = _from_folder(folder)
     if model.network is None or model.spec is None or model.plan is None:
         raise ModelError("loaded without a network", path=text)
-    return LoadedModel(
+    loaded = LoadedModel(
         network=model.network,
         spec=model.spec,
         plan=model.plan,
@@ -222,6 +229,52 @@ def load_model(uri: str | Path) -> LoadedModel:
         version=number,
         uri=text,
     )
+    return prepare_for_inference(loaded, device)
+
+
+def prepare_for_inference(model: LoadedModel, device: str | None = None) -> LoadedModel:
+    """Make a freshly built model ready for inference, once, before anyone shares it.
+
+    Eval mode, no gradients, the device, channels-last memory for convolutional networks and,
+    for detectors, the score threshold of the model's processing config. Inference code only
+    reads the network afterwards: task threads of a batch share one model, and converting its
+    parameters in place while another thread runs it crashed the process (SIGSEGV).
+
+    Args:
+        model: a model whose network nobody else uses yet.
+        device: ``cpu``, ``cuda``, ``cuda:1``… (default: CUDA when present, else the CPU).
+
+    Returns:
+        The same model with :attr:`LoadedModel.device` set.
+    """
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    network = model.network.to(target).eval().requires_grad_(False)
+    if model.spec.task == "semantic" and model.spec.spatial_dims in (2, 3):
+        fmt = torch.channels_last_3d if model.spec.spatial_dims == 3 else torch.channels_last
+        network = network.to(memory_format=fmt)
+    heads = getattr(network, "roi_heads", None)
+    threshold = model.processing.get("score_threshold")
+    if heads is not None and threshold is not None and hasattr(heads, "score_thresh"):
+        heads.score_thresh = max(float(heads.score_thresh), float(threshold))
+    return dataclasses.replace(model, network=network, device=str(target))
+
+
+def network_on(model: LoadedModel, device: str | torch.device | None) -> nn.Module:
+    """The model's network on ``device`` without touching the shared one.
+
+    ``None`` or the model's own device gives :attr:`LoadedModel.network` itself; another
+    device gives a prepared copy (slow: load the model with ``device=`` instead).
+    """
+    if device is None or torch.device(device) == torch.device(model.device):
+        return model.network
+    logger.warning(
+        "model %s was loaded for %s; copying it to %s for this call (pass device= to load_model)",
+        model.uri,
+        model.device,
+        device,
+    )
+    copied = dataclasses.replace(model, network=copy.deepcopy(model.network))
+    return prepare_for_inference(copied, str(device)).network
 
 
 def _registered_meta(folder: Path) -> tuple[str | None, str | None]:
@@ -257,7 +310,7 @@ def export_model(uri: str, destination: str | Path) -> Path:
             path=destination,
             hint="choose a new folder, or remove this one",
         )
-    source = _local_folder(str(uri))
+    source = local_model_path(str(uri))
     if source is not None:
         _from_folder(source)  # refuse what load_model would refuse
         shutil.copytree(source, destination, dirs_exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -272,14 +274,9 @@ def predict(model: nn.Module, x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
             f"{spec.name!r} is an instance model", hint="use seg_models.predict_instances"
         )
     _check_input(x, spec)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            logits = model(x)
-            return torch.sigmoid(logits) if spec.is_binary else torch.softmax(logits, dim=1)
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), torch.inference_mode():
+        logits = model(x)
+        return torch.sigmoid(logits) if spec.is_binary else torch.softmax(logits, dim=1)
 
 
 def predict_instances(
@@ -302,16 +299,31 @@ def predict_instances(
     if spec.task != "instance":
         raise ModelError(f"{spec.name!r} is a semantic model", hint="use seg_models.predict")
     _check_input(x, spec)
-    was_training = model.training
     heads = getattr(model, "roi_heads", None)
     default_score = getattr(heads, "score_thresh", None)
-    model.eval()
+    raised = (
+        min_score is not None and default_score is not None and min_score > float(default_score)
+    )
+    with _eval_mode(model):
+        try:
+            if raised:  # only then: a model prepared for inference is shared and never written
+                heads.score_thresh = min_score  # type: ignore[union-attr]
+            with torch.inference_mode():
+                return list(model(list(x)))
+        finally:
+            if raised:
+                heads.score_thresh = default_score  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the call, restoring training mode after; a model already in eval mode
+    (one prepared for inference, possibly shared between threads) is not written to."""
+    was_training = model.training
+    if was_training:
+        model.eval()
     try:
-        if min_score is not None and default_score is not None:
-            heads.score_thresh = max(float(default_score), min_score)  # type: ignore[union-attr]
-        with torch.inference_mode():
-            return list(model(list(x)))
+        yield
     finally:
-        if default_score is not None:
-            heads.score_thresh = default_score  # type: ignore[union-attr]
-        model.train(was_training)
+        if was_training:
+            model.train()

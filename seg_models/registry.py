@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -9,7 +11,19 @@ from typing import Any, Literal, TypeVar
 from data_contracts import ModelError, ModelSpec
 from seg_models._options import Options
 
-__all__ = ["ModelInfo", "available_models", "model_info", "register_model"]
+__all__ = [
+    "PLUGINS_ENV",
+    "ModelInfo",
+    "available_models",
+    "load_plugins",
+    "model_info",
+    "register_model",
+]
+
+#: Environment variable naming modules (comma-separated) that register extra models when
+#: imported, e.g. ``SEGFLOW_MODEL_PLUGINS=my_lab.networks``: every process that builds a model
+#: (worker processes of a batch included) imports them before looking a name up.
+PLUGINS_ENV = "SEGFLOW_MODEL_PLUGINS"
 
 Kind = Literal["neural", "classical"]
 Builder = Callable[[ModelSpec, Options], Any]
@@ -80,10 +94,30 @@ def model_info(name: str) -> ModelInfo:
         ModelError: for an unknown name.
     """
     if name not in _REGISTRY:
+        load_plugins()
+    if name not in _REGISTRY:
         raise ModelError(
             f"unknown model {name!r}", hint=f"choose from {', '.join(available_models())}"
         )
     return _REGISTRY[name]
+
+
+def load_plugins() -> list[str]:
+    """Import the modules named in :data:`PLUGINS_ENV` (each once); returns their names.
+
+    Raises:
+        ModelError: a plugin module cannot be imported.
+    """
+    names = [name.strip() for name in os.environ.get(PLUGINS_ENV, "").split(",") if name.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise ModelError(
+                f"model plugin module {name!r} (from {PLUGINS_ENV}) cannot be imported: {error}",
+                hint=f"install it, or remove it from {PLUGINS_ENV}",
+            ) from error
+    return names
 
 
 def check_spec(spec: ModelSpec, info: ModelInfo) -> None:

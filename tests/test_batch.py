@@ -81,11 +81,11 @@ def test_second_run_skips_everything(
     images: Path, model: LoadedModel, tmp_path: Path, calls: list[str]
 ) -> None:
     first = run_batch(images, model, tmp_path / "out")
-    assert first.counts == {"done": 6, "skipped": 0, "failed": 0} and first.exit_status == "ok"
+    assert first.counts == {"done": 6, "skipped": 0, "failed": 0, "interrupted": 0} and first.exit_status == "ok"
     assert {item.reason for item in first.items} == {"new"}
     assert len(calls) == 6 and first.files_per_second > 0
     second = run_batch(images, model, tmp_path / "out")
-    assert second.counts == {"done": 0, "skipped": 6, "failed": 0} and second.exit_status == "ok"
+    assert second.counts == {"done": 0, "skipped": 6, "failed": 0, "interrupted": 0} and second.exit_status == "ok"
     assert len(calls) == 6  # nothing segmented
     assert all(item.outputs["mask"].is_file() for item in second.items)
     exported = tmp_path / "out" / ".segflow" / "ledger.json"
@@ -167,7 +167,7 @@ def test_threads_and_callbacks(images: Path, model: LoadedModel, tmp_path: Path)
         )
     assert report.counts["done"] == 6 and len(seen) == 6
     with Ledger.open(tmp_path / "out") as ledger:
-        assert ledger.summary() == {"done": 6, "failed": 0, "running": 0}
+        assert ledger.summary() == {"done": 6, "failed": 0, "running": 0, "crashed": 0}
 
 
 def test_a_locked_folder_is_refused_and_partials_are_cleaned(

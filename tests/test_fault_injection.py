@@ -68,7 +68,7 @@ def test_writer_crash_mid_file_leaves_nothing_and_the_rerun_redoes_only_that_cas
 
     monkeypatch.setattr(nib, "save", crashing_save)
     report = run_batch(images, model, out)
-    assert report.counts == {"done": 2, "skipped": 0, "failed": 1}
+    assert report.counts == {"done": 2, "skipped": 0, "failed": 1, "interrupted": 0}
     assert report.exit_status == "partial"
     (failed,) = [item for item in report.items if item.status == "failed"]
     assert "simulated crash inside the NIfTI writer" in (failed.error or "")
@@ -81,7 +81,7 @@ def test_writer_crash_mid_file_leaves_nothing_and_the_rerun_redoes_only_that_cas
 
     monkeypatch.setattr(nib, "save", real_save)
     again = run_batch(images, model, out)
-    assert again.counts == {"done": 1, "skipped": 2, "failed": 0}
+    assert again.counts == {"done": 1, "skipped": 2, "failed": 0, "interrupted": 0}
     (redone,) = [item for item in again.items if item.status == "done"]
     assert redone.case_id == failed.case_id
     assert nib.load(out / f"{failed.case_id}.nii.gz").shape == (12, 10, 8)

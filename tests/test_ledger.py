@@ -167,7 +167,7 @@ def test_failed_and_interrupted_rerun(tmp_path: Path) -> None:
         assert _reason(ledger, failed) == "failed before"
         assert _reason(ledger, interrupted) == "interrupted"
         entry = ledger.get("f")
-        assert ledger.summary() == {"done": 0, "failed": 1, "running": 1}
+        assert ledger.summary() == {"done": 0, "failed": 1, "running": 1, "crashed": 0}
     assert entry is not None and entry.error == "ValueError: bad pixels"
     assert entry.started and entry.finished and entry.started < entry.finished
 
@@ -194,7 +194,7 @@ def test_export_json_and_relative_outputs(tmp_path: Path) -> None:
         exported = ledger.export_json()
     payload = json.loads(exported.read_text())
     assert exported == tmp_path / "out" / ".segflow" / "ledger.json"
-    assert payload["summary"] == {"done": 1, "failed": 0, "running": 0}
+    assert payload["summary"] == {"done": 1, "failed": 0, "running": 0, "crashed": 0}
     (row,) = payload["cases"]
     assert row["outputs"]["mask"]["path"] == "a.png"
     assert row["key"]["input_sha256"] == case.checksum()

@@ -31,7 +31,7 @@ from pipelines.infer.sliding import (
 )
 from pipelines.instances import three_class_to_instances
 from pipelines.io.nifti import open_volume
-from pipelines.model_loading import LoadedModel
+from pipelines.model_loading import LoadedModel, network_on
 from pipelines.preprocess.transforms import IMAGE_KEY, image_transforms, volume_transforms
 
 __all__ = ["Prediction", "class_values_of", "predict_image", "predict_volume"]
@@ -124,13 +124,13 @@ def predict_volume(
         InputError: a file cannot be read.
     """
     config = config or SlidingWindowConfig()
-    plan, target = model.plan, choose_device(str(device) if device else None)
+    plan, target = model.plan, choose_device(str(device) if device else model.device)
     _check_channels(_volume_channels(channels), plan, Path(channels[0]), model.channel_names)
     transform: Compose = volume_transforms(plan, train=False)
     item = transform({IMAGE_KEY: [str(path) for path in channels]})
     image = item[IMAGE_KEY]
     predictor = probability_predictor(
-        model.network.to(target), model.spec, channels_last=config.channels_last
+        network_on(model, target), model.spec, channels_last=config.channels_last
     )
     plain = image.as_tensor() if isinstance(image, MetaTensor) else image
     if plan.spatial_dims == 2:
@@ -165,12 +165,12 @@ def predict_image(
         InputError: the file cannot be read.
     """
     config = config or SlidingWindowConfig(overlap=0.25)
-    plan, target = model.plan, choose_device(str(device) if device else None)
+    plan, target = model.plan, choose_device(str(device) if device else model.device)
     item = image_transforms(plan, train=False)({IMAGE_KEY: [str(path)]})
     image = item[IMAGE_KEY]
     _check_channels(image.shape[0], plan, Path(path), model.channel_names)
     predictor = probability_predictor(
-        model.network.to(target), model.spec, channels_last=config.channels_last
+        network_on(model, target), model.spec, channels_last=config.channels_last
     )
     plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
     probabilities = sliding_probabilities(

@@ -11,7 +11,7 @@ from monai.data import MetaTensor
 
 from pipelines.infer.sliding import choose_device
 from pipelines.infer.tiled_instances import TileConfig, segment_with_network
-from pipelines.model_loading import LoadedModel
+from pipelines.model_loading import LoadedModel, network_on
 from pipelines.preprocess.transforms import IMAGE_KEY, image_transforms
 
 __all__ = ["segment_instances", "tile_config"]
@@ -34,8 +34,8 @@ def segment_instances(
     Raises:
         InputError: the image cannot be read or its channels cannot be matched to the model's.
     """
-    target = choose_device(str(device) if device else None)
-    network = model.network.to(target).eval()
+    target = choose_device(str(device) if device else model.device)
+    network = network_on(model, target)
     item = image_transforms(model.plan, train=False)({IMAGE_KEY: [str(path)]})
     image = item[IMAGE_KEY]
     plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)

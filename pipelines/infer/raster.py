@@ -31,7 +31,7 @@ from pipelines.infer.in_memory import class_values_of
 from pipelines.infer.sliding import SlidingWindowConfig, choose_device, probability_predictor
 from pipelines.infer.stream import StreamConfig, class_indices, stream_raster
 from pipelines.io.raster import bounded_gdal_env, open_raster
-from pipelines.model_loading import LoadedModel
+from pipelines.model_loading import LoadedModel, network_on
 from pipelines.postprocess.labels import pixel_area, postprocess_labels
 from pipelines.preprocess.array import normalize_channels
 from pipelines.write.geotiff import GeoTiffMaskWriter, mask_dtype
@@ -140,9 +140,9 @@ def segment_raster(
     config = config or SlidingWindowConfig(overlap=0.25, batch_size=8)
     postprocess = postprocess or PostprocessConfig()
     plan, source = model.plan, Path(source)
-    target = choose_device(str(device) if device else None)
+    target = choose_device(str(device) if device else model.device)
     predictor = probability_predictor(
-        model.network.to(target), model.spec, channels_last=config.channels_last
+        network_on(model, target), model.spec, channels_last=config.channels_last
     )
 
     def predict(batch: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from pipelines.infer.instances import segment_instances
 from pipelines.infer.polygons import write_raster_polygons
 from pipelines.infer.raster import segment_raster
 from pipelines.infer.sliding import SlidingWindowConfig
+from pipelines.interrupts import check_stop
 from pipelines.io.formats import suffix_of
 from pipelines.io.image2d import read_image, read_image_geometry
 from pipelines.io.nifti import iter_volume_slabs, open_volume, read_volume_geometry
@@ -46,7 +47,14 @@ from pipelines.write.image2d import write_label_image, write_probability_image
 from pipelines.write.lineage import lineage_record, write_lineage
 from pipelines.write.nifti import write_nifti_mask, write_nifti_probabilities
 
-__all__ = ["CaseResult", "SegmentOptions", "SegmentReport", "segment_case", "segment_inputs"]
+__all__ = [
+    "CaseResult",
+    "SegmentOptions",
+    "SegmentReport",
+    "remove_case_outputs",
+    "segment_case",
+    "segment_inputs",
+]
 
 Progress = Callable[[int, int], None]
 _KIND_SUFFIXES = {
@@ -204,6 +212,19 @@ def _outputs_of(out: Path, case_id: str) -> dict[Path, tuple[int, int]]:
     return found
 
 
+def remove_case_outputs(out: Path, case_id: str) -> list[Path]:
+    """Remove every output of ``case_id`` in ``out`` and the temporary files of its writers
+    (after its worker process died mid-case: what it left is partial by definition)."""
+    removed = list(_outputs_of(out, case_id))
+    for suffix in _OUTPUT_SUFFIXES:
+        removed += [p for p in out.glob(f".{case_id}{suffix}.*") if ".part" in p.name]
+        removed += list(out.glob(f".{case_id}{suffix}.*.work.tif"))
+    for path in removed:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return removed
+
+
 @contextlib.contextmanager
 def _no_partial_outputs(out: Path, case_id: str) -> Iterator[None]:
     """Remove the outputs of a case that failed after writing some (its mask without its
@@ -323,9 +344,12 @@ def segment_case(
     Raises:
         InputError: the input cannot be read, has the wrong channels, or is the wrong kind.
         OutputError: an output cannot be written or fails its post-write check.
+        StopRequested: a stop was asked for (SIGTERM): before the case, or at a batch of
+            windows, after which nothing of the case is left.
     """
     options = options or SegmentOptions()
     out = Path(out_dir)
+    check_stop()
     _check_kind(case, model)
     check_input(case, model)
     with _no_partial_outputs(out, case.case_id):

@@ -19,6 +19,7 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from data_contracts import ModelSpec
+from pipelines.interrupts import check_stop
 
 __all__ = ["SlidingWindowConfig", "choose_device", "probability_predictor", "sliding_probabilities"]
 
@@ -65,14 +66,17 @@ def _memory_format(dims: int) -> torch.memory_format:
 def probability_predictor(
     network: nn.Module, spec: ModelSpec, *, channels_last: bool = True
 ) -> Predictor:
-    """A window predictor: ``(B, C, *S)`` → probabilities ``(B, K, *S)`` (sigmoid or softmax)."""
-    network.eval()
-    dims = spec.spatial_dims
-    memory_format = _memory_format(dims)
-    if channels_last:
-        network.to(memory_format=memory_format)
+    """A window predictor: ``(B, C, *S)`` → probabilities ``(B, K, *S)`` (sigmoid or softmax).
+
+    The network is only read: it was made ready once, when loaded
+    (:func:`pipelines.model_loading.prepare_for_inference`), and threads may share it. Each
+    call first checks for a stop request (:func:`pipelines.interrupts.check_stop`), so a
+    SIGTERM ends a case at the next batch of windows.
+    """
+    memory_format = _memory_format(spec.spatial_dims)
 
     def predict(windows: torch.Tensor) -> torch.Tensor:
+        check_stop()
         if channels_last:
             windows = windows.contiguous(memory_format=memory_format)
         logits = network(windows).float()

@@ -1,0 +1,272 @@
+"""Segment cases in worker processes, so that a native crash fails one file, not the batch.
+
+GDAL, torch and scikit-image run native code: a segfault, an abort or the kernel's OOM killer
+takes down the process it happens in. :class:`CaseWorkers` runs each case in one of a few
+long-lived worker processes (`pebble`'s process pool, which replaces a worker that dies and
+fails only the case it was running, with :class:`CaseCrashed`). The batch records that case as
+``crashed`` and goes on.
+
+Workers are forked from a *forkserver* that imported the inference stack once, so starting
+one costs milliseconds, not the seconds of importing torch again; each loads the model once
+(from a local folder, made ready for inference) and keeps it for every case it runs. They die
+with their parent (``PR_SET_PDEATHSIG``), ignore Ctrl-C (the parent decides how to stop) and
+see the parent's stop request at their next batch of windows (:mod:`pipelines.interrupts`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+from concurrent.futures import CancelledError
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pebble import ProcessExpired, ProcessPool
+
+from data_contracts import SegflowError
+from pipelines.infer.inputs import InferenceInput
+from pipelines.infer.run import CaseResult, SegmentOptions, segment_case
+from pipelines.interrupts import request_stop, stop_requested, watch_event
+from pipelines.model_loading import LoadedModel, export_model, load_model, local_model_path
+from pipelines.process_guard import set_parent_death_signal
+
+__all__ = [
+    "CaseCrashed",
+    "CaseWorkers",
+    "WorkerSettings",
+    "default_worker_count",
+    "describe_exit",
+    "local_model_folder",
+]
+
+logger = logging.getLogger(__name__)
+
+# Imported once by the forkserver, so that forked workers start with them loaded.
+_PRELOAD = ["pipelines.infer.run", "pipelines.model_loading"]
+_STOP_GRACE_SECONDS = 6.0
+_POLL_SECONDS = 0.2
+
+
+class CaseCrashed(SegflowError):
+    """The worker process segmenting a case died (a signal or an exit without a result).
+
+    Attributes:
+        cause: ``"SIGSEGV (signal 11)"``, ``"exit status 1"``…
+    """
+
+    default_hint = (
+        "the file made native code crash (a damaged file, or memory exhausted); it is retried "
+        "once, then quarantined: see the ledger, or pass --retry-crashed to try it again"
+    )
+
+    def __init__(
+        self, reason: str, *, path: str | Path | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(reason, path=path, hint=hint)
+        self.cause = reason
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """``-11`` → ``"SIGSEGV (signal 11)"``; ``1`` → ``"exit status 1"``."""
+    if exitcode is None:
+        return "an unknown cause"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "signal"
+        return f"{name} (signal {-exitcode})"
+    return f"exit status {exitcode}"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What every worker needs to segment cases, sent once when it starts.
+
+    Attributes:
+        model_folder: a local model folder (from ``export_model`` or a local model path).
+        model: the parent's model, whose identity (URI, name, version) lineage records.
+        out_dir: the output folder.
+        options: the batch's inference options.
+        torch_threads: intra-op threads of each worker.
+    """
+
+    model_folder: str
+    model_uri: str
+    model_name: str | None
+    model_version: str | None
+    device: str
+    out_dir: str
+    options: SegmentOptions
+    torch_threads: int = 1
+
+    @classmethod
+    def of(
+        cls,
+        model: LoadedModel,
+        model_folder: str | Path,
+        out_dir: str | Path,
+        options: SegmentOptions,
+        torch_threads: int,
+    ) -> WorkerSettings:
+        """Settings for workers that segment with ``model`` (loaded from ``model_folder``)."""
+        return cls(
+            str(model_folder),
+            model.uri,
+            model.name,
+            model.version,
+            model.device,
+            str(out_dir),
+            options,
+            torch_threads,
+        )
+
+
+_worker: dict[str, Any] = {}  # the state of a worker process (one thread runs its cases)
+
+
+def _initialize(settings: WorkerSettings, stop: Any) -> None:
+    """Runs once in each worker process before its first case."""
+    set_parent_death_signal()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group: the
+    signal.signal(signal.SIGTERM, lambda *_: request_stop("SIGTERM"))  # parent decides
+    watch_event(stop)
+    _worker["settings"] = settings
+    try:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+        loaded = load_model(settings.model_folder, device=settings.device)
+        _worker["model"] = dataclasses.replace(
+            loaded, uri=settings.model_uri, name=settings.model_name, version=settings.model_version
+        )
+    except BaseException as error:  # reported with every case, not as a dead worker
+        _worker["error"] = _transportable(error)
+
+
+def _transportable(error: BaseException) -> BaseException:
+    """``error`` itself when it survives pickling, else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # any pickling failure: send the text instead
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
+
+
+def _segment_in_worker(case: InferenceInput) -> CaseResult:
+    """The task a worker runs: one case with the worker's model."""
+    if "error" in _worker:
+        raise _worker["error"]
+    settings: WorkerSettings = _worker["settings"]
+    try:
+        return segment_case(_worker["model"], case, settings.out_dir, settings.options)
+    except Exception as error:
+        raise _transportable(error) from None
+
+
+class CaseWorkers:
+    """A pool of worker processes that segment one case at a time each.
+
+    Thread-safe: the batch's task threads call :meth:`segment` concurrently, each waiting for
+    its own case.
+
+    Args:
+        settings: what the workers load and where they write.
+        workers: number of worker processes.
+    """
+
+    def __init__(self, settings: WorkerSettings, workers: int) -> None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_PRELOAD)
+        self._stop = context.Event()
+        self._pool = ProcessPool(
+            max_workers=max(1, workers),
+            initializer=_initialize,
+            initargs=(settings, self._stop),
+            context=context,
+        )
+        self.workers = max(1, workers)
+
+    def segment(self, case: InferenceInput) -> CaseResult:
+        """Segment ``case`` in a worker and return its result.
+
+        Raises:
+            CaseCrashed: the worker died while segmenting it (it is replaced).
+            Exception: the case's own error, as raised in the worker.
+        """
+        future = self._pool.schedule(_segment_in_worker, args=(case,))
+        try:
+            while True:
+                try:
+                    return future.result(timeout=_POLL_SECONDS)  # type: ignore[no-any-return]
+                except TimeoutError:
+                    if stop_requested():  # the workers stop at their next batch of windows
+                        self._stop.set()
+        except ProcessExpired as error:
+            cause = describe_exit(error.exitcode)
+            raise CaseCrashed(
+                f"the worker process segmenting it died of {cause}", path=case.channels[0]
+            ) from None
+        except CancelledError:
+            raise CaseCrashed(
+                "was stopped with its worker process", path=case.channels[0]
+            ) from None
+
+    def request_stop(self) -> None:
+        """Ask every worker to stop its case at the next batch of windows."""
+        self._stop.set()
+
+    def close(self, *, stopping: bool = False) -> None:
+        """Let the workers finish (or, when ``stopping``, give them a few seconds to reach a
+        boundary), then end them."""
+        if stopping:
+            self._stop.set()
+            self._pool.close()
+            try:
+                self._pool.join(timeout=_STOP_GRACE_SECONDS)
+            except TimeoutError:
+                logger.warning("workers did not stop in %.0f s; killing them", _STOP_GRACE_SECONDS)
+                self._pool.stop()
+                self._pool.join()
+            return
+        self._pool.close()
+        self._pool.join()
+
+    def __enter__(self) -> CaseWorkers:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self._pool.stop()
+            self._pool.join()
+        else:
+            self.close()
+
+
+def default_worker_count(cases: int, cpu_count: int | None = None) -> int:
+    """One worker per core, but never more than there are cases."""
+    return max(1, min(cases, cpu_count or os.cpu_count() or 1))
+
+
+def local_model_folder(model_uri: str, scratch: str | Path) -> Path:
+    """A local folder holding the model ``model_uri`` names, for workers to load from: the
+    folder itself for a local model, else a copy exported from the registry into ``scratch``.
+
+    Raises:
+        ModelError: the model cannot be found.
+    """
+    local = local_model_path(model_uri)
+    if local is not None and local.is_dir():
+        return local
+    return export_model(model_uri, Path(scratch) / "model")
