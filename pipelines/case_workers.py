@@ -95,6 +95,8 @@ class WorkerSettings:
         out_dir: the output folder.
         options: the batch's inference options.
         torch_threads: intra-op threads of each worker.
+        environment: the parent's environment when the batch started (the forkserver that
+            forks workers may be older than the parent's last change, e.g. model plugins).
     """
 
     model_folder: str
@@ -105,6 +107,7 @@ class WorkerSettings:
     out_dir: str
     options: SegmentOptions
     torch_threads: int = 1
+    environment: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(
@@ -125,6 +128,7 @@ class WorkerSettings:
             str(out_dir),
             options,
             torch_threads,
+            tuple(sorted(os.environ.items())),
         )
 
 
@@ -137,6 +141,9 @@ def _initialize(settings: WorkerSettings, stop: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group: the
     signal.signal(signal.SIGTERM, lambda *_: request_stop("SIGTERM"))  # parent decides
     watch_event(stop)
+    if settings.environment:
+        os.environ.clear()
+        os.environ.update(dict(settings.environment))
     _worker["settings"] = settings
     try:
         import torch
