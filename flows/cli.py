@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import sys
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from typer.exceptions import Abort, TyperException
@@ -308,10 +311,26 @@ def _save_crash(error: BaseException) -> Path | None:
         return None
 
 
+def _exit_now(code: int) -> NoReturn:
+    """Exit the console script: run the exit handlers (servers stopped, logs flushed), then
+    end the process without the interpreter's teardown of every imported native library,
+    which took seconds after a batch (and counts against the 10 s a stop signal allows)."""
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segflow`` console script; returns (and exits with) the exit code."""
     apply_environment()
     install_stop_handlers()
+    from flows import local_api
+
+    local_api.enable()  # flows run on a temporary Prefect API that cannot outlive segflow
     try:
         result = app(args=argv, standalone_mode=False)
         code = result if isinstance(result, int) else ExitCode.OK
@@ -349,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         error_console.print(f"[red]internal error:[/red] {type(error).__name__}: {error}{where}")
         code = ExitCode.INTERNAL
     if __name__ == "__main__" or argv is None:
-        sys.exit(code)
+        _exit_now(code)
     return code
 
 

@@ -45,9 +45,16 @@ from pipelines.case_workers import (
     WorkerSettings,
     default_worker_count,
     local_model_folder,
+    start_forkserver_early,
 )
+from pipelines.infer.inputs import channel_suffix_for, channel_suffix_grouping
 from pipelines.infer.run import SegmentOptions
-from pipelines.interrupts import BatchInterrupted, stop_reason, stop_requested
+from pipelines.interrupts import (
+    BatchInterrupted,
+    stop_reason,
+    stop_requested,
+    stop_signals_handled,
+)
 from pipelines.ledger import Ledger
 from pipelines.model_loading import LoadedModel, load_model, resolve_model_uri
 from pipelines.object_store import is_s3_uri, staged_output_dir
@@ -281,6 +288,7 @@ def segment_archive_flow(
     track: bool = True,
     retry_crashed: bool = False,
     isolated: bool = True,
+    channel_suffix: bool = False,
 ) -> State[dict[str, Any]]:
     """Segment every case under ``source`` into ``out``; a rerun skips what is done.
 
@@ -303,11 +311,16 @@ def segment_archive_flow(
         retry_crashed: try quarantined files again (their worker crashed twice before).
         isolated: with the threads runner, segment in worker processes, so that a native
             crash (segfault, abort, OOM kill) fails one file, not the batch (default).
+        channel_suffix: group ``<case>_0000``, ``<case>_0001``… files into one case; also
+            on for a model of multi-channel volumes (:func:`channel_suffix_for`). Otherwise
+            every file is a case named by its full stem.
 
     Returns:
         ``Completed`` (all done or skipped; ``partial: …`` when some failed) or ``Failed``
         (nothing done), carrying the summary.
     """
+    if isolated:
+        start_forkserver_early()  # imports the inference stack while the model loads
     pinned = resolve_model_uri(model)
     loaded = _model(pinned, device)
     options = SegmentOptions(
@@ -319,15 +332,17 @@ def segment_archive_flow(
         device=device,
     )
     local_out = str(staged_output_dir(out))
-    report = run_batch(
-        stage_source(source) if is_s3_uri(source) else source,
-        loaded,
-        local_out,
-        options,
-        verify=verify,
-        retry_crashed=retry_crashed,
-        map_items=_map_as_tasks(pinned, local_out, options, files_per_task, isolated),
-    )
+    grouping = channel_suffix_grouping(channel_suffix_for(loaded.plan, requested=channel_suffix))
+    with grouping, stop_signals_handled():  # SIGTERM/SIGINT: stop at a window batch or file
+        report = run_batch(
+            stage_source(source) if is_s3_uri(source) else source,
+            loaded,
+            local_out,
+            options,
+            verify=verify,
+            retry_crashed=retry_crashed,
+            map_items=_map_as_tasks(pinned, local_out, options, files_per_task, isolated),
+        )
     if stop_requested() or report.counts["interrupted"]:
         raise _interrupted(report, local_out)
     summary = _summary(report, source, pinned, out)

@@ -21,6 +21,8 @@ import multiprocessing
 import os
 import pickle
 import signal
+import threading
+import time
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +33,13 @@ from pebble import ProcessExpired, ProcessPool
 
 from data_contracts import SegflowError
 from pipelines.infer.inputs import InferenceInput
-from pipelines.infer.run import CaseResult, SegmentOptions, segment_case
-from pipelines.interrupts import request_stop, stop_requested, watch_event
+from pipelines.infer.run import CaseResult, SegmentOptions, remove_case_outputs, segment_case
+from pipelines.interrupts import (
+    StopRequested,
+    stop_reason,
+    stop_requested,
+    watch_event,
+)
 from pipelines.model_loading import LoadedModel, export_model, load_model, local_model_path
 from pipelines.process_guard import set_parent_death_signal
 
@@ -43,13 +50,14 @@ __all__ = [
     "default_worker_count",
     "describe_exit",
     "local_model_folder",
+    "start_forkserver_early",
 ]
 
 logger = logging.getLogger(__name__)
 
 # Imported once by the forkserver, so that forked workers start with them loaded.
 _PRELOAD = ["pipelines.infer.run", "pipelines.model_loading"]
-_STOP_GRACE_SECONDS = 6.0
+_STOP_GRACE_SECONDS = 3.0
 _POLL_SECONDS = 0.2
 
 
@@ -138,8 +146,11 @@ _worker: dict[str, Any] = {}  # the state of a worker process (one thread runs i
 def _initialize(settings: WorkerSettings, stop: Any) -> None:
     """Runs once in each worker process before its first case."""
     set_parent_death_signal()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group: the
-    signal.signal(signal.SIGTERM, lambda *_: request_stop("SIGTERM"))  # parent decides
+    # Ctrl-C reaches the whole process group: the parent decides how to stop. SIGTERM ends a
+    # worker at once (the pool's own way to end workers); a stop of the batch arrives through
+    # the shared event instead, checked at every batch of windows.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     watch_event(stop)
     if settings.environment:
         os.environ.clear()
@@ -199,6 +210,7 @@ class CaseWorkers:
             context=context,
         )
         self.workers = max(1, workers)
+        self._out_dir = settings.out_dir
 
     def segment(self, case: InferenceInput) -> CaseResult:
         """Segment ``case`` in a worker and return its result.
@@ -208,15 +220,30 @@ class CaseWorkers:
             Exception: the case's own error, as raised in the worker.
         """
         future = self._pool.schedule(_segment_in_worker, args=(case,))
+        stop_deadline: float | None = None
         try:
             while True:
                 try:
                     return future.result(timeout=_POLL_SECONDS)  # type: ignore[no-any-return]
                 except TimeoutError:
-                    if stop_requested():  # the workers stop at their next batch of windows
-                        self._stop.set()
+                    if not stop_requested():
+                        continue
+                    # The worker stops at its next batch of windows; one still starting (or
+                    # stuck in native code) is ended after a grace period.
+                    self._stop.set()
+                    now = time.monotonic()
+                    stop_deadline = stop_deadline or now + _STOP_GRACE_SECONDS
+                    if now > stop_deadline:
+                        future.cancel()
+                        remove_case_outputs(Path(self._out_dir), case.case_id)
+                        raise StopRequested(
+                            f"stopped by {stop_reason()}; its worker was ended",
+                            path=case.channels[0],
+                        ) from None
         except ProcessExpired as error:
             cause = describe_exit(error.exitcode)
+            if stop_requested():  # ended with the rest of the process group: not a crash
+                raise StopRequested(f"stopped by {stop_reason()}", path=case.channels[0]) from None
             raise CaseCrashed(
                 f"the worker process segmenting it died of {cause}", path=case.channels[0]
             ) from None
@@ -230,17 +257,11 @@ class CaseWorkers:
         self._stop.set()
 
     def close(self, *, stopping: bool = False) -> None:
-        """Let the workers finish (or, when ``stopping``, give them a few seconds to reach a
-        boundary), then end them."""
-        if stopping:
+        """Let the workers finish their cases and end (at once, when ``stopping``)."""
+        if stopping:  # every case has returned by now: end the workers without waiting
             self._stop.set()
-            self._pool.close()
-            try:
-                self._pool.join(timeout=_STOP_GRACE_SECONDS)
-            except TimeoutError:
-                logger.warning("workers did not stop in %.0f s; killing them", _STOP_GRACE_SECONDS)
-                self._pool.stop()
-                self._pool.join()
+            self._pool.stop()
+            self._pool.join()
             return
         self._pool.close()
         self._pool.join()
@@ -259,6 +280,20 @@ class CaseWorkers:
             self._pool.join()
         else:
             self.close()
+
+
+def start_forkserver_early() -> None:
+    """Start the forkserver (which imports the inference stack, seconds) in the background,
+    so that it is ready when the batch's first case needs a worker."""
+
+    def start() -> None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_PRELOAD)
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+    threading.Thread(target=start, name="segflow-forkserver", daemon=True).start()
 
 
 def default_worker_count(cases: int, cpu_count: int | None = None) -> int:

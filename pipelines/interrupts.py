@@ -35,6 +35,7 @@ __all__ = [
     "signal_is_cooperative",
     "stop_reason",
     "stop_requested",
+    "stop_signals_handled",
     "watch_event",
 ]
 
@@ -139,6 +140,27 @@ def install_stop_handlers() -> None:
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, handle_stop_signal)
+
+
+@contextlib.contextmanager
+def stop_signals_handled() -> Iterator[None]:
+    """A :func:`cooperative_stop` block that also owns SIGTERM and SIGINT while it runs.
+
+    Prefect's flow engine installs its own SIGTERM handler for a flow run, which raises in the
+    main thread and leaves the task threads running; a batch that checks for stops itself
+    takes the signal back for its duration (main thread only; elsewhere it only marks the
+    block cooperative).
+    """
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, handle_stop_signal)
+    try:
+        with cooperative_stop():
+            yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
 
 
 class StopRequested(SegflowError):
