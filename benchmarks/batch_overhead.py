@@ -205,11 +205,7 @@ def run_segment(
     import flows.segment_flow as segment_flow
     from flows.flows import run_flow
 
-    segment_flow._model.cache_clear()  # no model loaded, no ledger open: as a new process
-    with segment_flow._ledgers_lock:
-        for ledger in segment_flow._ledgers.values():
-            ledger.close()
-        segment_flow._ledgers.clear()
+    segment_flow.reset_process_caches()  # no model loaded, no ledger open: as a new process
     started = time.perf_counter()
     summary, code = run_flow(flow, source=str(archive), model=uri, out=str(out), **options)
     seconds = time.perf_counter() - started

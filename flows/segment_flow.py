@@ -60,7 +60,7 @@ from pipelines.model_loading import LoadedModel, load_model, resolve_model_uri
 from pipelines.object_store import is_s3_uri, staged_output_dir
 from pipelines.redaction import redact
 
-__all__ = ["add_observer", "files_per_task_for", "segment_archive_flow"]
+__all__ = ["add_observer", "files_per_task_for", "reset_process_caches", "segment_archive_flow"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,17 @@ def _model(uri: str, device: str | None = None) -> LoadedModel:
     the tasks of a process share it and only read it."""
     with _models_lock:
         return _load_cached(uri, device)
+
+
+def reset_process_caches() -> None:
+    """Forget the models and close the ledgers this process keeps between flow runs, as in a
+    new ``segflow segment`` process (benchmarks and tests)."""
+    with _models_lock:
+        _load_cached.cache_clear()
+    with _ledgers_lock:
+        for ledger in _ledgers.values():
+            ledger.close()
+        _ledgers.clear()
 
 
 @functools.lru_cache(maxsize=4)
