@@ -190,8 +190,8 @@ class NetworkTimer:
         import flows.segment_flow as segment_flow
         from pipelines.model_loading import load_model
 
-        def loading(uri: str | Path) -> LoadedModel:
-            loaded = load_model(uri)
+        def loading(uri: str | Path, *, device: str | None = None) -> LoadedModel:
+            loaded = load_model(uri, device=device)
             self.attach(loaded.network)
             return loaded
 
@@ -206,6 +206,11 @@ def run_segment(
     from flows.flows import run_flow
 
     segment_flow.reset_process_caches()  # no model loaded, no ledger open: as a new process
+    # `segflow segment` starts the worker processes' forkserver at its own start, where its
+    # imports overlap with the Prefect API's start-up (not counted either): start it here too.
+    from pipelines.case_workers import start_forkserver_early
+
+    start_forkserver_early(wait=True)
     started = time.perf_counter()
     summary, code = run_flow(flow, source=str(archive), model=uri, out=str(out), **options)
     seconds = time.perf_counter() - started

@@ -38,6 +38,7 @@ __all__ = [
     "NotAnImageError",
     "ObjectStoreError",
     "OutputError",
+    "OutputNameCollisionError",
     "PairingError",
     "SegflowError",
     "UnreadableFileError",
@@ -205,7 +206,10 @@ class PairingError(InputError):
     """Images and labels cannot be paired (missing channel, label without image, duplicate)."""
 
     default_hint = (
-        "check file names: a case's channels end in _0000, _0001…; labels share the case stem"
+        "check file names: a label is named like its image (images/tile_2023.tif ↔ "
+        "labels/tile_2023.tif, plus any --label-suffix); files <case>_0000, <case>_0001… are "
+        "the channels of one case only in the nnU-Net layout, with a dataset.json declaring "
+        "several channels, or with --channel-suffix"
     )
 
 
@@ -213,6 +217,20 @@ class DatasetLayoutError(InputError):
     """A dataset folder, dataset.json or CSV does not follow a layout segflow knows."""
 
     default_hint = "use the nnU-Net v2 layout, images/ + labels/, or a CSV with columns image,label"
+
+
+class OutputNameCollisionError(DatasetLayoutError):
+    """Two inputs would get the same case id, so their outputs would overwrite each other.
+
+    Case ids are compared after case-folding (``Tile.tif`` and ``tile.tif`` clash on a
+    case-insensitive file system); names differing only in extension (``scene.tif``,
+    ``scene.tiff``) and one name in two folders clash too. Every input of a clash is rejected.
+    """
+
+    default_hint = (
+        "rename one of them: every case id (the file name without its extension) must be "
+        "unique, ignoring letter case"
+    )
 
 
 class VectorLabelError(InputError):

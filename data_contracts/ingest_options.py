@@ -16,6 +16,10 @@ class IngestOptions(Contract):
     Attributes:
         label_suffix: text between the case id and the extension of label files
             (``"_mask"`` pairs ``a_mask.tif`` with ``a.tif``).
+        channel_suffix: group files named ``<case>_0000``, ``<case>_0001``… into the channels
+            of one case ``<case>`` in any folder. Off, every image file is a case named by its
+            full stem (``tile_2023.tif`` → ``tile_2023``); the nnU-Net layout and a
+            ``dataset.json`` declaring several channels group without it.
         labels: label name → value; overrides ``dataset.json``; ``None`` infers from the files.
         ignore_value: label value meaning "no label" (nodata), excluded from the label set.
         label_kind: semantic class maps or instance maps.
@@ -29,6 +33,7 @@ class IngestOptions(Contract):
     """
 
     label_suffix: str = ""
+    channel_suffix: bool = False
     labels: dict[str, int] | None = None
     ignore_value: int | None = None
     label_kind: LabelKind = "semantic"

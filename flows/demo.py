@@ -1,11 +1,12 @@
 """The demo: the whole job on embedded defaults, for volumes and rasters, in a few minutes.
 
-``demo_flow`` builds a sample archive (NIfTI volumes and georeferenced GeoTIFFs that segflow
-generates), and for each kind: ingests it, trains a small U-Net briefly (tracked in MLflow on a
-sqlite file), registers it (the first version becomes ``champion``), segments every case with
-``models:/demo-<kind>@champion`` through the resumable ``segment-archive`` flow, and scores the
-masks against the labels. Everything runs on Prefect's ephemeral API; no server is started.
-The Dice it reports is computed from the files it wrote.
+``demo_flow`` (which runs the ``demo`` flow, :func:`demo_job`) builds a sample archive (NIfTI
+volumes and georeferenced GeoTIFFs that segflow generates), and for each kind: ingests it,
+trains a small U-Net briefly (tracked in MLflow on a sqlite file), registers it (the first
+version becomes ``champion``), segments every case with ``models:/demo-<kind>@champion``
+through the resumable ``segment-archive`` flow, and scores the masks against the labels.
+Everything runs on a temporary local Prefect API; no server to start. The Dice it reports is
+computed from the files it wrote.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from prefect import flow
 from data_contracts import IngestOptions, TrainConfig, get_settings
 from flows.artifacts import publish_summary, publish_table
 from flows.flows import evaluate_flow, ingest_flow, train_flow
+from flows.local_api import ensure_local_api
 from flows.segment_flow import segment_archive_flow
 
-__all__ = ["DEMO_TRAINING", "demo_flow"]
+__all__ = ["DEMO_TRAINING", "demo_flow", "demo_job"]
 
 #: Small networks and budgets that fit the demo's five minutes on two CPU cores.
 DEMO_TRAINING: dict[str, dict[str, Any]] = {
@@ -82,9 +84,26 @@ def _run_kind(
     return rows
 
 
-@flow(name="demo", flow_run_name="demo")
 def demo_flow(out: Path, seed: int = 0, minutes_scale: float = 1.0) -> dict[str, Any]:
-    """Run the demo into ``out``; return the per-case Dice rows and where everything is.
+    """Run the ``demo`` flow (:func:`demo_job`) into ``out``, on segflow's temporary Prefect API
+    in the command line (:func:`flows.local_api.ensure_local_api`).
+
+    Args:
+        out: folder for the archive, manifests, masks and metrics.
+        seed: seed of the sample data and of training.
+        minutes_scale: multiplies the training budgets (tests run a reduced demo).
+
+    Returns:
+        The per-case Dice rows and where everything is.
+    """
+    ensure_local_api()
+    return demo_job(out, seed=seed, minutes_scale=minutes_scale)
+
+
+@flow(name="demo", flow_run_name="demo")
+def demo_job(out: Path, seed: int = 0, minutes_scale: float = 1.0) -> dict[str, Any]:
+    """The demo flow: run the demo into ``out``; return the per-case Dice rows and where
+    everything is.
 
     Args:
         out: folder for the archive, manifests, masks and metrics.

@@ -113,10 +113,12 @@ def evaluate(
     """Score predictions against reference labels: Dice, IoU and HD95 per class (HD95 in mm for
     NIfTI, in CRS units for GeoTIFF), or DSB-2018, AP@[.5:.95] and F1@.5 for instance maps.
 
-    Files pair by case id: the name without extension and without a _0000 channel suffix
-    (case.nii.gz pairs with case_0000.nii.gz). Sidecars (*.lineage.json, *_prob.*) are
-    skipped; a GeoTIFF's nodata pixels count nowhere. Exit code 3 when some cases failed or
-    lack a prediction.
+    Files pair by case id, the file name without its extension, as segment names its
+    outputs: the mask tile_2023.tif pairs with the truth tile_2023.tif. A name that finds no
+    partner pairs after dropping a _0000 channel suffix (case_0000.nii.gz with case.nii.gz)
+    when no other file claims that partner. Sidecars (*.lineage.json, *_prob.*) are skipped;
+    a GeoTIFF's nodata pixels count nowhere. Exit code 3 when some cases failed or lack a
+    prediction.
 
     Examples:
 

@@ -15,8 +15,10 @@ Calling a flow returns its summary dict (``flow(...)``) or its final state
 summary carries ``outcome`` and ``exit_code`` too. An exception raised by a step (a missing
 source, a bad option) fails the flow with that exception.
 
-Without ``PREFECT_API_URL`` a call starts Prefect's temporary local API (~15 s once per
-process); with a server (``prefect server start``) the runs, artifacts and logs stay there.
+Without ``PREFECT_API_URL`` a call starts a temporary local API (~15 s once per process:
+Prefect's own, or in the ``segflow`` command line segflow's, which cannot outlive the command,
+see :mod:`flows.local_api`); with a server (``prefect server start``) the runs, artifacts and
+logs stay there.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from prefect.states import Completed, Failed, State
 from data_contracts import IngestOptions, InputError, TrainConfig, UsageError, get_settings
 from flows.artifacts import publish_summary
 from flows.exit_codes import ExitCode, outcome
+from flows.local_api import ensure_local_api
 from flows.storage_tasks import stage_source
 from flows.tasks import evaluate_task, evaluation_counts, ingest_task, train_task
 from pipelines.object_store import is_s3_uri
@@ -97,10 +100,14 @@ def exit_code_of(state: State[Any]) -> ExitCode:
 def run_flow(flow_to_run: Flow[..., Any], **parameters: Any) -> tuple[dict[str, Any], ExitCode]:
     """Run a segflow flow in this process; return its summary and the exit code it stands for.
 
+    In the ``segflow`` command line, the flow runs on segflow's own temporary Prefect API when
+    none is configured (:func:`flows.local_api.ensure_local_api`; started once per process).
+
     Raises:
         Exception: the exception that failed the flow (a ``SegflowError`` maps to its exit
             code in the CLI, anything else is an internal error).
     """
+    ensure_local_api()
     state = cast("State[Any]", flow_to_run(**parameters, return_state=True))
     data = state.result(raise_on_failure=False)
     if isinstance(data, BaseException):
@@ -156,7 +163,9 @@ def ingest_flow(
         source: dataset folder, ``.zip``/``.tar[.gz]`` archive, or CSV (columns image,label);
             local, or an ``s3://`` URI (staged into ``$SEGFLOW_HOME/staging`` first).
         out: manifest JSON to write (default ``$SEGFLOW_HOME/manifests/<source>.json``).
-        options: pairing, label and tolerance options (``IngestOptions`` fields).
+        options: pairing (``label_suffix``; ``channel_suffix`` groups ``<case>_0000``,
+            ``<case>_0001``… files into one case, otherwise every file is a case named by its
+            full stem), label and tolerance options (``IngestOptions`` fields).
         workdir: extracted archives and rasterised labels (default ``<out>.files/``).
 
     Returns:

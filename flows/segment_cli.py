@@ -140,7 +140,7 @@ def segment(
 
         segflow segment scans/ --model models:/brats@champion --out masks/
 
-        segflow segment bands/ --model models:/landcover@champion --channel-suffix
+        segflow segment scans/ --model models:/ct@champion --channel-suffix   # pat1_0000.nii.gz → pat1.nii.gz
 
         segflow segment s3://scans/incoming/ --model models:/brats@champion --out s3://scans/masks/
 
@@ -159,6 +159,10 @@ def segment(
     from flows.segment_flow import add_observer, segment_archive_flow
 
     runner = make_runner(task_runner, max_workers=max_workers, dask_address=dask_address)
+    if task_runner == "threads":
+        from pipelines.case_workers import start_forkserver_early
+
+        start_forkserver_early()  # its imports overlap with the Prefect API's start-up
     with cooperative_stop(), progress_bar() as bar:
         files = bar.add_task("files", total=None, current="")
 

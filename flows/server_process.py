@@ -1,20 +1,22 @@
-"""A ``prefect server`` child process on 127.0.0.1: started in its own process group, waited
-for until its API answers, and stopped with everything it forked."""
+"""Server child processes on 127.0.0.1 (``prefect server``, segflow's temporary Prefect API,
+MLflow in tests): started in their own session with the parent-death signal set, so that they
+never outlive segflow, waited for until their API answers, and stopped with everything they
+forked."""
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from data_contracts import OutputError
+from pipelines.process_guard import popen_guarded, stop_process_group
 from pipelines.redaction import redact
 
 __all__ = ["ServerProcess", "free_port", "prefect_server"]
@@ -33,10 +35,14 @@ def free_port(preferred: int | None = None) -> int:
 
 
 class ServerProcess:
-    """A server subprocess in its own process group, healthy when ``health_url`` answers 200.
+    """A server subprocess in its own session, healthy when ``health_url`` answers 200.
 
-    Used by ``segflow serve`` for its local Prefect server and by the integration tests for
-    Prefect and MLflow servers. ``stop`` signals the whole group: both servers fork workers.
+    Used by ``segflow serve`` for its local Prefect server, by :mod:`flows.local_api` for the
+    commands' temporary Prefect API, and by the integration tests for Prefect and MLflow
+    servers. The child is started by :func:`pipelines.process_guard.popen_guarded`: SIGKILL
+    reaches it when this process dies, however it dies, and its output goes to ``log_path``
+    (never to this process's stdout/stderr, which may be a caller's pipes). ``stop`` signals
+    the whole process group: both servers fork workers.
 
     Args:
         command: the server's command line.
@@ -44,6 +50,9 @@ class ServerProcess:
         log_path: the server's stdout and stderr.
         env: environment of the server (default: this process's).
         startup_timeout: seconds to wait for health.
+        pass_fds: file descriptors the server inherits (a listening socket for ``--fd``).
+        health_timeout: seconds one health request may wait for its answer (a server handed
+            a bound socket queues requests made while it starts: wait long, ask rarely).
     """
 
     def __init__(
@@ -54,12 +63,16 @@ class ServerProcess:
         *,
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 120.0,
+        pass_fds: Sequence[int] = (),
+        health_timeout: float = 2.0,
     ):
         self.command = command
         self.health_url = health_url
         self.log_path = log_path
         self.env = dict(env if env is not None else os.environ)
         self.startup_timeout = startup_timeout
+        self.pass_fds = tuple(pass_fds)
+        self.health_timeout = health_timeout
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
@@ -68,16 +81,30 @@ class ServerProcess:
         Raises:
             OutputError: the server exited or did not become healthy in time (log tail quoted).
         """
+        self.spawn()
+        return self.wait_healthy()
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the server process without waiting for it (then :meth:`wait_healthy`)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process = popen_guarded(
                 self.command,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                pass_fds=self.pass_fds,
             )
+        return self.process
+
+    def wait_healthy(self) -> ServerProcess:
+        """Wait until the spawned server answers ``health_url``.
+
+        Raises:
+            OutputError: the server exited or did not become healthy in time (log tail quoted).
+        """
+        if self.process is None:
+            raise OutputError("the server was not started", path=self.log_path)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -89,10 +116,15 @@ class ServerProcess:
         self._fail(f"was not healthy after {self.startup_timeout:g} s")
         return self
 
+    @property
+    def running(self) -> bool:
+        """True while the server process has not exited."""
+        return self.process is not None and self.process.poll() is None
+
     def healthy(self) -> bool:
         """True when ``health_url`` answers 200."""
         try:
-            with urllib.request.urlopen(self.health_url, timeout=2) as response:
+            with urllib.request.urlopen(self.health_url, timeout=self.health_timeout) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
@@ -103,19 +135,10 @@ class ServerProcess:
         raise OutputError(redact(f"{command} {what}; log:\n" + "\n".join(tail)), path=self.log_path)
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop the whole process group: SIGTERM, then SIGKILL after ``timeout`` seconds."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(timeout=timeout)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        """Stop the whole process group: SIGTERM, then SIGKILL after ``timeout`` seconds (or
+        as soon as the server has exited, for members that stayed behind)."""
+        if self.process is not None:
+            stop_process_group(self.process, timeout)
 
     def __enter__(self) -> ServerProcess:
         return self.start()

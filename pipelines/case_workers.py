@@ -282,9 +282,9 @@ class CaseWorkers:
             self.close()
 
 
-def start_forkserver_early() -> None:
-    """Start the forkserver (which imports the inference stack, seconds) in the background,
-    so that it is ready when the batch's first case needs a worker."""
+def start_forkserver_early(*, wait: bool = False) -> None:
+    """Start the forkserver (which imports the inference stack: seconds) in the background,
+    so that it is ready when the batch's first case needs a worker; ``wait``: here, now."""
 
     def start() -> None:
         context = multiprocessing.get_context("forkserver")
@@ -293,7 +293,10 @@ def start_forkserver_early() -> None:
 
         forkserver.ensure_running()
 
-    threading.Thread(target=start, name="segflow-forkserver", daemon=True).start()
+    if wait:
+        start()
+    else:
+        threading.Thread(target=start, name="segflow-forkserver", daemon=True).start()
 
 
 def default_worker_count(cases: int, cpu_count: int | None = None) -> int:

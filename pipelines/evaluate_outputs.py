@@ -1,11 +1,15 @@
 """Score written predictions against reference labels: what ``segflow evaluate`` does.
 
 Pairing: PRED and TRUTH are each a label file or a folder of them (not searched recursively).
-Two files are always one pair. Otherwise files pair by case id: the name without its extension
-(``.nii.gz``, ``.nii``, ``.tif``, ``.tiff``, ``.png``) and without a ``_0000``-style 4-digit
-channel suffix. Sidecars are skipped (``*.lineage.json``, ``*_prob.*`` probability maps,
-GeoPackage/GeoJSON vectors, hidden files); files left without a partner are reported, and only
-a run where nothing pairs fails (:class:`PairingError`).
+Two files are always one pair. Otherwise files pair by case id, as ``segflow segment`` names
+its outputs (:mod:`pipelines.case_names`): the full stem, the name without its extension
+(``.nii.gz``, ``.nii``, ``.tif``, ``.tiff``, ``.png``), so the mask ``tile_2023.tif`` pairs with
+the truth ``tile_2023.tif``. A file whose stem finds no partner still pairs after dropping a
+``_0000``-style 4-digit channel suffix (``brain_0000.nii.gz`` with ``brain.nii.gz``), when no
+other file of its side pairs with that partner the same way. Sidecars are skipped
+(``*.lineage.json``, ``*_prob.*`` probability maps, GeoPackage/GeoJSON vectors, hidden files);
+files left without a partner are reported, and only a run where nothing pairs fails
+(:class:`PairingError`).
 
 Reading: NIfTI through nibabel, with the voxel spacing from the header zooms (mm unless the
 header says otherwise); GeoTIFF through rasterio, with the pixel size from the transform (CRS
@@ -30,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,7 @@ from data_contracts import (
     PairingError,
     SegflowError,
 )
+from pipelines.case_names import full_stem, split_channel
 from pipelines.files import write_text_atomic
 from pipelines.io.formats import FileFormat, detect_format, is_image_name, strip_image_suffix
 from pipelines.io.image2d import read_image
@@ -74,7 +78,6 @@ INSTANCE_AUTO_VALUES = 20
 SEMANTIC_METRICS = ("dice", "iou", "hd95")
 INSTANCE_METRICS = ("dsb2018", "ap_50_95", "f1_50")
 
-_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
 _SIDECAR_ENDINGS = (".lineage.json", ".gpkg", ".geojson")
 _SPACING_RTOL = 1e-3
 
@@ -107,8 +110,8 @@ class Pairing:
 
 
 def case_id(path: str | Path) -> str:
-    """``"brain_0000.nii.gz"`` → ``"brain"``; ``"tile_7.tif"`` → ``"tile_7"``."""
-    return _CHANNEL_SUFFIX.sub("", strip_image_suffix(path))
+    """The full stem: ``"tile_2023.tif"`` → ``"tile_2023"``, ``"brain.nii.gz"`` → ``"brain"``."""
+    return full_stem(path)
 
 
 def _is_label_file(path: Path) -> bool:
@@ -143,6 +146,9 @@ def pair_files(prediction: Path, truth: Path) -> Pairing:
     predicted, truths = _collect(prediction, "prediction"), _collect(truth, "truth")
     if prediction.is_file() and truth.is_file():
         predicted = {case: [prediction] for case in truths}
+    else:
+        _pair_by_channel_suffix(predicted, truths)
+        _pair_by_channel_suffix(truths, predicted)
     both = predicted.keys() & truths.keys()
     duplicates = {
         case: str(
@@ -172,6 +178,21 @@ def pair_files(prediction: Path, truth: Path) -> Pairing:
         unpaired_truth=sorted(str(p) for c in truths.keys() - both for p in truths[c]),
         duplicates=duplicates,
     )
+
+
+def _pair_by_channel_suffix(side: dict[str, list[Path]], other: dict[str, list[Path]]) -> None:
+    """Re-key ``side``'s unpartnered ``<case>_NNNN`` ids to ``<case>`` where ``other`` has an
+    unpartnered ``<case>``: nnU-Net names inputs ``<case>_0000`` and labels ``<case>``.
+
+    Several ids re-keyed to one case become duplicates of it (reported, not guessed).
+    """
+    moves: dict[str, list[str]] = {}
+    for case in sorted(side.keys() - other.keys()):
+        stripped, channel = split_channel(side[case][0])
+        if channel is not None and stripped in other and stripped not in side:
+            moves.setdefault(stripped, []).append(case)
+    for stripped, cases in moves.items():
+        side[stripped] = [path for case in cases for path in side.pop(case)]
 
 
 def _integer_labels(values: np.ndarray, ignored: np.ndarray | None, path: Path) -> np.ndarray:

@@ -159,8 +159,8 @@ def stop_signals_handled() -> Iterator[None]:
         with cooperative_stop():
             yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
+        for number, handler in previous.items():
+            signal.signal(number, handler)  # type: ignore[arg-type]
 
 
 class StopRequested(SegflowError):

@@ -82,6 +82,11 @@ def register_model(
     return decorate
 
 
+def unregister_model(name: str) -> None:
+    """Remove ``name`` from the registry (a plugin unloaded, or a test's model)."""
+    _REGISTRY.pop(name, None)
+
+
 def available_models(kind: Kind | None = None) -> list[str]:
     """Registered model names, sorted; only neural or only classical ones when ``kind`` is set."""
     return sorted(n for n, info in _REGISTRY.items() if kind is None or info.kind == kind)

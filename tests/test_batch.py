@@ -81,11 +81,17 @@ def test_second_run_skips_everything(
     images: Path, model: LoadedModel, tmp_path: Path, calls: list[str]
 ) -> None:
     first = run_batch(images, model, tmp_path / "out")
-    assert first.counts == {"done": 6, "skipped": 0, "failed": 0, "interrupted": 0} and first.exit_status == "ok"
+    assert (
+        first.counts == {"done": 6, "skipped": 0, "failed": 0, "interrupted": 0}
+        and first.exit_status == "ok"
+    )
     assert {item.reason for item in first.items} == {"new"}
     assert len(calls) == 6 and first.files_per_second > 0
     second = run_batch(images, model, tmp_path / "out")
-    assert second.counts == {"done": 0, "skipped": 6, "failed": 0, "interrupted": 0} and second.exit_status == "ok"
+    assert (
+        second.counts == {"done": 0, "skipped": 6, "failed": 0, "interrupted": 0}
+        and second.exit_status == "ok"
+    )
     assert len(calls) == 6  # nothing segmented
     assert all(item.outputs["mask"].is_file() for item in second.items)
     exported = tmp_path / "out" / ".segflow" / "ledger.json"
@@ -141,11 +147,17 @@ def test_bad_files_fail_alone_and_are_retried(
 
 
 def test_rejected_inputs_are_failed_items(images: Path, model: LoadedModel, tmp_path: Path) -> None:
-    shutil.copy(sorted(images.iterdir())[0], images / "pair.png")
-    shutil.copy(sorted(images.iterdir())[0], images / "pair_0000.png")
+    first = sorted(images.iterdir())[0]
+    shutil.copy(first, images / "pair.png")
+    shutil.copy(first, images / "Pair.png")  # the same case id, ignoring letter case
+    shutil.copy(first, images / "pair_0000.png")  # a case of its own: a file is a case
     report = run_batch(images, model, tmp_path / "out")
-    (rejected,) = [item for item in report.items if item.reason == "rejected"]
-    assert rejected.status == "failed" and "channel suffix" in (rejected.error or "")
+    rejected = [item for item in report.items if item.reason == "rejected"]
+    assert len(rejected) == 2 and {item.status for item in rejected} == {"failed"}
+    for item in rejected:
+        assert "OutputNameCollisionError" in (item.error or "")
+        assert "Pair.png" in (item.error or "") and "pair.png" in (item.error or "")
+    assert _statuses(report)["pair_0000"] == "done"
     assert report.exit_status == "partial"
 
 

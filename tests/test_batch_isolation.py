@@ -9,8 +9,11 @@ the exit code 3; a rerun must not crash again (the file is quarantined) unless a
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import sqlite3
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +22,27 @@ import rasterio
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
-import tests.crash_models  # noqa: F401  (registers crash_on_flat in this process)
 from data_contracts import get_settings
 from flows.cli import app
 from pipelines.ingest import ingest
 from pipelines.synthetic import make_raster_dataset
-from seg_models.registry import PLUGINS_ENV
+from seg_models.registry import PLUGINS_ENV, unregister_model
 from tests.infer_models import oracle_model, register_oracle
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 _CRS = "EPSG:32633"
 _GOOD = 5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _crash_plugin() -> Iterator[None]:
+    """``crash_on_flat`` registered in this process for the module only (other modules check
+    that every registered model is documented and exercised)."""
+    importlib.import_module("tests.crash_models")
+    yield
+    unregister_model("crash_on_flat")
+    sys.modules.pop("tests.crash_models", None)
 
 
 @pytest.fixture(autouse=True)

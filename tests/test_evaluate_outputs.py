@@ -74,34 +74,43 @@ def nuclei(split: bool = False) -> np.ndarray:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("brain_0000.nii.gz", "brain"),
+        ("brain_0000.nii.gz", "brain_0000"),
         ("brain.nii", "brain"),
         ("tile_7.tif", "tile_7"),
-        ("scene_2020.tiff", "scene"),
+        ("scene_2020.tiff", "scene_2020"),
         ("cells_01.png", "cells_01"),
     ],
 )
-def test_case_id_drops_extension_and_channel_suffix(name: str, expected: str) -> None:
+def test_case_id_is_the_full_stem(name: str, expected: str) -> None:
+    """The case id drops the extension only, as ``segflow segment`` names its outputs."""
     assert case_id(name) == expected
 
 
 def test_pairing_by_case_id_skips_sidecars(tmp_path: Path) -> None:
     labels = cube()
     sidecars = ("a_prob.nii.gz", ".a.part.nii")
-    for name in ("a_0000.nii.gz", "b.nii.gz", "only_pred.nii.gz", "d.nii", "d_0000.nii", *sidecars):
+    predictions = ("a_0000.nii.gz", "b.nii.gz", "only_pred.nii.gz", "d.nii", "d_0000.nii")
+    for name in (*predictions, "e_0000.nii", "e_0001.nii", "f.nii", "f.nii.gz", *sidecars):
         write_nifti(tmp_path / "pred" / name, labels)
     (tmp_path / "pred" / "a.lineage.json").write_text("{}")
     (tmp_path / "pred" / "a.geojson").write_text("{}")
-    for name in ("a.nii.gz", "b.nii.gz", "d.nii.gz", "only_truth.nii.gz"):
+    for name in ("a.nii.gz", "b.nii.gz", "d.nii.gz", "e.nii.gz", "f.nii", "only_truth.nii.gz"):
         write_nifti(tmp_path / "truth" / name, labels)
     pairing = pair_files(tmp_path / "pred", tmp_path / "truth")
+    # a_0000 finds no truth of its own name: it pairs with a after dropping its channel suffix.
+    # d pairs by its full stem, so d_0000 (another case) is left unpaired.
     assert {case: (p.name, t.name) for case, (p, t) in pairing.pairs.items()} == {
         "a": ("a_0000.nii.gz", "a.nii.gz"),
         "b": ("b.nii.gz", "b.nii.gz"),
+        "d": ("d.nii", "d.nii.gz"),
     }
-    assert [Path(p).name for p in pairing.unpaired_prediction] == ["only_pred.nii.gz"]
+    assert [Path(p).name for p in pairing.unpaired_prediction] == ["d_0000.nii", "only_pred.nii.gz"]
     assert [Path(p).name for p in pairing.unpaired_truth] == ["only_truth.nii.gz"]
-    assert list(pairing.duplicates) == ["d"] and "d_0000.nii" in pairing.duplicates["d"]
+    # Two predictions claim truth e after dropping their suffixes; f.nii and f.nii.gz share a
+    # stem: both are reported, not guessed.
+    assert list(pairing.duplicates) == ["e", "f"]
+    assert "e_0000.nii" in pairing.duplicates["e"] and "e_0001.nii" in pairing.duplicates["e"]
+    assert "f.nii.gz" in pairing.duplicates["f"]
     # Two single files pair whatever their names.
     single = pair_files(tmp_path / "pred" / "only_pred.nii.gz", tmp_path / "truth" / "a.nii.gz")
     assert list(single.pairs) == ["a"]

@@ -104,7 +104,9 @@ def test_a_case_whose_last_output_fails_keeps_none_of_its_outputs(
     report = run_batch(images, model, out)
     assert report.counts["failed"] == 1 and report.counts["done"] == 2
     assert sorted(p.name for p in out.glob("case_001*")) == []
-    assert (out / "case_000.nii.gz").is_file() and (out / "case_000.lineage.json").is_file()
+    # images/case_000_0000.nii.gz of a one-channel model: a file is a case, named by its stem.
+    assert (out / "case_000_0000.nii.gz").is_file()
+    assert (out / "case_000_0000.lineage.json").is_file()
 
 
 def test_outputs_get_the_usual_permissions(
@@ -116,7 +118,7 @@ def test_outputs_get_the_usual_permissions(
     run_batch(images, model, out)
     umask = os.umask(0o022)
     os.umask(umask)
-    assert (out / "case_000.nii.gz").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (out / "case_000_0000.nii.gz").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 # --- SIGTERM during training ------------------------------------------------------------------

@@ -82,9 +82,9 @@ def test_segflow_segment_goes_on_past_every_bad_file(
     for name in SEGMENT_KINDS:
         kind = kinds[name]
         bad = kind.item.source / "images" / kind.item.bad_file
-        case_id = name if kind.expected["segment"] != "ok" else kind.item.bad_file[:-12]
-        shutil.copy(bad, source / f"{case_id}_0000.nii.gz")
-        expected[case_id] = kind.expected["segment"]
+        stem = name if kind.expected["segment"] != "ok" else kind.item.bad_file[:-12]
+        shutil.copy(bad, source / f"{stem}_0000.nii.gz")
+        expected[f"{stem}_0000"] = kind.expected["segment"]  # a file is a case: its full stem
     manifest = ingest(kinds[SEGMENT_KINDS[0]].item.source, workdir=tmp_path / "w")
     champion = register_oracle(oracle_model(manifest), "hardening-volumes")
     out = tmp_path / "out"
@@ -102,7 +102,7 @@ def test_segflow_segment_goes_on_past_every_bad_file(
             assert seen[case_id]["status"] == "failed", seen[case_id]
             assert error in json.dumps(seen[case_id]), seen[case_id]
             assert not list(out.glob(f"{case_id}.*")), f"{case_id} left an output"
-    assert seen["good"]["status"] == "done" and (out / "good.nii.gz").is_file()
+    assert seen["good_0000"]["status"] == "done" and (out / "good_0000.nii.gz").is_file()
     assert not [p for p in out.rglob("*") if ".part" in p.name]
 
 

@@ -46,8 +46,9 @@ def _truth(case: Case) -> np.ndarray:
     return np.asarray(nib.load(case.label.path).dataobj)  # type: ignore[attr-defined]
 
 
-def test_case_ids_drop_extension_and_channel_suffix() -> None:
-    assert case_id_of("pat1_0001.nii.gz") == "pat1"
+def test_case_ids_are_full_stems_unless_channels_are_grouped() -> None:
+    assert case_id_of("pat1_0001.nii.gz") == "pat1_0001"
+    assert case_id_of("pat1_0001.nii.gz", channel_suffix=True) == "pat1"
     assert case_id_of("scene.tif") == "scene"
     assert case_id_of("a_b_12.png") == "a_b_12"
 
@@ -127,7 +128,9 @@ def test_inputs_from_folder_archive_manifest_and_file(
     manifest_path = write_manifest(manifest, tmp_path / "manifest.json")
     assert len(discover_inputs(manifest_path, workdir=tmp_path).cases) == len(manifest.cases)
     single = discover_inputs(found.cases[0].channels[0], workdir=tmp_path)
-    assert single.cases[0].case_id == found.cases[0].case_id
+    assert single.cases[0].case_id == f"{found.cases[0].case_id}_0000"  # a file is a case
+    grouped = discover_inputs(found.cases[0].channels[0], workdir=tmp_path, channel_suffix=True)
+    assert grouped.cases[0].case_id == found.cases[0].case_id
     with pytest.raises(MissingFileError):
         discover_inputs(tmp_path / "nope", workdir=tmp_path)
     (tmp_path / "empty").mkdir()

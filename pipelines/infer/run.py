@@ -30,7 +30,7 @@ from data_contracts import (
     UnsupportedFormatError,
 )
 from pipelines.infer.in_memory import class_values_of, predict_image, predict_volume
-from pipelines.infer.inputs import InferenceInput, discover_inputs
+from pipelines.infer.inputs import InferenceInput, channel_suffix_for, discover_inputs
 from pipelines.infer.instances import segment_instances
 from pipelines.infer.polygons import write_raster_polygons
 from pipelines.infer.raster import segment_raster
@@ -404,6 +404,7 @@ def segment_inputs(
     on_start: Callable[[InferenceInput, int, int], None] | None = None,
     on_done: Callable[[InferenceInput, CaseResult | SegflowError], None] | None = None,
     window_progress: Progress | None = None,
+    channel_suffix: bool = False,
 ) -> SegmentReport:
     """Segment every case under ``source``; failed cases are reported, the others go on.
 
@@ -415,10 +416,13 @@ def segment_inputs(
         on_start: called with (case, index, total) before each case.
         on_done: called with the case's result or error after each case.
         window_progress: called with (windows done, in total) during each case.
+        channel_suffix: group ``<case>_0000``, ``<case>_0001``… files into one case (also on
+            for a model of multi-channel volumes: :func:`~pipelines.infer.inputs.channel_suffix_for`).
     """
     report = SegmentReport()
+    grouping = channel_suffix_for(model.plan, requested=channel_suffix)
     with tempfile.TemporaryDirectory(prefix="segflow-segment-") as scratch:
-        found = discover_inputs(source, workdir=scratch)
+        found = discover_inputs(source, workdir=scratch, channel_suffix=grouping)
         for error in found.rejected:
             report.failed[str(error.path or source)] = error
         for index, case in enumerate(found.cases):

@@ -13,7 +13,9 @@ class CaseCandidate:
     """A case as found on disk, before any file is opened.
 
     Attributes:
-        case_id: identifier (file stem without channel suffix).
+        case_id: identifier and output name: the file's full stem (``tile_2023``), or
+            ``<case>`` for channel files ``<case>_0000``… grouped by the layout,
+            ``dataset.json`` or ``--channel-suffix`` (see :mod:`pipelines.case_names`).
         channels: channel files in channel order.
         label: label file (raster/volume/image, or a vector file), if any.
     """

@@ -48,8 +48,10 @@ def ingest(
 
     Args:
         source: a dataset folder (nnU-Net v2, ``images/`` + ``labels/``, or flat), a ``.zip`` /
-            ``.tar[.gz]`` archive of one, or a CSV with columns ``image,label``.
-        options: pairing, label and tolerance options.
+            ``.tar[.gz]`` archive of one, or a CSV with columns ``image,label``. Every image
+            file is a case named by its full stem unless channels are grouped (see
+            :mod:`pipelines.case_names`); inputs whose case ids clash are rejected.
+        options: pairing (``label_suffix``, ``channel_suffix``), label and tolerance options.
         workdir: folder for what ingestion derives: the extracted archive and rasterised vector
             labels (the manifest's paths point into it, so keep it with the manifest).
         progress: optional callback after each case.
@@ -65,7 +67,9 @@ def ingest(
     workdir = Path(workdir).expanduser().resolve()
     rejected: list[RejectedInput] = []
     root = _resolve_root(source, options, workdir, rejected)
-    declaration = discover(root, label_suffix=options.label_suffix)
+    declaration = discover(
+        root, label_suffix=options.label_suffix, channel_suffix=options.channel_suffix
+    )
     for case_id, error in declaration.failures:
         rejected.append(_rejection(error, case_id))
     kinds = _KindResolver(options, declaration.candidates)

@@ -57,9 +57,9 @@ def read_raster_stack(paths: Sequence[str | Path], *, nodata_to_nan: bool = True
                 nodata = dataset.nodata
                 if nodata_to_nan and nodata is not None and not np.isnan(nodata):
                     data[data == np.float32(nodata)] = np.nan
-                if bands and data.shape[1:] != bands[0].shape[1:]:
+                if bands and data.shape[1:] != bands[0].shape:  # bands holds (H, W) arrays
                     raise InputError(
-                        f"is {data.shape[1:]} pixels, the case's first file {bands[0].shape[1:]}",
+                        f"is {data.shape[1:]} pixels, the case's first file {bands[0].shape}",
                         path=path,
                     )
                 bands.extend(data)

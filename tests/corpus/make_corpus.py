@@ -406,7 +406,9 @@ FULL_DISK_BYTES = 96 * 1024
 @_kind
 def full_disk(folder: Path) -> Kind:
     """Good inputs, but ``broken``'s mask (a noisy 128×128×96 volume) is bigger than the
-    file-size limit: its write fails with EFBIG, as on a full disk; the small case fits."""
+    file-size limit: its write fails with EFBIG, as on a full disk; the small case fits. The
+    mask is ``broken_0000.nii.gz``: a one-channel model's input file is a case named by its
+    full stem."""
     mm._volumes(folder)
     image = mm._load(folder / "images" / f"{BAD}_0000.nii.gz")
     noise = np.random.default_rng(0).normal(0, 400, (128, 128, 96)).astype(np.int16)
@@ -414,7 +416,7 @@ def full_disk(folder: Path) -> Kind:
     mm._save_nifti(
         folder / "labels" / f"{BAD}.nii.gz", np.zeros(noise.shape, np.uint8), image.affine
     )
-    item = mm._item(folder, f"{BAD}.nii.gz", "OutputError")
+    item = mm._item(folder, f"{BAD}_0000.nii.gz", "OutputError")
     return Kind(item, "volume", {"segment": "OutputError"}, setup="full_disk")
 
 
