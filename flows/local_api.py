@@ -17,11 +17,13 @@ argument checks start nothing — then starts the same app with the same setting
 - on a socket this process binds on 127.0.0.1 (port chosen by the OS) and hands over
   (``uvicorn --fd``): no free-port race, and requests made while the app starts wait in the
   socket's queue;
-- stopped at exit (``atexit``: its process group gets SIGTERM, then SIGKILL after 5 s).
+- stopped at exit, after Prefect's own exit handlers have flushed logs and events to it
+  (``atexit``: its process group gets SIGTERM, then SIGKILL after 5 s).
 
 This process then reaches it through ``PREFECT_API_URL``, set in the environment (children
-inherit it) and in Prefect's settings (``PREFECT_UI_URL`` empty: the server has no UI). A ``PREFECT_API_URL`` configured by the user (the
-environment, a Prefect profile) is used as it is: nothing is started.
+inherit it) and in Prefect's settings (``PREFECT_UI_URL`` empty: the server has no UI). A
+``PREFECT_API_URL`` configured by the user (the environment, a Prefect profile) is used as it
+is: nothing is started.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import logging
 import os
 import socket
 import sys
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_contracts import get_settings
@@ -73,14 +76,23 @@ class _State:
     api: LocalAPI | None = None
     stop_registered: bool = False
     cleared_ui_url: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _state = _State()
 
 
 def enable() -> None:
-    """Let :func:`ensure_local_api` start segflow's own temporary API (the CLI calls this)."""
+    """Let :func:`ensure_local_api` start segflow's own temporary API (the CLI calls this).
+
+    Also registers :func:`stop_local_api` with ``atexit`` now, before Prefect is imported:
+    exit handlers run last-registered first, so Prefect's own (which flush logs and events to
+    the API) run while the server still answers.
+    """
     _state.enabled = True
+    if not _state.stop_registered:
+        atexit.register(stop_local_api)
+        _state.stop_registered = True
 
 
 def ensure_local_api() -> str | None:
@@ -97,6 +109,11 @@ def ensure_local_api() -> str | None:
     """
     if not _state.enabled:
         return None
+    with _state.lock:  # one server, also when flows start from several threads
+        return _ensure()
+
+
+def _ensure() -> str | None:
     current = _state.api
     configured = _configured_url()
     if configured and (current is None or configured != current.url):
@@ -108,9 +125,6 @@ def ensure_local_api() -> str | None:
         stop_local_api()
     api = start_local_api()
     _state.api = api
-    if not _state.stop_registered:
-        atexit.register(stop_local_api)
-        _state.stop_registered = True
     _point_prefect_at(api.url)
     return api.url
 

@@ -47,7 +47,6 @@ from pipelines.case_workers import (
     local_model_folder,
     start_forkserver_early,
 )
-from pipelines.infer.inputs import channel_suffix_for, channel_suffix_grouping
 from pipelines.infer.run import SegmentOptions
 from pipelines.interrupts import (
     BatchInterrupted,
@@ -323,7 +322,7 @@ def segment_archive_flow(
         isolated: with the threads runner, segment in worker processes, so that a native
             crash (segfault, abort, OOM kill) fails one file, not the batch (default).
         channel_suffix: group ``<case>_0000``, ``<case>_0001``… files into one case; also
-            on for a model of multi-channel volumes (:func:`channel_suffix_for`). Otherwise
+            on for a model of multi-channel volumes (:func:`pipelines.infer.inputs.channel_suffix_for`). Otherwise
             every file is a case named by its full stem.
 
     Returns:
@@ -343,8 +342,7 @@ def segment_archive_flow(
         device=device,
     )
     local_out = str(staged_output_dir(out))
-    grouping = channel_suffix_grouping(channel_suffix_for(loaded.plan, requested=channel_suffix))
-    with grouping, stop_signals_handled():  # SIGTERM/SIGINT: stop at a window batch or file
+    with stop_signals_handled():  # SIGTERM/SIGINT: stop at a window batch or file
         report = run_batch(
             stage_source(source) if is_s3_uri(source) else source,
             loaded,
@@ -352,6 +350,7 @@ def segment_archive_flow(
             options,
             verify=verify,
             retry_crashed=retry_crashed,
+            channel_suffix=channel_suffix,
             map_items=_map_as_tasks(pinned, local_out, options, files_per_task, isolated),
         )
     if stop_requested() or report.counts["interrupted"]:

@@ -22,7 +22,7 @@ from typing import Literal
 
 from data_contracts import SegflowError
 from pipelines.case_workers import CaseCrashed
-from pipelines.infer.inputs import InferenceInput, discover_inputs
+from pipelines.infer.inputs import InferenceInput, channel_suffix_for, discover_inputs
 from pipelines.infer.run import CaseResult, SegmentOptions, remove_case_outputs, segment_case
 from pipelines.interrupts import StopRequested, stop_requested
 from pipelines.ledger import (
@@ -135,6 +135,7 @@ def plan_batch(
     *,
     verify: bool = False,
     retry_crashed: bool = False,
+    channel_suffix: bool = False,
     workdir: str | Path,
     ledger: Ledger | None = None,
 ) -> tuple[list[BatchItem], list[BatchItemResult]]:
@@ -147,6 +148,8 @@ def plan_batch(
         options: inference settings (their :func:`~pipelines.ledger.config_hash` is compared).
         verify: re-hash inputs and outputs instead of trusting size and mtime.
         retry_crashed: run quarantined cases again (see :meth:`Ledger.decide`).
+        channel_suffix: group ``<case>_0000``… files into one case; also done for a model
+            of multi-channel volumes (:func:`~pipelines.infer.inputs.channel_suffix_for`).
         workdir: scratch folder; archives are extracted under it.
         ledger: an open ledger of ``out_dir`` (opened and closed here when ``None``).
 
@@ -157,7 +160,8 @@ def plan_batch(
         MissingFileError: ``source`` does not exist.
         DatasetLayoutError: a folder or archive without images.
     """
-    found = discover_inputs(source, workdir=workdir)
+    grouped = channel_suffix_for(model.plan, requested=channel_suffix)
+    found = discover_inputs(source, workdir=workdir, channel_suffix=grouped)
     settled = [
         BatchItemResult(
             str(error.path or source), "failed", "rejected", error=describe_error(error)
@@ -298,6 +302,7 @@ def run_batch(
     *,
     verify: bool = False,
     retry_crashed: bool = False,
+    channel_suffix: bool = False,
     map_items: MapItems | None = None,
     on_result: Callable[[BatchItemResult], None] | None = None,
 ) -> BatchReport:
@@ -310,6 +315,7 @@ def run_batch(
         options: extra outputs and window settings.
         verify: re-hash inputs and outputs instead of trusting size and mtime.
         retry_crashed: run quarantined cases again (their worker crashed twice before).
+        channel_suffix: group ``<case>_0000``… files into one case (see :func:`plan_batch`).
         map_items: runs the items (default: one after the other); see :data:`MapItems`.
         on_result: called with every result: the settled ones first, then each case as it
             finishes (from the worker running it, when ``map_items`` uses threads).
@@ -339,6 +345,7 @@ def run_batch(
                 options,
                 verify=verify,
                 retry_crashed=retry_crashed,
+                channel_suffix=channel_suffix,
                 workdir=scratch,
                 ledger=ledger,
             )

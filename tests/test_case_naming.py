@@ -29,7 +29,7 @@ from data_contracts import (
 )
 from flows.cli import app
 from pipelines.evaluate_outputs import pair_files
-from pipelines.infer.inputs import channel_suffix_for, channel_suffix_grouping, discover_inputs
+from pipelines.infer.inputs import channel_suffix_for, discover_inputs
 from pipelines.ingest import ingest, write_manifest
 from pipelines.synthetic import make_volume_dataset, pack_archive
 from tests.infer_models import oracle_model, register_oracle
@@ -243,12 +243,7 @@ def test_discover_inputs_groups_when_asked(tmp_path: Path) -> None:
         ),
     ):
         assert {case.case_id: len(case.channels) for case in found.cases} == {"scene": 2, "site": 1}
-    with channel_suffix_grouping(True):  # what the segment flow sets for run_batch
-        assert [case.case_id for case in discover_inputs(folder, workdir=tmp_path).cases] == [
-            "scene",
-            "site",
-        ]
-    assert len(discover_inputs(folder, workdir=tmp_path).cases) == 3  # and only inside it
+    assert len(discover_inputs(folder, workdir=tmp_path).cases) == 3  # not unless asked
 
 
 def test_only_multi_channel_volume_models_group_by_themselves(tmp_path: Path) -> None:

@@ -6,6 +6,9 @@ Each command runs as the installed ``segflow`` with a unique ``SEGFLOW_TEST_MARK
 environment. Children inherit it, so scanning ``/proc/*/environ`` finds every descendant, also
 after it was re-parented to PID 1. stdout and stderr are pipes read by two threads: the threads
 end only when every process holding the pipes' write ends is gone.
+
+The signals are sent while the temporary API starts (~2 s each, by default) and, marked slow,
+while a flow runs on it.
 """
 
 from __future__ import annotations
@@ -290,22 +293,24 @@ def _python(script: str, env: dict[str, str]) -> Command:
 def test_guarded_children_die_with_a_killed_parent(env: dict[str, str], marker: str) -> None:
     run = _python(
         """
-        import subprocess, sys, threading, time
-        from pipelines.process_guard import popen_guarded, set_parent_death_signal
+        import os, subprocess, sys, threading, time
+        from pipelines.process_guard import popen_guarded
         # forked from a thread that ends at once: the child must outlive the thread
         spawner = threading.Thread(target=lambda: popen_guarded(["sleep", "120"]))
         spawner.start()
         spawner.join()
         popen_guarded(["sleep", "121"], stdout=sys.stdout)  # the caller's pipe, on purpose
-        code = "from pipelines.process_guard import set_parent_death_signal as s; import time; s(); time.sleep(122)"
-        subprocess.Popen([sys.executable, "-c", code])  # sets the signal itself
-        time.sleep(1.5)
+        arm = (
+            "import sys, time; from pipelines.process_guard import set_parent_death_signal as s; "
+            "s(parent_pid=int(sys.argv[1])); print('armed', flush=True); time.sleep(122)"
+        )
+        subprocess.Popen([sys.executable, "-c", arm, str(os.getpid())])  # sets it itself
         print("ready", flush=True)
         time.sleep(120)
         """,
         env,
     )
-    run.wait_for(lambda: "ready" in run.output, 60, "children")
+    run.wait_for(lambda: "ready" in run.output and "armed" in run.output, 60, "children")
     assert len(marked_processes(marker)) == 4  # sleep 120 outlived the thread that forked it
     run.process.kill()
     assert run.finish(timeout=30) == -signal.SIGKILL

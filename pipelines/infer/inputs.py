@@ -18,10 +18,7 @@ cases with their channels; its labels are not used.
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
-from collections.abc import Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,12 +40,10 @@ __all__ = [
     "InputSet",
     "case_id_of",
     "channel_suffix_for",
-    "channel_suffix_grouping",
     "discover_inputs",
 ]
 
 _IMAGE_SUBFOLDERS = ("imagesTs", "imagesTr", "images")
-_CHANNEL_SUFFIX: ContextVar[bool] = ContextVar("segflow_channel_suffix", default=False)
 
 
 @dataclass(frozen=True)
@@ -94,18 +89,6 @@ def channel_suffix_for(plan: TrainingPlan, *, requested: bool = False) -> bool:
     they never group unless asked; neither does a one-channel model.
     """
     return requested or (plan.kind == "volume" and plan.in_channels > 1)
-
-
-@contextlib.contextmanager
-def channel_suffix_grouping(enabled: bool) -> Iterator[None]:
-    """Within the block, :func:`discover_inputs` calls that do not say ``channel_suffix``
-    group ``_0000`` channel files when ``enabled`` (for callers that reach discovery through
-    code that does not pass it, such as :func:`pipelines.batch.run_batch`)."""
-    token = _CHANNEL_SUFFIX.set(enabled)
-    try:
-        yield
-    finally:
-        _CHANNEL_SUFFIX.reset(token)
 
 
 def _one_per_file(files: list[Path], origin: str) -> list[InferenceInput]:
@@ -206,7 +189,7 @@ def _from_manifest(path: Path) -> InputSet:
 
 
 def discover_inputs(
-    source: str | Path, *, workdir: str | Path, channel_suffix: bool | None = None
+    source: str | Path, *, workdir: str | Path, channel_suffix: bool = False
 ) -> InputSet:
     """The cases to segment under ``source``.
 
@@ -214,9 +197,8 @@ def discover_inputs(
         source: an image file, a folder, a zip/tar archive, or a manifest JSON.
         workdir: scratch folder; archives are extracted under it.
         channel_suffix: group ``<case>_0000``, ``<case>_0001``… files into one case (see the
-            module docstring for where they group anyway); ``None`` takes the setting of an
-            enclosing :func:`channel_suffix_grouping` (off by default). A manifest's cases
-            are taken as listed.
+            module docstring for where they group anyway). A manifest's cases are taken as
+            listed.
 
     Returns:
         The cases, and the inputs rejected before any compute (clashing case ids, bad channel
@@ -227,7 +209,7 @@ def discover_inputs(
         DatasetLayoutError: a folder or archive without images.
         ArchiveError: an unsafe or unreadable archive.
     """
-    group = _CHANNEL_SUFFIX.get() if channel_suffix is None else channel_suffix
+    group = channel_suffix
     source = Path(source)
     if not source.exists():
         raise MissingFileError("does not exist", path=source)
