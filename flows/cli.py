@@ -31,6 +31,7 @@ from flows.segment_cli import segment as segment_command
 from flows.serve import serve as serve_command
 from flows.train_cli import train as train_command
 from pipelines.interrupts import (
+    SIGINT_EXIT_CODE,
     SIGTERM_EXIT_CODE,
     BatchInterrupted,
     StopSignal,
@@ -312,9 +313,10 @@ def _save_crash(error: BaseException) -> Path | None:
 
 
 def _exit_now(code: int) -> NoReturn:
-    """Exit the console script: run the exit handlers (servers stopped, logs flushed), then
-    end the process without the interpreter's teardown of every imported native library,
-    which took seconds after a batch (and counts against the 10 s a stop signal allows)."""
+    """Exit the console script after a stop signal: run the exit handlers (servers stopped,
+    logs flushed), then end the process without the interpreter's teardown of every imported
+    native library, which took seconds after a batch (and counts against the 10 s a stop
+    signal allows)."""
     try:
         atexit._run_exitfuncs()
     finally:
@@ -368,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         error_console.print(f"[red]internal error:[/red] {type(error).__name__}: {error}{where}")
         code = ExitCode.INTERNAL
     if __name__ == "__main__" or argv is None:
-        _exit_now(code)
+        if code in (SIGTERM_EXIT_CODE, SIGINT_EXIT_CODE):
+            _exit_now(code)  # a stop signal: within its time budget
+        sys.exit(code)
     return code
 
 

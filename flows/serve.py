@@ -381,6 +381,12 @@ def serve(
         # SIGTERM (docker stop) while the local server starts: unwind, so that it is stopped.
         # Prefect's runner installs its own graceful SIGTERM handler once serving.
         signal.signal(signal.SIGTERM, _interrupt)
+        # Ctrl-C (and Prefect's runner, which turns SIGTERM into SIGINT) stops serving
+        # gracefully through Python's own KeyboardInterrupt, not segflow's batch stop.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     with prefect_api(port) as url:
         console.print(f"Serving {len(deployments)} deployments against {url} (Ctrl-C stops).")
-        prefect.serve(*deployments, pause_on_shutdown=pause_on_shutdown, limit=limit)
+        try:
+            prefect.serve(*deployments, pause_on_shutdown=pause_on_shutdown, limit=limit)
+        except KeyboardInterrupt:  # a stop that came before Prefect's runner took the signals
+            console.print("Stopped serving.")
