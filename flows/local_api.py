@@ -197,9 +197,28 @@ def stop_local_api() -> None:
     api, _state.api = _state.api, None
     if api is None:
         return
+    _drain_prefect_workers(STOP_TIMEOUT_S)
     api.server.stop(STOP_TIMEOUT_S)
     if os.environ.get("PREFECT_API_URL") == api.url:
         _point_prefect_at(None)
+
+
+def _drain_prefect_workers(timeout: float) -> None:
+    """Send the logs and events Prefect still queues to the API, as Prefect's test harness
+    does before it stops its server: Prefect drains them in its own interpreter-shutdown hook,
+    which the console script skips, so a stop signal's last lines would meet a stopped server."""
+    workers = (
+        ("prefect.logging.handlers", "APILogWorker"),
+        ("prefect.events.worker", "EventsWorker"),
+    )
+    for module_name, class_name in workers:
+        worker = getattr(sys.modules.get(module_name), class_name, None)
+        if worker is None:
+            continue
+        try:
+            worker.drain_all(timeout=timeout)
+        except Exception as error:  # best effort: the server stops either way
+            logger.debug("could not drain %s: %s", class_name, error)
 
 
 def _configured_url() -> str | None:

@@ -112,9 +112,11 @@ def signal_is_cooperative() -> bool:
     return _cooperative[0] > 0
 
 
-class StopSignal(KeyboardInterrupt):
+class StopSignal(BaseException):
     """Raised by the stop-signal handler in the main thread when the running work does not
-    check for stops itself (libraries treat it like Ctrl-C and unwind).
+    check for stops itself: like ``KeyboardInterrupt``, no ``except Exception`` stops it, but
+    it is not one, so that click does not turn it into a silent exit 130 and the command line
+    can exit 143 for SIGTERM.
 
     Attributes:
         signal_name: ``SIGTERM`` or ``SIGINT``.

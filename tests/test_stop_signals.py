@@ -59,9 +59,11 @@ def _rows(out: Path) -> dict[str, str]:
         return {}
 
 
-def _stop_when(command: list[str], out: Path, ready: str, signum: int) -> tuple[int, str, float]:
-    """Start ``command``; once the ledger has a row in status ``ready``, send ``signum``;
-    return (exit status, output, seconds from the signal to the exit)."""
+def _stop_when(
+    command: list[str], out: Path, ready: str, signum: int, wait: float = 0.0
+) -> tuple[int, str, float]:
+    """Start ``command``; ``wait`` seconds after the ledger has a row in status ``ready``, send
+    ``signum``; return (exit status, output, seconds from the signal to the exit)."""
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_environment(), text=True
     )
@@ -69,8 +71,8 @@ def _stop_when(command: list[str], out: Path, ready: str, signum: int) -> tuple[
     while ready not in _rows(out).values():
         assert process.poll() is None, process.communicate()[0]
         assert time.monotonic() < deadline, "the batch never reached the state to interrupt"
-        time.sleep(0.2)
-    time.sleep(1.0)
+        time.sleep(0.1)
+    time.sleep(wait)
     sent = time.monotonic()
     process.send_signal(signum)
     output, _ = process.communicate(timeout=30)
@@ -94,7 +96,7 @@ def test_sigterm_during_a_4096_raster(mlflow_home: Path, tmp_path: Path) -> None
     out = tmp_path / "out"
     command = [str(SEGFLOW), "segment", str(scene.parent), "--model", model, "--out", str(out)]
 
-    code, output, seconds = _stop_when(command, out, "running", signal.SIGTERM)
+    code, output, seconds = _stop_when(command, out, "running", signal.SIGTERM, wait=1.0)
 
     assert code == 143, output
     assert seconds <= 10, f"took {seconds:.1f} s after SIGTERM: {output}"
@@ -106,8 +108,8 @@ def test_sigterm_during_a_4096_raster(mlflow_home: Path, tmp_path: Path) -> None
 def test_sigint_during_a_batch_of_volumes_then_resume(mlflow_home: Path, tmp_path: Path) -> None:
     data = make_volume_dataset(
         tmp_path / "data",
-        n_cases=6,
-        shape=(64, 60, 40),
+        n_cases=10,
+        shape=(96, 90, 64),
         n_channels=1,
         n_classes=1,
         layout="images_labels",
@@ -126,12 +128,12 @@ def test_sigint_during_a_batch_of_volumes_then_resume(mlflow_home: Path, tmp_pat
     assert not _leftovers(out)
     rows = _rows(out)
     done = sorted(case for case, status in rows.items() if status == "done")
-    assert 1 <= len(done) < 6
+    assert 1 <= len(done) < 10
     assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{case}.nii.gz" for case in done]
     finished = {case: (out / f"{case}.nii.gz").stat().st_mtime_ns for case in done}
 
     again = subprocess.run(command, capture_output=True, text=True, env=_environment())
 
     assert again.returncode == 0, again.stdout + again.stderr
-    assert set(_rows(out).values()) == {"done"} and len(_rows(out)) == 6
+    assert set(_rows(out).values()) == {"done"} and len(_rows(out)) == 10
     assert {case: (out / f"{case}.nii.gz").stat().st_mtime_ns for case in done} == finished
