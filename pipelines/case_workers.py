@@ -283,20 +283,24 @@ class CaseWorkers:
 
 
 def start_forkserver_early(*, wait: bool = False) -> None:
-    """Start the forkserver (which imports the inference stack: seconds) in the background,
-    so that it is ready when the batch's first case needs a worker; ``wait``: here, now."""
+    """Start the forkserver, which imports the inference stack (seconds), in the background, so
+    that it is ready when the batch's first case needs a worker; ``wait``: until it is ready."""
 
     def start() -> None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(_PRELOAD)
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
+        probe = context.Process(target=_ready, name="segflow-forkserver-probe")
+        probe.start()  # returns once the forkserver has imported its preload and forked
+        probe.join()
 
     if wait:
         start()
     else:
         threading.Thread(target=start, name="segflow-forkserver", daemon=True).start()
+
+
+def _ready() -> None:
+    """The forkserver's first child: its start means the preload is imported."""
 
 
 def default_worker_count(cases: int, cpu_count: int | None = None) -> int:

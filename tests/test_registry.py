@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow.pyfunc import PythonModel
+from torch import nn
 
 import seg_models
 from data_contracts import (
@@ -184,6 +186,12 @@ def test_lower_is_better_metrics_and_nan_scores(logged: SimpleNamespace) -> None
     ]
 
 
+def _as_loaded(network: nn.Module) -> nn.Module:
+    """The in-process network laid out as ``load_model`` prepares it for inference
+    (channels-last memory: the same weights, another summation order)."""
+    return copy.deepcopy(network).eval().to(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("uri", ["models:/toy@champion", "models:/toy/1", "logged", "run"])
 def test_loaded_model_predicts_like_the_in_process_model(logged: SimpleNamespace, uri: str) -> None:
     uri = {"logged": logged.uri, "run": f"runs:/{logged.run_id}/model"}.get(uri, uri)
@@ -193,7 +201,7 @@ def test_loaded_model_predicts_like_the_in_process_model(logged: SimpleNamespace
     assert loaded.channel_names == ("dapi",) and loaded.processing == {"min_size": 5}
     assert loaded.plan == PLAN and loaded.spec == SPEC and not loaded.network.training
     x = seeded_input()
-    assert torch.equal(loaded.predict(x), seg_models.predict(logged.network, x, SPEC))
+    assert torch.equal(loaded.predict(x), seg_models.predict(_as_loaded(logged.network), x, SPEC))
 
 
 def test_pyfunc_predicts_like_the_in_process_model(logged: SimpleNamespace) -> None:
@@ -229,7 +237,7 @@ def test_export_gives_an_offline_folder(logged: SimpleNamespace, tmp_path: Path)
     loaded = load_model(folder)
     assert (loaded.name, loaded.version) == ("toy", "1")
     x = seeded_input()
-    assert torch.equal(loaded.predict(x), seg_models.predict(logged.network, x, SPEC))
+    assert torch.equal(loaded.predict(x), seg_models.predict(_as_loaded(logged.network), x, SPEC))
     with pytest.raises(OutputError, match="not an empty folder"):
         export_model("models:/toy@champion", folder)
 

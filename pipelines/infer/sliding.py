@@ -77,7 +77,7 @@ def probability_predictor(
 
     def predict(windows: torch.Tensor) -> torch.Tensor:
         check_stop()
-        if channels_last and windows.is_cuda:  # the network was made channels-last on CUDA
+        if channels_last:  # as the network was made when loaded
             windows = windows.contiguous(memory_format=memory_format)
         logits = network(windows).float()
         if spec.is_binary:
