@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from prefect import Flow
 
     from flows.server_process import ServerProcess
-    from pipelines.model_loading import LoadedModel
+    from pipelines.infer.loaded_model import LoadedModel
 
 OVERHEAD_FLOOR_MS = 50.0
 RERUN_FLOOR = 0.05
@@ -103,8 +103,8 @@ def register_bench_model(
     model: LoadedModel, name: str, processing: dict[str, Any] | None = None
 ) -> str:
     """Log ``model`` with ``processing`` to MLflow, register it; ``models:/name@champion``."""
-    from pipelines.registry import log_segmentation_model, register_model
-    from pipelines.tracking import training_run
+    from pipelines.services.model_registry import log_segmentation_model, register_model
+    from pipelines.services.tracking import training_run
 
     with training_run(model.plan.dataset_name, system_metrics=False):
         uri = log_segmentation_model(
@@ -188,7 +188,7 @@ class NetworkTimer:
     def install(self) -> None:
         """Make the flow's model loader attach this timer to each network it loads."""
         import flows.segment_flow as segment_flow
-        from pipelines.model_loading import load_model
+        from pipelines.services.model_loading import load_model
 
         def loading(uri: str | Path, *, device: str | None = None) -> LoadedModel:
             loaded = load_model(uri, device=device)
@@ -203,12 +203,12 @@ def run_segment(
 ) -> tuple[float, dict[str, Any]]:
     """Wall seconds and summary of a flow call; exits if a file failed or not ``skipped`` were."""
     import flows.segment_flow as segment_flow
-    from flows.flows import run_flow
+    from flows.dataset_flows import run_flow
 
     segment_flow.reset_process_caches()  # no model loaded, no ledger open: as a new process
     # `segflow segment` starts the worker processes' forkserver at its own start, where its
     # imports overlap with the Prefect API's start-up (not counted either): start it here too.
-    from pipelines.case_workers import start_forkserver_early
+    from pipelines.services.case_workers import start_forkserver_early
 
     start_forkserver_early(wait=True)
     started = time.perf_counter()
@@ -263,7 +263,7 @@ def thread_profiles(path: Path, files: int) -> Iterator[None]:
 PROFILE_PARTS = {  # (file suffix, function): what it stands for
     ("prefect/flow_engine.py", "run_flow_sync"): "flow run (all of it)",
     ("prefect/flow_engine.py", "_send_heartbeats"): "flow-run heartbeat thread (joined at exit)",
-    ("pipelines/batch.py", "plan_batch"): "plan_batch (extraction, ledger decisions)",
+    ("pipelines/services/batch.py", "plan_batch"): "plan_batch (extraction, ledger decisions)",
     ("flows/segment_flow.py", "segment_files"): "task bodies (segment_files)",
     ("prefect/task_engine.py", "run_task_sync"): "task runs incl. Prefect's engine",
     ("pipelines/infer/run.py", "segment_case"): "segment_case (read, infer, post, write)",
@@ -272,13 +272,13 @@ PROFILE_PARTS = {  # (file suffix, function): what it stands for
     ("pipelines/infer/sliding.py", "sliding_probabilities"): "    sliding windows",
     ("pipelines/write/image2d.py", "write_label_image"): "  write_label_image",
     ("pipelines/write/lineage.py", "write_lineage"): "  write_lineage",
-    ("pipelines/ledger.py", "record_done"): "ledger.record_done (hashes outputs)",
+    ("pipelines/services/ledger.py", "record_done"): "ledger.record_done (hashes outputs)",
     ("pipelines/files.py", "sha256_file"): "sha256_file (all hashing)",
-    ("pipelines/ledger.py", "decide"): "ledger.decide",
-    ("pipelines/ledger.py", "export_json"): "ledger.export_json",
+    ("pipelines/services/ledger.py", "decide"): "ledger.decide",
+    ("pipelines/services/ledger.py", "export_json"): "ledger.export_json",
     ("pipelines/infer/inputs.py", "discover_inputs"): "discover_inputs (archive extraction)",
-    ("pipelines/model_loading.py", "load_model"): "load_model",
-    ("pipelines/batch_tracking.py", "log_batch_run"): "MLflow batch run",
+    ("pipelines/services/model_loading.py", "load_model"): "load_model",
+    ("pipelines/services/batch_tracking.py", "log_batch_run"): "MLflow batch run",
     ("flows/artifacts.py", "update"): "progress artifact updates",
 }
 

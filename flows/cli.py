@@ -175,12 +175,12 @@ def ingest(
 def run_ingest_flow(
     source: Path, out: Path, options: IngestOptions, workdir: Path | None
 ) -> ExitCode:
-    """Ingest through :func:`flows.flows.ingest_flow`, then print the summary tables.
+    """Ingest through :func:`flows.dataset_flows.ingest_flow`, then print the summary tables.
 
     Returns:
         The exit code of the flow's outcome (0 all valid, 3 partial, 1 nothing valid).
     """
-    from flows.flows import ingest_flow, run_flow
+    from flows.dataset_flows import ingest_flow, run_flow
     from pipelines.ingest import read_manifest
 
     workdir = workdir or out.with_name(f"{out.stem}.files")
@@ -272,7 +272,7 @@ def export(
 
         segflow export models:/brats@champion ./brats-model
     """
-    from pipelines.registry import export_model
+    from pipelines.services.model_registry import export_model
 
     folder = export_model(model, destination)
     console.print(f"Exported {model} to [bold]{folder}[/bold]")

@@ -18,7 +18,7 @@ from prefect import flow
 
 from data_contracts import IngestOptions, TrainConfig, get_settings
 from flows.artifacts import publish_summary, publish_table
-from flows.flows import evaluate_flow, ingest_flow, train_flow
+from flows.dataset_flows import evaluate_flow, ingest_flow, train_flow
 from flows.local_api import ensure_local_api
 from flows.segment_flow import segment_archive_flow
 

@@ -126,7 +126,7 @@ def evaluate(
 
         segflow evaluate pred/nuclei_7.png truth/nuclei_7.png --instance
     """
-    from flows.flows import evaluate_flow, run_flow
+    from flows.dataset_flows import evaluate_flow, run_flow
 
     for role, path in (("prediction", prediction), ("truth", truth)):
         if not path.exists():  # fail fast, before a Prefect API is started for the flow

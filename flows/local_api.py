@@ -8,10 +8,10 @@ with parent 1 and keeps a caller's pipes open: ``subprocess.run(..., capture_out
 never returns, and a cron job leaks one ~230 MB server per crash.
 
 The ``segflow`` command line calls :func:`enable`; :func:`ensure_local_api`, called by
-:func:`flows.flows.run_flow` (and the demo) before a flow runs — so ``--help`` and failed
+:func:`flows.dataset_flows.run_flow` (and the demo) before a flow runs — so ``--help`` and failed
 argument checks start nothing — then starts the same app with the same settings, but:
 
-- through :func:`pipelines.process_guard.popen_guarded`: SIGKILL reaches it when this process
+- through :func:`pipelines.services.process_guard.popen_guarded`: SIGKILL reaches it when this process
   dies, however it dies; its own session; stdin from ``/dev/null``; its output appended to
   ``$SEGFLOW_HOME/logs/prefect-api.log``, never to this process's stdout/stderr;
 - on a socket this process binds on 127.0.0.1 (port chosen by the OS) and hands over

@@ -154,13 +154,13 @@ def segment(
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
     if files_per_task is not None and files_per_task < 1:
         raise UsageError(f"--files-per-task must be at least 1, not {files_per_task}")
-    from flows.flows import run_flow
+    from flows.dataset_flows import run_flow
     from flows.runners import task_runner as make_runner
     from flows.segment_flow import add_observer, segment_archive_flow
 
     runner = make_runner(task_runner, max_workers=max_workers, dask_address=dask_address)
     if task_runner == "threads":
-        from pipelines.case_workers import start_forkserver_early
+        from pipelines.services.case_workers import start_forkserver_early
 
         start_forkserver_early()  # its imports overlap with the Prefect API's start-up
     with cooperative_stop(), progress_bar() as bar:

@@ -1,7 +1,7 @@
 """The ``segment_archive`` flow: resumable batch segmentation of a file, folder or archive.
 
 The model URI is resolved once (``models:/NAME@champion`` → ``models:/NAME/VERSION``), so an
-alias moved mid-batch does not mix models. :func:`pipelines.batch.run_batch` takes the output
+alias moved mid-batch does not mix models. :func:`pipelines.services.batch.run_batch` takes the output
 folder's lock, asks the ledger what must run and exports the ledger; this flow only decides how
 the cases run: as Prefect tasks of ``files_per_task`` cases each, on the flow's task runner
 (threads by default, Dask with ``--task-runner dask``), with bounded concurrency. Tasks get
@@ -12,7 +12,7 @@ results. The batch is also an MLflow run (counts, throughput, the ledger as arti
 
 ``source`` and ``out`` may be ``s3://`` URIs: inputs are staged into a local folder first, the
 batch writes (and keeps its ledger) in a local staging folder, and finished outputs are then
-uploaded whole (:mod:`pipelines.object_store`).
+uploaded whole (:mod:`pipelines.services.object_store`).
 """
 
 from __future__ import annotations
@@ -35,18 +35,10 @@ from prefect.futures import as_completed
 from prefect.states import State
 
 from flows.artifacts import ProgressArtifact, publish_summary, publish_table
-from flows.flows import outcome_state
+from flows.dataset_flows import outcome_state
 from flows.storage_tasks import stage_source, upload_staged_outputs
 from flows.tasks import IO_RETRIES, IO_RETRY_DELAYS, transient_io
-from pipelines.batch import BatchItem, BatchItemResult, BatchReport, process_item, run_batch
-from pipelines.batch_tracking import log_batch_run
-from pipelines.case_workers import (
-    CaseWorkers,
-    WorkerSettings,
-    default_worker_count,
-    local_model_folder,
-    start_forkserver_early,
-)
+from pipelines.infer.loaded_model import LoadedModel
 from pipelines.infer.run import SegmentOptions
 from pipelines.interrupts import (
     BatchInterrupted,
@@ -54,10 +46,25 @@ from pipelines.interrupts import (
     stop_requested,
     stop_signals_handled,
 )
-from pipelines.ledger import Ledger
-from pipelines.model_loading import LoadedModel, load_model, resolve_model_uri
-from pipelines.object_store import is_s3_uri, staged_output_dir
 from pipelines.redaction import redact
+from pipelines.services.batch import (
+    BatchItem,
+    BatchItemResult,
+    BatchReport,
+    process_item,
+    run_batch,
+)
+from pipelines.services.batch_tracking import log_batch_run
+from pipelines.services.case_workers import (
+    CaseWorkers,
+    WorkerSettings,
+    default_worker_count,
+    local_model_folder,
+    start_forkserver_early,
+)
+from pipelines.services.ledger import Ledger
+from pipelines.services.model_loading import load_model, resolve_model_uri
+from pipelines.services.object_store import is_s3_uri, staged_output_dir
 
 __all__ = ["add_observer", "files_per_task_for", "reset_process_caches", "segment_archive_flow"]
 

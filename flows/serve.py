@@ -206,9 +206,9 @@ def resolve_flow(name: str, config_path: Path | None = None) -> Flow[Any, Any]:
 
     module_name, attribute = {
         "segment_archive": ("flows.segment_flow", "segment_archive_flow"),
-        "train": ("flows.flows", "train_flow"),
-        "ingest": ("flows.flows", "ingest_flow"),
-        "evaluate": ("flows.flows", "evaluate_flow"),
+        "train": ("flows.dataset_flows", "train_flow"),
+        "ingest": ("flows.dataset_flows", "ingest_flow"),
+        "evaluate": ("flows.dataset_flows", "evaluate_flow"),
     }[name]
     try:
         found = getattr(importlib.import_module(module_name), attribute)

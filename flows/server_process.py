@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from data_contracts import OutputError
-from pipelines.process_guard import popen_guarded, stop_process_group
 from pipelines.redaction import redact
+from pipelines.services.process_guard import popen_guarded, stop_process_group
 
 __all__ = ["ServerProcess", "free_port", "prefect_server"]
 
@@ -39,7 +39,7 @@ class ServerProcess:
 
     Used by ``segflow serve`` for its local Prefect server, by :mod:`flows.local_api` for the
     commands' temporary Prefect API, and by the integration tests for Prefect and MLflow
-    servers. The child is started by :func:`pipelines.process_guard.popen_guarded`: SIGKILL
+    servers. The child is started by :func:`pipelines.services.process_guard.popen_guarded`: SIGKILL
     reaches it when this process dies, however it dies, and its output goes to ``log_path``
     (never to this process's stdout/stderr, which may be a caller's pipes). ``stop`` signals
     the whole process group: both servers fork workers.

@@ -2,7 +2,7 @@
 
 Both retry on transient failures (a dropped connection, a throttled request, a busy disk) and
 fail at once on definitive ones (:class:`data_contracts.ObjectStoreError`: no such bucket,
-access denied). The work is in :mod:`pipelines.object_store`; ``task.fn`` runs it without Prefect.
+access denied). The work is in :mod:`pipelines.services.object_store`; ``task.fn`` runs it without Prefect.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from prefect.states import State
 
 from data_contracts import SegflowError
 from flows.tasks import IO_RETRIES, IO_RETRY_DELAYS
-from pipelines.object_store import is_s3_uri, local_source, upload_outputs
+from pipelines.services.object_store import is_s3_uri, local_source, upload_outputs
 
 __all__ = ["stage_source", "upload_staged_outputs"]
 

@@ -141,7 +141,7 @@ def train(
 
         segflow train nuclei.json --model maskrcnn --max-minutes 20 --register nuclei-mrcnn
     """
-    from flows.flows import run_flow, train_flow
+    from flows.dataset_flows import run_flow, train_flow
     from pipelines.ingest import read_manifest
     from pipelines.plan import load_overrides_yaml, parse_override_flags
 

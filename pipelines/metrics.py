@@ -357,7 +357,7 @@ def average_precision(
         prediction: instance label map, 0 background.
         truth: instance label map of the same shape.
         scores: confidence per predicted object: a sequence where ``scores[k - 1]`` belongs to
-            id ``k`` (as :func:`pipelines.instances.detections_to_instance_map` numbers them),
+            id ``k`` (as :func:`pipelines.instance_targets.detections_to_instance_map` numbers them),
             or a mapping id → score.
     """
     iou, _, pred_ids = instance_iou(prediction, truth)

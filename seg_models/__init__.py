@@ -14,8 +14,8 @@ Public API:
 from seg_models.classical import ClassicalSegmenter, OtsuWatershed, RandomForestSegmenter
 from seg_models.factory import build_classical, build_model, predict, predict_instances
 from seg_models.losses import available_losses, build_loss
+from seg_models.network_catalog import ModelInfo, available_models, model_info, register_model
 from seg_models.receptive_field import effective_kernel_size, receptive_field
-from seg_models.registry import ModelInfo, available_models, model_info, register_model
 from seg_models.tables import loss_table_markdown, model_table, model_table_markdown
 from seg_models.upsampling import (
     TransposedConvUpsample,

@@ -19,7 +19,7 @@ from seg_models.nets.fcn import FCN
 from seg_models.nets.maskrcnn import MASKRCNN_BACKBONES, build_maskrcnn
 from seg_models.nets.pspnet import PSPNet
 from seg_models.nets.unet import UNet
-from seg_models.registry import check_spec, model_info, register_model
+from seg_models.network_catalog import check_spec, model_info, register_model
 
 __all__ = ["build_classical", "build_model", "predict", "predict_instances"]
 

@@ -9,7 +9,7 @@ import torch
 from data_contracts import ModelSpec
 from seg_models.factory import build_model
 from seg_models.losses.factory import LOSS_ALIASES, available_losses, loss_info
-from seg_models.registry import available_models, model_info
+from seg_models.network_catalog import available_models, model_info
 
 __all__ = [
     "ModelRow",

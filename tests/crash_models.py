@@ -13,7 +13,7 @@ from torch import nn
 
 from data_contracts import ModelSpec
 from seg_models._options import Options
-from seg_models.registry import register_model
+from seg_models.network_catalog import register_model
 
 
 class _CrashOnFlat(nn.Conv2d):

@@ -14,7 +14,7 @@ from torch import nn
 
 import seg_models
 from data_contracts import DatasetManifest, ModelSpec, TrainingPlan
-from pipelines.model_loading import LoadedModel
+from pipelines.infer.loaded_model import LoadedModel
 from pipelines.plan import compute_fingerprint, make_plan
 from pipelines.preprocess.datasets import case_to_item
 from pipelines.preprocess.transforms import plan_transforms
@@ -77,8 +77,8 @@ def oracle_model(
 
 def register_oracle(model: LoadedModel, name: str) -> str:
     """Log ``model`` to MLflow, register it as ``name`` (champion); return ``models:/name@champion``."""
-    from pipelines.registry import log_segmentation_model, register_model
-    from pipelines.tracking import training_run
+    from pipelines.services.model_registry import log_segmentation_model, register_model
+    from pipelines.services.tracking import training_run
 
     with training_run(model.plan.dataset_name, system_metrics=False):
         uri = log_segmentation_model(

@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pipelines.batch
+import pipelines.services.batch
 from data_contracts import OutputError
-from pipelines.batch import BatchItemResult, BatchReport, run_batch
 from pipelines.files import sha256_file
+from pipelines.infer.loaded_model import LoadedModel
 from pipelines.infer.run import SegmentOptions
 from pipelines.ingest import ingest, read_manifest, write_manifest
 from pipelines.io.image2d import read_image
-from pipelines.ledger import Ledger
-from pipelines.model_loading import LoadedModel
-from pipelines.output_lock import OutputLock
+from pipelines.services.batch import BatchItemResult, BatchReport, run_batch
+from pipelines.services.ledger import Ledger
+from pipelines.services.output_lock import OutputLock
 from pipelines.synthetic import make_image_dataset, pack_archive
 from tests.infer_models import oracle_model
 
@@ -63,13 +63,13 @@ def images(dataset: tuple[Path, Path], tmp_path: Path) -> Path:
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The case ids :func:`segment_case` is called with."""
     seen: list[str] = []
-    real = pipelines.batch.segment_case
+    real = pipelines.services.batch.segment_case
 
     def counting(model: LoadedModel, case: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append(case.case_id)
         return real(model, case, *args, **kwargs)
 
-    monkeypatch.setattr(pipelines.batch, "segment_case", counting)
+    monkeypatch.setattr(pipelines.services.batch, "segment_case", counting)
     return seen
 
 

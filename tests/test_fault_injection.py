@@ -18,10 +18,10 @@ import torch
 
 import pipelines.infer.run
 from data_contracts import ModelError, OutputError, get_settings
-from pipelines.batch import run_batch
+from pipelines.infer.loaded_model import LoadedModel
 from pipelines.ingest import ingest, write_manifest
-from pipelines.ledger import Ledger
-from pipelines.model_loading import LoadedModel
+from pipelines.services.batch import run_batch
+from pipelines.services.ledger import Ledger
 from pipelines.synthetic import make_image_dataset, make_volume_dataset
 from tests.infer_models import oracle_model
 
@@ -199,7 +199,7 @@ def test_sigterm_during_training_keeps_the_checkpoint_and_resume_finishes(
     # is marked failed in MLflow, not left running.
     import mlflow
 
-    from pipelines.tracking import configure_mlflow
+    from pipelines.services.tracking import configure_mlflow
 
     configure_mlflow()
     runs = mlflow.search_runs(
@@ -222,7 +222,7 @@ def test_mlflow_server_gone_during_a_batch(tmp_path: Path, monkeypatch: pytest.M
     not logged; a batch started while the server is gone fails before writing anything."""
     import mlflow
 
-    from flows.flows import run_flow
+    from flows.dataset_flows import run_flow
     from flows.segment_flow import add_observer, segment_archive_flow
     from flows.server_process import ServerProcess, free_port
     from tests.infer_models import register_oracle

@@ -81,7 +81,7 @@ def flow_run_of(state: Any) -> Any:
 
 @pytest.mark.usefixtures("prefect_api")
 def test_ingest_flow_publishes_summary_table_and_progress(rasters: Path, tmp_path: Path) -> None:
-    from flows.flows import exit_code_of, ingest_flow
+    from flows.dataset_flows import exit_code_of, ingest_flow
 
     state = ingest_flow(rasters, tmp_path / "m.json", return_state=True)
     summary = state.result()
@@ -101,7 +101,7 @@ def test_ingest_flow_publishes_summary_table_and_progress(rasters: Path, tmp_pat
 def test_partial_ingest_is_completed_with_a_partial_message(
     broken_rasters: Path, tmp_path: Path
 ) -> None:
-    from flows.flows import exit_code_of, ingest_flow
+    from flows.dataset_flows import exit_code_of, ingest_flow
 
     state = ingest_flow(broken_rasters, tmp_path / "m.json", return_state=True)
     assert state.is_completed() and state.message == "partial: 1 of 4 inputs rejected"
@@ -113,7 +113,7 @@ def test_partial_ingest_is_completed_with_a_partial_message(
 
 @pytest.mark.usefixtures("prefect_api")
 def test_nothing_valid_fails_the_flow_but_keeps_the_summary(tmp_path: Path) -> None:
-    from flows.flows import exit_code_of, ingest_flow
+    from flows.dataset_flows import exit_code_of, ingest_flow
 
     (tmp_path / "data" / "images").mkdir(parents=True)
     (tmp_path / "data" / "images" / "broken.nii.gz").write_text("not a volume")
@@ -137,7 +137,7 @@ def test_cli_ingest_runs_the_flow_and_exits_3_when_partial(
 
 @pytest.mark.usefixtures("prefect_api")
 def test_train_flow_ingests_trains_registers_and_publishes(rasters: Path, tmp_path: Path) -> None:
-    from flows.flows import train_flow
+    from flows.dataset_flows import train_flow
 
     state = train_flow(
         source=rasters,
@@ -168,7 +168,7 @@ def test_train_flow_ingests_trains_registers_and_publishes(rasters: Path, tmp_pa
 
 @pytest.mark.usefixtures("prefect_api")
 def test_train_flow_needs_exactly_one_of_manifest_and_source(tmp_path: Path) -> None:
-    from flows.flows import train_flow
+    from flows.dataset_flows import train_flow
 
     state = train_flow(config=CONFIG, workdir=tmp_path, return_state=True)
     assert state.is_failed()
@@ -180,7 +180,7 @@ def test_train_flow_needs_exactly_one_of_manifest_and_source(tmp_path: Path) -> 
 def test_evaluate_flow_is_partial_when_a_truth_lacks_its_prediction(
     rasters: Path, tmp_path: Path
 ) -> None:
-    from flows.flows import evaluate_flow
+    from flows.dataset_flows import evaluate_flow
 
     prediction = Path(shutil.copytree(rasters / "labels", tmp_path / "pred"))
     (prediction / "tile_002.tif").unlink()
@@ -253,7 +253,7 @@ def test_table_rows_share_columns_and_drop_non_finite_numbers() -> None:
 def test_outcome_state(
     succeeded: int, failed: int, state_type: str, message: str, code: ExitCode
 ) -> None:
-    from flows.flows import exit_code_of, outcome_state
+    from flows.dataset_flows import exit_code_of, outcome_state
 
     state = outcome_state({}, succeeded, failed, what="files")
     assert (state.type.value, state.message, exit_code_of(state)) == (state_type, message, code)
@@ -346,7 +346,7 @@ def test_deployments_check_parameters_and_carry_schedules(tmp_path: Path) -> Non
     assert [d.name for d in deployments] == ["hourly", "weekly"]
     weekly: Any = deployments[1]
     assert weekly.schedules[0].schedule.cron == "0 3 * * sun"
-    assert deployments[0].entrypoint == "flows.flows.ingest_flow"
+    assert deployments[0].entrypoint == "flows.dataset_flows.ingest_flow"
 
     for parameters, message in [({"sauce": source}, "no parameter sauce"), ({}, "source")]:
         bad = _write(
@@ -385,13 +385,13 @@ def test_prefect_yaml_deploys_every_flow_to_the_process_pool() -> None:
     assert {d["work_pool"]["name"] for d in deployments} == {"segflow-pool"}
     entrypoints = sorted(d["entrypoint"] for d in deployments)
     assert entrypoints == [
-        "flows.flows:evaluate_flow",
-        "flows.flows:ingest_flow",
-        "flows.flows:train_flow",
+        "flows.dataset_flows:evaluate_flow",
+        "flows.dataset_flows:ingest_flow",
+        "flows.dataset_flows:train_flow",
         "flows.segment_flow:segment_archive_flow",
     ]
     # Module entrypoints: a script path (flows/segment_flow.py) would put flows/ first on
-    # sys.path, where `import flows` finds flows/flows.py instead of the package. Prove every
+    # sys.path, where `import flows` finds flows/dataset_flows.py instead of the package. Prove every
     # entrypoint loads in a fresh interpreter in the repository root, as a process worker runs.
     script = (
         "import json, sys\nfrom prefect.flows import load_flow_from_entrypoint\n"

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 import data_contracts.errors
+from pipelines.infer.loaded_model import LoadedModel
 from pipelines.ingest import ingest
-from pipelines.model_loading import LoadedModel
 from pipelines.synthetic import make_image_dataset, make_raster_dataset, make_volume_dataset
 from tests.corpus.entry_points import Outcome, run_entry_point
 from tests.corpus.make_corpus import ENTRY_POINTS, OK, Kind, make_corpus, table

@@ -8,7 +8,7 @@ import torch
 from torchvision.ops import masks_to_boxes
 
 from data_contracts import UsageError
-from pipelines.instances import (
+from pipelines.instance_targets import (
     detections_to_instance_map,
     instances_to_three_class,
     maskrcnn_targets,

@@ -14,19 +14,19 @@ from pathlib import Path
 
 import pytest
 
-import pipelines.ledger
+import pipelines.services.ledger
 from data_contracts import DatasetManifest, OutputError
 from pipelines.infer.inputs import InferenceInput
+from pipelines.infer.loaded_model import LoadedModel
 from pipelines.infer.run import SegmentOptions
 from pipelines.ingest import ingest
-from pipelines.ledger import (
+from pipelines.services.ledger import (
     CaseKey,
     Ledger,
     config_hash,
     model_identity,
 )
-from pipelines.model_loading import LoadedModel
-from pipelines.output_lock import OutputLock, clean_partials
+from pipelines.services.output_lock import OutputLock, clean_partials
 from pipelines.synthetic import make_image_dataset
 from tests.infer_models import oracle_model
 
@@ -93,7 +93,7 @@ def test_unchanged_inputs_are_recognised_without_reading_them(
     case = _case(tmp_path)
     with Ledger.open(tmp_path) as ledger:
         _finish(ledger, case, tmp_path)
-        monkeypatch.setattr(pipelines.ledger, "sha256_file", _no_hashing)
+        monkeypatch.setattr(pipelines.services.ledger, "sha256_file", _no_hashing)
         assert _reason(ledger, case) == "skip"
 
 
@@ -131,7 +131,7 @@ def test_new_mtime_same_bytes_is_rehashed_once_and_skipped(
         stat = case.channels[0].stat()
         os.utime(case.channels[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
         assert _reason(ledger, case) == "skip"
-        monkeypatch.setattr(pipelines.ledger, "sha256_file", _no_hashing)
+        monkeypatch.setattr(pipelines.services.ledger, "sha256_file", _no_hashing)
         assert _reason(ledger, case) == "skip"  # the new mtime was recorded
 
 
@@ -251,7 +251,7 @@ def test_case_key_marks_missing_files(tmp_path: Path) -> None:
 
 _HOLDER = """
 import sys, time
-from pipelines.output_lock import OutputLock
+from pipelines.services.output_lock import OutputLock
 with OutputLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from pipelines.infer.inputs import InferenceInput
-from pipelines.ledger import QUARANTINE_AFTER_CRASHES, Ledger
+from pipelines.services.ledger import QUARANTINE_AFTER_CRASHES, Ledger
 
 MODEL, CONFIG = "seg/3", "c0ffee"
 

@@ -1,4 +1,4 @@
-"""``s3://`` inputs and outputs (pipelines/object_store.py) against moto's in-process S3."""
+"""``s3://`` inputs and outputs (pipelines/services/object_store.py) against moto's in-process S3."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from moto import mock_aws
 
 from data_contracts import ObjectStoreError, Settings, get_settings
-from pipelines.object_store import (
+from pipelines.services.object_store import (
     S3Location,
     download_prefix,
     local_source,

@@ -299,14 +299,14 @@ def test_guarded_children_die_with_a_killed_parent(env: dict[str, str], marker: 
     run = _python(
         """
         import os, subprocess, sys, threading, time
-        from pipelines.process_guard import popen_guarded
+        from pipelines.services.process_guard import popen_guarded
         # forked from a thread that ends at once: the child must outlive the thread
         spawner = threading.Thread(target=lambda: popen_guarded(["sleep", "120"]))
         spawner.start()
         spawner.join()
         popen_guarded(["sleep", "121"], stdout=sys.stdout)  # the caller's pipe, on purpose
         arm = (
-            "import sys, time; from pipelines.process_guard import set_parent_death_signal as s; "
+            "import sys, time; from pipelines.services.process_guard import set_parent_death_signal as s; "
             "s(parent_pid=int(sys.argv[1])); print('armed', flush=True); time.sleep(122)"
         )
         subprocess.Popen([sys.executable, "-c", arm, str(os.getpid())])  # sets it itself
@@ -325,7 +325,7 @@ def test_guarded_children_die_with_a_killed_parent(env: dict[str, str], marker: 
 def test_stop_process_group_ends_members_that_ignore_sigterm(
     env: dict[str, str], marker: str
 ) -> None:
-    from pipelines.process_guard import popen_guarded, stop_process_group
+    from pipelines.services.process_guard import popen_guarded, stop_process_group
 
     child = popen_guarded(["sh", "-c", "trap '' TERM; sleep 60 & wait"], env=env)
     deadline = time.monotonic() + 10

@@ -27,8 +27,8 @@ from data_contracts import (
     UsageError,
     get_settings,
 )
-from pipelines.mlflow_model import paint_instances
-from pipelines.registry import (
+from pipelines.services.mlflow_model import paint_instances
+from pipelines.services.model_registry import (
     CHALLENGER,
     CHAMPION,
     export_model,
@@ -38,7 +38,7 @@ from pipelines.registry import (
     register_model,
     validation_key,
 )
-from pipelines.tracking import configure_mlflow, training_run
+from pipelines.services.tracking import configure_mlflow, training_run
 
 SPEC = ModelSpec(name="unet", in_channels=1, num_classes=2, options={"features": [4, 8]})
 PLAN = TrainingPlan(

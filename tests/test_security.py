@@ -118,7 +118,7 @@ def test_models_load_only_from_the_registry_or_a_folder(
 ) -> None:
     import mlflow
 
-    from pipelines.model_loading import load_model
+    from pipelines.services.model_loading import load_model
 
     def no_download(*args: Any, **kwargs: Any) -> str:
         raise AssertionError(f"tried to download {args}")
@@ -156,9 +156,9 @@ SECRET = "hunter2-very-secret"
 def test_no_credentials_in_mlflow_params_or_tags(in_mlflow_home: None, tmp_path: Path) -> None:
     import mlflow
 
-    from pipelines.batch import BatchReport
-    from pipelines.batch_tracking import log_batch_run
-    from pipelines.tracking import log_plan_and_spec, training_run
+    from pipelines.services.batch import BatchReport
+    from pipelines.services.batch_tracking import log_batch_run
+    from pipelines.services.tracking import log_plan_and_spec, training_run
     from tests.test_tracking import make_plan, make_spec
 
     plan, spec = make_plan(), make_spec()

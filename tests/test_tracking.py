@@ -22,8 +22,8 @@ from data_contracts import (
     UsageError,
     get_settings,
 )
-from pipelines import tracking
-from pipelines.tracking import (
+from pipelines.services import tracking
+from pipelines.services.tracking import (
     MAX_PARAM_LENGTH,
     TRUNCATION_MARKER,
     configure_mlflow,

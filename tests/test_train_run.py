@@ -11,7 +11,7 @@ import torch
 
 from data_contracts import IngestOptions, TrainConfig
 from pipelines.ingest import ingest
-from pipelines.registry import load_model
+from pipelines.services.model_registry import load_model
 from pipelines.synthetic import make_image_dataset, make_raster_dataset
 from pipelines.train.run import train_from_manifest
 
@@ -105,7 +105,7 @@ def test_maskrcnn_route_trains_registers_and_round_trips(tmp_path: Path) -> None
     """``--model maskrcnn`` trains through the same path: plan, chips, tiled validation scored
     by DSB-2018/AP/F1, MLflow run and registry; the champion detects what the best checkpoint
     detects."""
-    from pipelines.instances import detections_to_instance_map
+    from pipelines.instance_targets import detections_to_instance_map
     from pipelines.train.maskrcnn import MaskRCNNModule
 
     make_image_dataset(tmp_path / "nuclei", n_images=3, size=(64, 64), seed=5)
@@ -154,7 +154,7 @@ def test_maskrcnn_route_trains_registers_and_round_trips(tmp_path: Path) -> None
     assert painted.shape == (64, 64)
 
     # `segflow segment` with the champion gives exactly what validation scored.
-    from pipelines.infer.instances import segment_instances
+    from pipelines.infer.maskrcnn import segment_instances
 
     (case_id,) = report.validation_cases
     (case,) = [case for case in manifest.cases if case.case_id == case_id]

@@ -11,7 +11,7 @@ Each task has a fixed yardstick, trained in the same run as segflow, on the same
 | ``buildings`` | ``monai-unet2d`` | building IoU |
 | ``landcover`` | ``random-forest-multiscale`` | mIoU |
 
-Design rule: this package may use ``pipelines.metrics``, ``pipelines.instances``, the readers
+Design rule: this package may use ``pipelines.metrics``, ``pipelines.instance_targets``, the readers
 in ``pipelines.io`` and manifests' case lists, but never ``pipelines.train``,
 ``pipelines.plan``, ``pipelines.preprocess`` or ``seg_models`` — a yardstick must not move
 when segflow's own training code changes.

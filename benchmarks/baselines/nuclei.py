@@ -4,11 +4,11 @@ Images are RGB/RGBA PNGs read as 3 channels scaled to [0, 1]; labels are instanc
 
 * ``monai-unet2d-3class`` (the floor): MONAI ``UNet(spatial_dims=2, in_channels=3,
   out_channels=3, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)`` on
-  the interior/boundary/background targets of :func:`pipelines.instances.instances_to_three_class`;
+  the interior/boundary/background targets of :func:`pipelines.instance_targets.instances_to_three_class`;
   ``DiceCELoss(to_onehot_y=True, softmax=True)``, Adam 1e-3 (MONAI's 2D tutorial), batches of 8
   random 256² crops with flips and 90° rotations, until the budget is spent; whole images by
   sliding windows (256², overlap 0.25), instances = connected interior regions grown over the
-  rim (:func:`pipelines.instances.three_class_to_instances` on the probabilities).
+  rim (:func:`pipelines.instance_targets.three_class_to_instances` on the probabilities).
 * ``otsu-watershed`` (no training): grey = mean of RGB, Gaussian σ=1, inverted when the
   background is bright (median grey > 0.5: bright-field/histology), Otsu's
   threshold, holes filled, objects < 10 px dropped; markers = connected maxima of the distance
@@ -16,10 +16,10 @@ Images are RGB/RGBA PNGs read as 3 channels scaled to [0, 1]; labels are instanc
 * ``maskrcnn-r50-scratch`` (reported, no floor): torchvision ``maskrcnn_resnet50_fpn(
   weights=None, weights_backbone=None, num_classes=2, min_size=256, max_size=512,
   box_detections_per_img=300)`` (images hold up to a few hundred nuclei), targets from
-  :func:`pipelines.instances.maskrcnn_targets`, Adam 1e-4, batches of 2 random 256² crops with
+  :func:`pipelines.instance_targets.maskrcnn_targets`, Adam 1e-4, batches of 2 random 256² crops with
   flips and rotations, until the budget is spent; at inference each whole image is fed at its
   own size (``min_size``/``max_size`` set to its sides: the training scale), detections with
-  score >= 0.5 painted by :func:`pipelines.instances.detections_to_instance_map`.
+  score >= 0.5 painted by :func:`pipelines.instance_targets.detections_to_instance_map`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from benchmarks.baselines.common import (
 )
 from data_contracts import Case
 from data_contracts.errors import UsageError
-from pipelines.instances import (
+from pipelines.instance_targets import (
     detections_to_instance_map,
     instances_to_three_class,
     maskrcnn_targets,

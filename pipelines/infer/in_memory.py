@@ -22,6 +22,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
 from data_contracts import ChannelCountError, TrainingPlan
+from pipelines.infer.loaded_model import LoadedModel, network_on
 from pipelines.infer.sliding import (
     Predictor,
     SlidingWindowConfig,
@@ -29,9 +30,8 @@ from pipelines.infer.sliding import (
     probability_predictor,
     sliding_probabilities,
 )
-from pipelines.instances import three_class_to_instances
+from pipelines.instance_targets import three_class_to_instances
 from pipelines.io.nifti import open_volume
-from pipelines.model_loading import LoadedModel, network_on
 from pipelines.preprocess.transforms import IMAGE_KEY, image_transforms, volume_transforms
 
 __all__ = ["Prediction", "class_values_of", "predict_image", "predict_volume"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from rasterio.windows import Window
 
+from pipelines.infer.loaded_model import LoadedModel
 from pipelines.io.raster import bounded_gdal_env, open_raster
-from pipelines.model_loading import LoadedModel
 from pipelines.postprocess.polygons import label_polygons, write_polygons
 
 __all__ = ["POLYGON_BLOCK_ROWS", "write_raster_polygons"]

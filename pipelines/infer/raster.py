@@ -28,10 +28,10 @@ from rasterio.windows import Window
 
 from data_contracts import ChannelCountError, PostprocessConfig
 from pipelines.infer.in_memory import class_values_of
+from pipelines.infer.loaded_model import LoadedModel, network_on
 from pipelines.infer.sliding import SlidingWindowConfig, choose_device, probability_predictor
 from pipelines.infer.stream import StreamConfig, class_indices, stream_raster
 from pipelines.io.raster import bounded_gdal_env, open_raster
-from pipelines.model_loading import LoadedModel, network_on
 from pipelines.postprocess.labels import pixel_area, postprocess_labels
 from pipelines.preprocess.array import normalize_channels
 from pipelines.write.geotiff import GeoTiffMaskWriter, mask_dtype

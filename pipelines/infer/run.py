@@ -31,7 +31,8 @@ from data_contracts import (
 )
 from pipelines.infer.in_memory import class_values_of, predict_image, predict_volume
 from pipelines.infer.inputs import InferenceInput, channel_suffix_for, discover_inputs
-from pipelines.infer.instances import segment_instances
+from pipelines.infer.loaded_model import LoadedModel
+from pipelines.infer.maskrcnn import segment_instances
 from pipelines.infer.polygons import write_raster_polygons
 from pipelines.infer.raster import segment_raster
 from pipelines.infer.sliding import SlidingWindowConfig
@@ -40,7 +41,6 @@ from pipelines.io.formats import suffix_of
 from pipelines.io.image2d import read_image, read_image_geometry
 from pipelines.io.nifti import iter_volume_slabs, open_volume, read_volume_geometry
 from pipelines.io.raster import read_raster_geometry
-from pipelines.model_loading import LoadedModel
 from pipelines.postprocess.labels import postprocess_labels
 from pipelines.preprocess.loaders import read_raster_stack
 from pipelines.write.image2d import write_label_image, write_probability_image
@@ -410,7 +410,7 @@ def segment_inputs(
 
     Args:
         source: an image file, a folder, a zip/tar archive, or a manifest JSON.
-        model: from :func:`pipelines.registry.load_model`.
+        model: from :func:`pipelines.services.model_registry.load_model`.
         out_dir: output folder (created).
         options: extra outputs and window settings.
         on_start: called with (case, index, total) before each case.

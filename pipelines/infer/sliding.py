@@ -69,7 +69,7 @@ def probability_predictor(
     """A window predictor: ``(B, C, *S)`` → probabilities ``(B, K, *S)`` (sigmoid or softmax).
 
     The network is only read: it was made ready once, when loaded
-    (:func:`pipelines.model_loading.prepare_for_inference`), and threads may share it. Each
+    (:func:`pipelines.services.model_loading.prepare_for_inference`), and threads may share it. Each
     call first checks for a stop request (:func:`pipelines.interrupts.check_stop`), so a
     SIGTERM ends a case at the next batch of windows.
     """

@@ -126,7 +126,7 @@ class InstancesToClassesd(MapTransform):
         self.instance_key = instance_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from pipelines.instances import instances_to_three_class  # written alongside, lazily
+        from pipelines.instance_targets import instances_to_three_class  # written alongside, lazily
 
         d = dict(data)
         for key in self.key_iterator(d):

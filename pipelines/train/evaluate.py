@@ -14,7 +14,7 @@ from monai.inferers import sliding_window_inference
 
 from data_contracts import Case, ModelError, ModelSpec, RasterGeometry, TrainingPlan
 from pipelines.infer.tiled_instances import TileConfig, segment_with_network
-from pipelines.instances import three_class_to_instances
+from pipelines.instance_targets import three_class_to_instances
 from pipelines.io import image2d, raster
 from pipelines.metrics import instance_scores, semantic_scores
 from pipelines.preprocess.array import IGNORE_INDEX

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from data_contracts import ConfigError, ModelSpec, TrainConfig, TrainingPlan
 from pipelines.infer.tiled_instances import InstanceResult, TileConfig, segment_with_network
-from pipelines.instances import maskrcnn_targets
+from pipelines.instance_targets import maskrcnn_targets
 from pipelines.metrics import dsb2018_score
 from pipelines.preprocess.datasets import seed_augmentation
 from seg_models import build_model

@@ -24,14 +24,14 @@ from data_contracts import (
 from pipelines.plan import apply_overrides, compute_fingerprint, make_plan, save_plan
 from pipelines.preprocess.datasets import build_datasets, split_cases
 from pipelines.preprocess.verify import check_training_cases
-from pipelines.registry import (
+from pipelines.services.model_registry import (
     RegistrationResult,
     load_model,
     log_segmentation_model,
     register_model,
     validation_key,
 )
-from pipelines.tracking import (
+from pipelines.services.tracking import (
     log_epoch_metrics,
     log_manifest_input,
     log_overlays,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from data_contracts import DatasetManifest, IngestOptions, SegflowError, get_settings
-from pipelines.model_loading import LoadedModel
+from pipelines.infer.loaded_model import LoadedModel
 from tests.corpus.make_corpus import FULL_DISK_BYTES, OK, Kind
 from tests.data.make_malformed import BAD
 
@@ -241,9 +241,9 @@ def _leftovers(out: Path, failed: set[str]) -> list[str]:
 
 
 def run_segment(kind: Kind, model: LoadedModel, out: Path) -> Outcome:
-    """``pipelines.batch.run_batch``: the file fails with its class, the others are done, no
+    """``pipelines.services.batch.run_batch``: the file fails with its class, the others are done, no
     output of the failed file is left, the batch says partial."""
-    from pipelines.batch import run_batch
+    from pipelines.services.batch import run_batch
 
     item, outcome = kind.item, Outcome(kind.name, "segment", "?")
     source = item.source if item.source.is_file() else item.source / "images"

@@ -15,7 +15,7 @@ two files with the same content are one case too many for training but two fine 
 - ``train``: training data loading, :func:`pipelines.preprocess.verify.check_training_cases`
   then :func:`pipelines.preprocess.datasets.build_datasets`, on a manifest made before the file
   went bad (the bad case is dropped with its error, the others train);
-- ``segment``: :func:`pipelines.batch.run_batch` on the source's images (the file fails, the
+- ``segment``: :func:`pipelines.services.batch.run_batch` on the source's images (the file fails, the
   others are segmented, no output of the failed file is left).
 
 Kinds whose damage needs the test's help (``setup``): ``unreadable`` (the file must raise

@@ -1,7 +1,7 @@
 """A batch run to kill: ``python batch_child.py SOURCE OUT MANIFEST [--pause SECONDS]``.
 
 Builds the oracle model of ``MANIFEST`` (deterministic: same manifest, same weights), prints
-``ready`` once imports and model are done, then runs :func:`pipelines.batch.run_batch`,
+``ready`` once imports and model are done, then runs :func:`pipelines.services.batch.run_batch`,
 printing ``result <case id> <status>`` as each case ends and ``finished <counts>`` at the end. ``--pause`` holds every atomic write for that long after the
 temporary file is complete and before it is renamed, so a kill often lands while ``.part``
 files exist, as it would with large outputs.
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import pipelines.files
 import pipelines.write.image2d
-from pipelines.batch import run_batch
 from pipelines.ingest import read_manifest
+from pipelines.services.batch import run_batch
 from tests.infer_models import oracle_model
 
 

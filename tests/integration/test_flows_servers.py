@@ -55,7 +55,7 @@ def test_train_flow_tracks_in_the_servers(
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.objects import StateType
 
-    from flows.flows import train_flow
+    from flows.dataset_flows import train_flow
 
     state = train_flow(
         source=rasters,

@@ -1,7 +1,7 @@
 """Resumable batch segmentation: ask the ledger what must run, run it, report every case.
 
 :func:`run_batch` takes the output folder's lock, removes the temporary files of a killed run,
-decides each case against the ledger (:mod:`pipelines.ledger`), segments those that must run
+decides each case against the ledger (:mod:`pipelines.services.ledger`), segments those that must run
 and exports the ledger as JSON. A run killed at any moment is resumed by running it again:
 finished cases are skipped, the interrupted one is redone. A file that cannot be segmented is
 recorded as failed with its reason and the batch goes on; the next run retries it.
@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 from data_contracts import SegflowError
-from pipelines.case_workers import CaseCrashed
 from pipelines.infer.inputs import InferenceInput, channel_suffix_for, discover_inputs
+from pipelines.infer.loaded_model import LoadedModel
 from pipelines.infer.run import CaseResult, SegmentOptions, remove_case_outputs, segment_case
 from pipelines.interrupts import StopRequested, stop_requested
-from pipelines.ledger import (
+from pipelines.services.case_workers import CaseCrashed
+from pipelines.services.ledger import (
     LEDGER_JSON,
     QUARANTINE_AFTER_CRASHES,
     STATE_DIR,
@@ -36,8 +37,7 @@ from pipelines.ledger import (
     describe_error,
     model_identity,
 )
-from pipelines.model_loading import LoadedModel
-from pipelines.output_lock import OutputLock, clean_partials
+from pipelines.services.output_lock import OutputLock, clean_partials
 
 __all__ = [
     "BatchItem",
@@ -145,7 +145,7 @@ def plan_batch(
         source: an image file, a folder, a zip/tar archive, or a manifest JSON.
         out_dir: the output folder (its ledger decides).
         model: the model the cases would run with.
-        options: inference settings (their :func:`~pipelines.ledger.config_hash` is compared).
+        options: inference settings (their :func:`~pipelines.services.ledger.config_hash` is compared).
         verify: re-hash inputs and outputs instead of trusting size and mtime.
         retry_crashed: run quarantined cases again (see :meth:`Ledger.decide`).
         channel_suffix: group ``<case>_0000``… files into one case; also done for a model
@@ -218,7 +218,7 @@ def process_item(
     An error of the file (a :class:`SegflowError`, or ``OSError``/``RuntimeError``/
     ``ValueError`` from a reader) is recorded and returned as a failed result; any other
     exception is recorded and raised. When ``segment`` runs the case in a worker process that
-    dies (:class:`~pipelines.case_workers.CaseCrashed`), the case is recorded ``crashed``, what
+    dies (:class:`~pipelines.services.case_workers.CaseCrashed`), the case is recorded ``crashed``, what
     it wrote is removed, and it is tried once more in a fresh worker; a second crash
     quarantines it. A stop request (SIGTERM) before or during the case returns it
     ``interrupted``: the ledger keeps it ``running``, so the next run does it.
@@ -310,7 +310,7 @@ def run_batch(
 
     Args:
         source: an image file, a folder, a zip/tar archive, or a manifest JSON.
-        model: from :func:`pipelines.model_loading.load_model`.
+        model: from :func:`pipelines.services.model_loading.load_model`.
         out_dir: the output folder (created); its ledger is ``.segflow/ledger.sqlite``.
         options: extra outputs and window settings.
         verify: re-hash inputs and outputs instead of trusting size and mtime.

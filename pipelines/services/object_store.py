@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from data_contracts import ObjectStoreError, Settings, get_settings
-from pipelines.ledger import LEDGER_JSON, STATE_DIR
+from pipelines.services.ledger import LEDGER_JSON, STATE_DIR
 
 __all__ = [
     "S3Location",

@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 import mlflow
 
 from data_contracts import OutputError
-from pipelines.batch import BatchReport
-from pipelines.ledger import LEDGER_JSON, STATE_DIR
 from pipelines.redaction import redact
-from pipelines.tracking import experiment_for
+from pipelines.services.batch import BatchReport
+from pipelines.services.ledger import LEDGER_JSON, STATE_DIR
+from pipelines.services.tracking import experiment_for
 
 __all__ = ["BATCH_EXPERIMENT", "log_batch_run", "require_tracking_server"]
 

@@ -1,6 +1,6 @@
 """segflow's MLflow model, logged as "models from code": this file is the model.
 
-:func:`pipelines.registry.log_segmentation_model` passes this file's path to
+:func:`pipelines.services.model_registry.log_segmentation_model` passes this file's path to
 ``mlflow.pyfunc.log_model(python_model=...)``; MLflow copies it into the model folder and, on
 ``mlflow.pyfunc.load_model``, runs it and calls :meth:`SegflowModel.load_context`. No Python
 object is pickled: the model's artifacts are
@@ -88,7 +88,7 @@ class SegflowModel(PythonModel):
         if missing:
             raise ModelError(
                 f"the model lacks the artifacts {missing}",
-                hint="log it with pipelines.registry.log_segmentation_model",
+                hint="log it with pipelines.services.model_registry.log_segmentation_model",
             )
         self.spec = _read_contract(ModelSpec, artifacts["model_spec"])
         self.plan = _read_contract(TrainingPlan, artifacts["plan"])

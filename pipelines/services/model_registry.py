@@ -1,14 +1,14 @@
 """segflow models in MLflow: logging, registering, champion/challenger promotion, loading.
 
 A model is logged with :func:`log_segmentation_model` as a pyfunc in MLflow's "models from
-code" form (the model is the file ``pipelines/mlflow_model.py``; its artifacts are a
+code" form (the model is the file ``pipelines/services/mlflow_model.py``; its artifacts are a
 ``state_dict`` and JSON files, nothing pickled). :func:`register_model` adds a registry version
 tagged with its validation score and :func:`validation_key`, points the ``challenger`` alias at
 it, and moves ``champion`` to it only when :func:`promote_if_better` says so.
 
 :func:`load_model` never runs code stored with a model: it reads the MLmodel file, refuses
 anything that is not models-from-code, and builds the installed
-:class:`~pipelines.mlflow_model.SegflowModel` from the artifacts (tensors and JSON only).
+:class:`~pipelines.services.mlflow_model.SegflowModel` from the artifacts (tensors and JSON only).
 
 Registry state is read at call time with no locking: two trainings promoting the same model
 name at the same moment can race.
@@ -35,9 +35,10 @@ from mlflow.types import Schema, TensorSpec
 from torch import nn
 
 from data_contracts import Case, ModelError, ModelSpec, TrainingPlan, UsageError
-from pipelines.mlflow_model import ARTIFACT_FILES, SegflowModel
-from pipelines.model_loading import LoadedModel, export_model, load_model
-from pipelines.tracking import configure_mlflow
+from pipelines.infer.loaded_model import LoadedModel
+from pipelines.services.mlflow_model import ARTIFACT_FILES, SegflowModel
+from pipelines.services.model_loading import export_model, load_model
+from pipelines.services.tracking import configure_mlflow
 
 __all__ = [
     "CHALLENGER",

@@ -39,7 +39,7 @@ from flows.exit_codes import ExitCode, outcome
 from flows.local_api import ensure_local_api
 from flows.storage_tasks import stage_source
 from flows.tasks import evaluate_task, evaluation_counts, ingest_task, train_task
-from pipelines.object_store import is_s3_uri
+from pipelines.services.object_store import is_s3_uri
 
 # Prefect validates parameters through a pydantic model whose base class (an ABC) has a
 # `register` method; train_flow's `register` parameter (the CLI's --register) shadows it, harmlessly.

@@ -33,6 +33,7 @@ from pebble import ProcessExpired, ProcessPool
 
 from data_contracts import SegflowError
 from pipelines.infer.inputs import InferenceInput
+from pipelines.infer.loaded_model import LoadedModel
 from pipelines.infer.run import CaseResult, SegmentOptions, remove_case_outputs, segment_case
 from pipelines.interrupts import (
     StopRequested,
@@ -40,8 +41,8 @@ from pipelines.interrupts import (
     stop_requested,
     watch_event,
 )
-from pipelines.model_loading import LoadedModel, export_model, load_model, local_model_path
-from pipelines.process_guard import set_parent_death_signal
+from pipelines.services.model_loading import export_model, load_model, local_model_path
+from pipelines.services.process_guard import set_parent_death_signal
 
 __all__ = [
     "CaseCrashed",
@@ -56,7 +57,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Imported once by the forkserver, so that forked workers start with them loaded.
-_PRELOAD = ["pipelines.infer.run", "pipelines.model_loading"]
+_PRELOAD = ["pipelines.infer.run", "pipelines.services.model_loading"]
 _STOP_GRACE_SECONDS = 3.0
 _POLL_SECONDS = 0.2
 

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from pipelines.infer.loaded_model import LoadedModel, network_on
 from pipelines.infer.sliding import choose_device
 from pipelines.infer.tiled_instances import TileConfig, segment_with_network
-from pipelines.model_loading import LoadedModel, network_on
 from pipelines.preprocess.transforms import IMAGE_KEY, image_transforms
 
 __all__ = ["segment_instances", "tile_config"]

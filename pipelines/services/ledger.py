@@ -9,7 +9,7 @@ Inputs are recognised by path, size and mtime without reading them; when those d
 is re-hashed, so a touched or moved file with the same bytes is still recognised.
 ``verify=True`` re-hashes inputs and outputs whatever their stat says.
 
-:class:`pipelines.output_lock.OutputLock` keeps a second run out of a folder being written.
+:class:`pipelines.services.output_lock.OutputLock` keeps a second run out of a folder being written.
 This module imports neither torch nor Prefect.
 """
 
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from data_contracts import OutputError, SegflowError
 from pipelines.files import sha256_file, write_text_atomic
-from pipelines.ledger_schema import SCHEMA_VERSION, UPSERT, prepare_connection
+from pipelines.services.ledger_schema import SCHEMA_VERSION, UPSERT, prepare_connection
 
 if TYPE_CHECKING:
     from pipelines.infer.inputs import InferenceInput
+    from pipelines.infer.loaded_model import LoadedModel
     from pipelines.infer.run import SegmentOptions
-    from pipelines.model_loading import LoadedModel
 
 __all__ = [
     "LEDGER_JSON",

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from data_contracts import OutputError
-from pipelines.ledger import STATE_DIR, now_iso
+from pipelines.services.ledger import STATE_DIR, now_iso
 
 __all__ = ["OutputLock", "clean_partials"]
 

@@ -2,70 +2,31 @@
 
 :func:`load_model` never runs code stored with a model: it reads the MLmodel file, refuses
 anything that is not models-from-code, and builds the installed
-:class:`~pipelines.mlflow_model.SegflowModel` from the artifacts (tensors and JSON only).
+:class:`~pipelines.services.mlflow_model.SegflowModel` from the artifacts (tensors and JSON only).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import mlflow
-import torch
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
-from torch import nn
 
-import seg_models
-from data_contracts import ModelError, ModelSpec, OutputError, TrainingPlan
-from pipelines.mlflow_model import SegflowModel
+from data_contracts import ModelError, OutputError
+from pipelines.infer.loaded_model import LoadedModel, prepare_for_inference
 from pipelines.redaction import redact
-from pipelines.tracking import configure_mlflow
+from pipelines.services.mlflow_model import SegflowModel
+from pipelines.services.tracking import configure_mlflow
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model loaded for segflow's inference.
-
-    Attributes:
-        network: the ``nn.Module``, in eval mode on the CPU.
-        spec: its model spec.
-        plan: the training plan (preprocessing to apply before ``network``).
-        class_names: one name per class index.
-        channel_names: one name per input channel.
-        processing: pre/post-processing config.
-        name: registered model name (``None`` for run or logged-model URIs).
-        version: registry version (``None`` likewise).
-        uri: the URI or folder it was loaded from.
-        device: where ``network`` lives (it was made ready for inference there, once: see
-            :func:`prepare_for_inference`).
-    """
-
-    network: nn.Module
-    spec: ModelSpec
-    plan: TrainingPlan
-    class_names: tuple[str, ...]
-    channel_names: tuple[str, ...]
-    processing: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
-    version: str | None = None
-    uri: str = ""
-    device: str = "cpu"
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities ``(B, K, *spatial)`` for a preprocessed ``(B, C, *spatial)`` batch."""
-        return seg_models.predict(self.network, x, self.spec)
 
 
 def local_model_path(uri: str) -> Path | None:
@@ -171,7 +132,7 @@ def _from_folder(folder: Path) -> SegflowModel:
         raise ModelError(
             "was not logged as models-from-code; segflow does not unpickle models",
             path=folder,
-            hint="log it with pipelines.registry.log_segmentation_model",
+            hint="log it with pipelines.services.model_registry.log_segmentation_model",
         )
     artifacts = {key: folder / entry["path"] for key, entry in flavor.get("artifacts", {}).items()}
     return SegflowModel.from_artifacts(artifacts)
@@ -230,52 +191,6 @@ def load_model(uri: str | Path, *, device: str | None = None) -> LoadedModel:
         uri=text,
     )
     return prepare_for_inference(loaded, device)
-
-
-def prepare_for_inference(model: LoadedModel, device: str | None = None) -> LoadedModel:
-    """Make a freshly built model ready for inference, once, before anyone shares it.
-
-    Eval mode, no gradients, the device, channels-last memory for convolutional networks
-    (about 1.5 times faster on the CPU too; numbers differ from the default layout only in
-    float rounding) and, for detectors, the score threshold of the model's processing config. Inference code only
-    reads the network afterwards: task threads of a batch share one model, and converting its
-    parameters in place while another thread runs it crashed the process (SIGSEGV).
-
-    Args:
-        model: a model whose network nobody else uses yet.
-        device: ``cpu``, ``cuda``, ``cuda:1``… (default: CUDA when present, else the CPU).
-
-    Returns:
-        The same model with :attr:`LoadedModel.device` set.
-    """
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    network = model.network.to(target).eval().requires_grad_(False)
-    if model.spec.task == "semantic":  # oneDNN on the CPU, tensor cores on CUDA
-        fmt = torch.channels_last_3d if model.spec.spatial_dims == 3 else torch.channels_last
-        network = network.to(memory_format=fmt)
-    heads = getattr(network, "roi_heads", None)
-    threshold = model.processing.get("score_threshold")
-    if heads is not None and threshold is not None and hasattr(heads, "score_thresh"):
-        heads.score_thresh = max(float(heads.score_thresh), float(threshold))
-    return dataclasses.replace(model, network=network, device=str(target))
-
-
-def network_on(model: LoadedModel, device: str | torch.device | None) -> nn.Module:
-    """The model's network on ``device`` without touching the shared one.
-
-    ``None`` or the model's own device gives :attr:`LoadedModel.network` itself; another
-    device gives a prepared copy (slow: load the model with ``device=`` instead).
-    """
-    if device is None or torch.device(device) == torch.device(model.device):
-        return model.network
-    logger.warning(
-        "model %s was loaded for %s; copying it to %s for this call (pass device= to load_model)",
-        model.uri,
-        model.device,
-        device,
-    )
-    copied = dataclasses.replace(model, network=copy.deepcopy(model.network))
-    return prepare_for_inference(copied, str(device)).network
 
 
 def _registered_meta(folder: Path) -> tuple[str | None, str | None]:
