@@ -29,7 +29,7 @@ from benchmarks.results import record
 from data_contracts import IngestOptions, TrainConfig
 from pipelines.ingest import ingest
 from pipelines.metrics import dsb2018_score, region_dice, semantic_scores
-from pipelines.train.run import train_from_manifest
+from pipelines.services.training import train_from_manifest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 Scorer = Callable[[np.ndarray, np.ndarray], float]

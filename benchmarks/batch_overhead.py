@@ -6,16 +6,16 @@ grey PNGs of blobs, ``make_image_dataset``, whose blob ids ingest reads as 9 cla
 labelled 64² files of that kind, registered in MLflow; the Prefect API, its start-up reported
 apart: ``--api ephemeral`` (Prefect's temporary API, started by a trivial flow) or ``server``
 (``prefect server start`` on 127.0.0.1). Before each timed flow call the flow's per-process
-caches (model, open ledgers) are cleared, as in a new ``segflow segment`` process.
+model cache is cleared, as in a new ``segflow segment`` process.
 
 - P4 (``batch_per_file_overhead``): the flow over ``--files`` (200) files of ``--size``² (64) px
   into a new folder with the ``pixel_linear`` oracle (a 1×1 convolution fitted in closed form,
-  ``tests/infer_models.py``), ``--workers`` threads, default ``files_per_task``, MLflow batch run
-  on (``--no-track``: off). Flow seconds: wall time of the flow call (flow run, extraction, model
-  load, ledger, tasks, reading, windows, writers, hashing, MLflow, artifacts). Model seconds: the
-  network's own time on exactly the windows of that run: forward hooks copy every batch it gets;
-  after the flow the copies go through the same network again, one by one, in this process
-  (``inference_mode``; least of 3 passes with torch's threads and 3 with one thread, so that
+  ``pipelines/synthetic/models.py``), ``--workers`` threads, default ``files_per_task``, MLflow
+  batch run on (``--no-track``: off). Flow seconds: wall time of the flow call (flow run,
+  extraction, model load, ledger, tasks, reading, windows, writers, hashing, MLflow, artifacts).
+  Model seconds: the network's own time on exactly the windows of that run: forward hooks copy every
+  batch it gets; after the flow the copies go through the same network again, one by one, in this
+  process (``inference_mode``; least of 3 passes with torch's threads and 3 with one thread, so that
   waits for busy cores count as overhead). The rest, decoding and post-processing included, is
   overhead: (flow seconds - model seconds) / files. Floor: <= 50 ms per file.
 - P5 (``batch_rerun_fraction``): the flow again on the same archive into the same finished
@@ -51,6 +51,7 @@ from torch import nn
 
 from benchmarks.results import record
 from data_contracts import apply_environment, get_settings
+from pipelines.services.batch_progress import BatchProgress
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -132,7 +133,7 @@ def bench_models(root: Path, kind: str, patch: int | None) -> tuple[str, str]:
     """Register the oracle (P4) and a seeded small U-Net with the same plan (P5); their URIs."""
     import seg_models
     from pipelines.ingest import ingest
-    from tests.infer_models import oracle_model
+    from pipelines.synthetic.models import oracle_model
 
     manifest = ingest(make_files(root / "train", kind, 4, 64, seed=100), workdir=root / "ingest")
     oracle = oracle_model(manifest, patch=(patch, patch) if patch else None)
@@ -142,9 +143,10 @@ def bench_models(root: Path, kind: str, patch: int | None) -> tuple[str, str]:
     return register_bench_model(oracle, MODEL_NAME), register_bench_model(unet, UNET_NAME)
 
 
-class NetworkTimer:
-    """Forward hooks on every network the flow loads: copies of its input batches, and the
-    summed in-flow forward time (over threads)."""
+class NetworkTimer(BatchProgress):
+    """Forward hooks on the network of every batch it is the progress of (the flow hands it
+    the model it loaded): copies of its input batches, and the summed in-flow forward time
+    (over threads)."""
 
     def __init__(self) -> None:
         self.capture, self.in_flow_seconds = False, 0.0
@@ -153,10 +155,13 @@ class NetworkTimer:
         self._starts: dict[int, float] = {}
         self._lock = threading.Lock()
 
-    def attach(self, network: nn.Module) -> None:
-        network.register_forward_pre_hook(self._before)
-        network.register_forward_hook(self._after)
-        self.network = network
+    def model_ready(self, model: LoadedModel) -> None:
+        """Hook the batch's network (once, when a later batch reuses it)."""
+        if model.network is self.network:
+            return
+        model.network.register_forward_pre_hook(self._before)
+        model.network.register_forward_hook(self._after)
+        self.network = model.network
 
     def _before(self, _module: nn.Module, inputs: tuple[Any, ...]) -> None:
         if self.capture:  # list.append is atomic: no lock
@@ -185,27 +190,15 @@ class NetworkTimer:
         torch.set_num_threads(threads)
         return best
 
-    def install(self) -> None:
-        """Make the flow's model loader attach this timer to each network it loads."""
-        import flows.segment_flow as segment_flow
-        from pipelines.services.model_loading import load_model
-
-        def loading(uri: str | Path, *, device: str | None = None) -> LoadedModel:
-            loaded = load_model(uri, device=device)
-            self.attach(loaded.network)
-            return loaded
-
-        segment_flow.load_model = loading
-
 
 def run_segment(
     flow: Flow[..., Any], archive: Path, uri: str, out: Path, skipped: int = -1, **options: Any
 ) -> tuple[float, dict[str, Any]]:
     """Wall seconds and summary of a flow call; exits if a file failed or not ``skipped`` were."""
-    import flows.segment_flow as segment_flow
     from flows.dataset_flows import run_flow
+    from flows.segment_flow import reset_process_caches
 
-    segment_flow.reset_process_caches()  # no model loaded, no ledger open: as a new process
+    reset_process_caches()  # no model loaded: as a new process
     # `segflow segment` starts the worker processes' forkserver at its own start, where its
     # imports overlap with the Prefect API's start-up (not counted either): start it here too.
     from pipelines.services.case_workers import start_forkserver_early
@@ -243,7 +236,7 @@ def thread_profiles(path: Path, files: int) -> Iterator[None]:
         yield
     finally:
         profiles[0].disable()
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
         stats = pstats.Stats(profiles[0])
         for profile in profiles[1:]:
             stats.add(profile)
@@ -291,9 +284,8 @@ def measure_p4(
 
     options = {"files_per_task": args.files_per_task, "track": not args.no_track}
     timer = NetworkTimer()
-    timer.install()
     timer.capture = True
-    first, _ = run_segment(flow, archive, uri, root / "out-small", **options)
+    first, _ = run_segment(flow, archive, uri, root / "out-small", progress=timer, **options)
     timer.capture = False
     model_seconds = timer.replay()
     rerun, _ = run_segment(flow, archive, uri, root / "out-small", skipped=args.files, **options)

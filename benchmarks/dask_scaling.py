@@ -5,7 +5,7 @@ start-up printed; stopped at the end), so that Dask can run worker processes tha
 it; ``--files`` (16) seeded 3-band uint8 GeoTIFFs of ``--size``² (4096²) px, tiled 64², deflate,
 0.5 m pixels (``make_raster_dataset``: rectangles and discs on a textured, noisy background),
 packed into one zip; segflow's ``pixel_linear`` oracle (a 1×1 convolution fitted in closed form
-on 4 small tiles of the same kind, ``tests/infer_models.py``), registered with
+on 4 small tiles of the same kind, ``pipelines/synthetic/models.py``), registered with
 ``processing.postprocess.min_object_size`` = ``--min-object-size`` (25 m² = 100 px) so that
 inference stays cheap and the per-file work is the rest of the raster route: decoding the
 deflate tiles, streamed windows (``--patch``² = 512²) and blending, connected components and
@@ -43,6 +43,7 @@ from typing import Any
 
 from benchmarks.batch_overhead import isolated_home, register_bench_model, run_segment, start_api
 from benchmarks.results import record
+from data_contracts import InferenceOptions
 
 SPEEDUP_FLOOR = 1.5
 MODEL_NAME = "bench-raster"
@@ -67,7 +68,7 @@ def raster_model(root: Path, patch: int, min_object_size: float) -> str:
     """The oracle for such scenes, with small-object removal, registered; its URI."""
     from pipelines.ingest import ingest
     from pipelines.synthetic import make_raster_dataset
-    from tests.infer_models import oracle_model
+    from pipelines.synthetic.models import oracle_model
 
     train = make_raster_dataset(root / "train", n_tiles=4, size=(256, 256), dtype="uint8", seed=9)
     model = oracle_model(ingest(train, workdir=root / "train-ingest"), patch=(patch, patch))
@@ -86,7 +87,8 @@ def measure(
     runner = task_runner("dask", max_workers=workers, processes=kind == "processes")
     flow = segment_archive_flow.with_options(task_runner=runner)
     out = root / f"out-{kind}-{workers}-{run}"
-    seconds, summary = run_segment(flow, archive, uri, out, polygons=True, **options)
+    polygons = InferenceOptions(polygons=True)
+    seconds, summary = run_segment(flow, archive, uri, out, options=polygons, **options)
     missing = [item["case"] for item in summary["items"] if ".gpkg" not in item["outputs"]]
     if missing:
         raise SystemExit(f"no polygons for {missing}")

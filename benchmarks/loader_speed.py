@@ -22,9 +22,10 @@ import torch
 from benchmarks.results import record
 from data_contracts import IngestOptions, TrainConfig
 from pipelines.ingest import ingest
-from pipelines.preprocess.datasets import build_datasets
+from pipelines.preprocess.datasets import build_datasets, split_cases
 from pipelines.train import SegmentationModule, make_loaders, seed_everything
-from pipelines.train.run import plan_for, spec_for
+from pipelines.train.prepare import plan_for
+from pipelines.train.route import spec_for
 
 
 def _step(
@@ -73,7 +74,7 @@ def main() -> None:
     )
     plan = plan_for(manifest, config, {"patch_size": args.patch} if args.patch else None)
     train_set, val_set = build_datasets(
-        manifest, plan, cache_dir=workdir / "cache", num_workers=args.workers
+        *split_cases(manifest), plan, cache_dir=workdir / "cache", num_workers=args.workers
     )
     module = SegmentationModule(spec_for(plan, config).model_dump(), roi_size=plan.patch_size)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)

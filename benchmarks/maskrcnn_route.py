@@ -2,8 +2,8 @@
 
 The issue asks for Mask R-CNN's own DSB-2018 score beside the U-Net + boundary route, "with a
 lighter backbone and right-sized inputs so it is usable on CPU". This trains exactly what
-``segflow train MANIFEST --model maskrcnn`` trains (:func:`pipelines.train.run.train_from_manifest`:
-the plan's 256² chips, not resized; anchors from the median nucleus size; on a CPU ResNet-18
+``segflow train MANIFEST --model maskrcnn`` trains
+(:func:`pipelines.services.training.train_from_manifest`: the plan's 256² chips, not resized; anchors from the median nucleus size; on a CPU ResNet-18
 with 128 FPN channels and 128 sampled proposals per chip; AdamW 1e-4 with gradient clipping),
 validates by segmenting each held-out image whole with overlapping tiles merged across tile
 edges, and scores it. Then, in the same run with the same budget and split, it trains the pinned

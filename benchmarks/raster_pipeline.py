@@ -34,17 +34,16 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
-from monai.networks.nets import UNet
+from monai.networks.nets.unet import UNet
 from numpy.typing import NDArray
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from benchmarks.results import record
-from data_contracts import ChannelNormalization
+from data_contracts import ChannelNormalization, InferenceOptions
 from pipelines.infer.stream import (
     Predictor,
     Sink,
-    StreamConfig,
     class_indices,
     stream_raster,
     window_starts,
@@ -89,7 +88,7 @@ def _tile(rng: np.random.Generator, window: Window, size: int) -> NDArray[np.uin
     tile = 30 + 40 * fields[None] + np.arange(3)[:, None, None] * 10
     tile = tile + rng.integers(0, 8, shape)
     tile[:, (rows < size // 16) & (cols < size // 16)] = 0
-    return tile.astype(np.uint8)
+    return np.asarray(tile, dtype=np.uint8)
 
 
 def build_predictor(threads: int) -> Predictor:
@@ -129,7 +128,9 @@ class Run:
 def run_end_to_end(scene: Path, out: Path, run: Run) -> dict[str, Any]:
     """Segment ``scene`` into a COG mask at ``out``; seconds and this process's peak RSS."""
     predictor = build_predictor(run.threads)
-    config = StreamConfig((ROI, ROI), OVERLAP, run.batch_size, read_ahead=run.read_ahead)
+    options = InferenceOptions(
+        overlap=OVERLAP, batch_size=run.batch_size, read_ahead=run.read_ahead
+    )
     normalize = partial(
         normalize_channels,
         norms=[ChannelNormalization(scheme="percentile", lower=0, upper=255)] * 3,
@@ -142,7 +143,7 @@ def run_end_to_end(scene: Path, out: Path, run: Run) -> dict[str, Any]:
     ):
         sink = _mask_sink(writer)
         summary = stream_raster(
-            source, predictor, len(CLASSES), config, normalize=normalize, sink=sink
+            source, predictor, len(CLASSES), (ROI, ROI), options, normalize=normalize, sink=sink
         )
     return {
         "seconds": time.perf_counter() - started,

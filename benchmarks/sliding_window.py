@@ -18,16 +18,13 @@ import time
 from collections.abc import Callable
 
 import torch
-from monai.inferers import sliding_window_inference
-from monai.networks.nets import UNet
+from monai.inferers.utils import sliding_window_inference
+from monai.networks.nets.unet import UNet
 
 from benchmarks.results import record
-from data_contracts import ModelSpec
-from pipelines.infer.sliding import (
-    SlidingWindowConfig,
-    probability_predictor,
-    sliding_probabilities,
-)
+from data_contracts import InferenceOptions, ModelSpec
+from pipelines.infer.sliding import probability_predictor, sliding_probabilities
+from pipelines.kinds import kind_adapter
 
 CHANNELS, STRIDES = (16, 32, 64, 128), (2, 2, 2)
 
@@ -72,7 +69,9 @@ def main() -> None:
     parser.add_argument("--roi", type=int, nargs=3, default=[96, 96, 64])
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=SlidingWindowConfig().batch_size)
+    parser.add_argument(
+        "--batch-size", type=int, default=kind_adapter("volume").default_window_batch
+    )
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
@@ -82,11 +81,9 @@ def main() -> None:
     roi = tuple(args.roi)
     spec = ModelSpec(name="unet", in_channels=1, num_classes=2, spatial_dims=3)
     channels_last = (
-        args.channels_last
-        if args.channels_last is not None
-        else SlidingWindowConfig().channels_last
+        args.channels_last if args.channels_last is not None else InferenceOptions().channels_last
     )
-    config = SlidingWindowConfig(
+    options = InferenceOptions(
         overlap=args.overlap, batch_size=args.batch_size, channels_last=channels_last
     )
     ours_predictor = probability_predictor(_network(0), spec, channels_last=channels_last)
@@ -96,7 +93,7 @@ def main() -> None:
         times, baseline = _timed(lambda: _monai(network, volume, roi, args.overlap), 1)
         monai_times += times
         times, ours = _timed(
-            lambda: sliding_probabilities(ours_predictor, volume, roi, 2, config, device=device), 1
+            lambda: sliding_probabilities(ours_predictor, volume, roi, 2, options, device=device), 1
         )
         ours_times += times
     difference = float((baseline - ours).abs().max())

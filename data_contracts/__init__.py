@@ -12,6 +12,7 @@ from data_contracts.dataset import (
 from data_contracts.errors import *  # noqa: F403
 from data_contracts.errors import __all__ as _error_names
 from data_contracts.geometry import Geometry, ImageGeometry, RasterGeometry, VolumeGeometry
+from data_contracts.inference import InferenceOptions
 from data_contracts.ingest_options import IngestOptions
 from data_contracts.model_spec import ModelSpec
 from data_contracts.plan import (
@@ -35,6 +36,7 @@ __all__ = [
     "FileRecord",
     "Geometry",
     "ImageGeometry",
+    "InferenceOptions",
     "IngestOptions",
     "LabelKind",
     "LabelStats",

@@ -62,6 +62,11 @@ class VolumeGeometry(Contract):
         """Volume of one voxel in mm³."""
         return self.spacing[0] * self.spacing[1] * self.spacing[2]
 
+    @property
+    def pixel_count(self) -> int:
+        """Voxels in the volume (X × Y × Z), per channel."""
+        return self.shape[0] * self.shape[1] * self.shape[2]
+
 
 class RasterGeometry(Contract):
     """Geometry of a georeferenced raster (GeoTIFF / COG).
@@ -103,6 +108,11 @@ class RasterGeometry(Contract):
         a, b, _, d, e, _ = self.transform
         return abs(a * e - b * d)
 
+    @property
+    def pixel_count(self) -> int:
+        """Pixels in the raster (width × height), per band."""
+        return self.width * self.height
+
 
 class ImageGeometry(Contract):
     """Geometry of a plain 2D image without georeferencing (microscopy, photographs).
@@ -119,6 +129,11 @@ class ImageGeometry(Contract):
     width: int = Field(ge=1)
     channels: int = Field(ge=1)
     dtype: str
+
+    @property
+    def pixel_count(self) -> int:
+        """Pixels in the image (width × height), per channel."""
+        return self.width * self.height
 
 
 Geometry = Annotated[VolumeGeometry | RasterGeometry | ImageGeometry, Field(discriminator="kind")]

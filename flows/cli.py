@@ -16,7 +16,6 @@ from typer.exceptions import Abort, TyperException
 
 from data_contracts import (
     ConfigError,
-    DatasetManifest,
     IngestOptions,
     MissingFileError,
     SegflowError,
@@ -24,11 +23,12 @@ from data_contracts import (
     apply_environment,
     get_settings,
 )
-from flows.console import console, error_console, manifest_table, progress_bar, rejected_table
+from flows.console import console, error_console, manifest_table, rejected_table
 from flows.evaluate_cli import evaluate as evaluate_command
 from flows.exit_codes import ExitCode
 from flows.segment_cli import segment as segment_command
 from flows.serve import serve as serve_command
+from flows.server_cli import server_app
 from flows.train_cli import train as train_command
 from pipelines.interrupts import (
     SIGINT_EXIT_CODE,
@@ -39,6 +39,7 @@ from pipelines.interrupts import (
     exit_code_for,
     install_stop_handlers,
 )
+from pipelines.kinds import registered_kinds
 
 app = typer.Typer(
     name="segflow",
@@ -153,8 +154,9 @@ def ingest(
     """
     if label_kind not in ("semantic", "instance"):
         raise UsageError(f"--label-kind must be semantic or instance, not {label_kind!r}")
-    if kind not in ("auto", "volume", "raster", "image"):
-        raise UsageError(f"--kind must be auto, volume, raster or image, not {kind!r}")
+    kinds = ("auto", *registered_kinds())
+    if kind not in kinds:
+        raise UsageError(f"--kind must be {', '.join(kinds[:-1])} or {kinds[-1]}, not {kind!r}")
     options = IngestOptions(
         label_suffix=label_suffix,
         channel_suffix=channel_suffix,
@@ -191,29 +193,6 @@ def run_ingest_flow(
         console.print(rejected_table(manifest))
     console.print(f"Manifest written to [bold]{out}[/bold]")
     return code
-
-
-def run_ingest(
-    source: Path, out: Path, options: IngestOptions, workdir: Path | None
-) -> DatasetManifest:
-    """Ingest with a progress bar, write the manifest and print the summary tables."""
-    from pipelines.ingest import ingest as ingest_source
-    from pipelines.ingest import write_manifest
-
-    workdir = workdir or out.with_name(f"{out.stem}.files")
-    with progress_bar() as bar:
-        task = bar.add_task(f"ingest {source.name}", total=None, current="")
-
-        def advance(done: int, total: int, case_id: str) -> None:
-            bar.update(task, completed=done, total=total, current=case_id[:30])
-
-        manifest = ingest_source(source, options=options, workdir=workdir, progress=advance)
-    write_manifest(manifest, out)
-    console.print(manifest_table(manifest))
-    if manifest.rejected:
-        console.print(rejected_table(manifest))
-    console.print(f"Manifest written to [bold]{out}[/bold]")
-    return manifest
 
 
 @app.command()
@@ -257,6 +236,7 @@ app.command()(train_command)
 app.command()(segment_command)
 app.command()(evaluate_command)
 app.command()(serve_command)
+app.add_typer(server_app)
 
 
 @app.command()

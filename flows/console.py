@@ -6,7 +6,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from data_contracts import Case, DatasetManifest, RasterGeometry, VolumeGeometry
+from data_contracts import DatasetManifest
+from pipelines.kinds import adapter_for_geometry
 
 console = Console(stderr=False)
 error_console = Console(stderr=True)
@@ -25,17 +26,6 @@ def progress_bar() -> Progress:
     )
 
 
-def _geometry_cells(case: Case) -> tuple[str, str, str]:
-    geometry = case.geometry
-    if isinstance(geometry, VolumeGeometry):
-        spacing = "×".join(f"{s:g}" for s in geometry.spacing)
-        return "×".join(map(str, geometry.shape)), f"{spacing} mm", "".join(geometry.orientation)
-    if isinstance(geometry, RasterGeometry):
-        crs = f"EPSG:{geometry.epsg}" if geometry.epsg else ("WKT" if geometry.crs_wkt else "none")
-        return f"{geometry.width}×{geometry.height}", f"{geometry.resolution[0]:.3g}", crs
-    return f"{geometry.width}×{geometry.height}", "-", "-"
-
-
 def manifest_table(manifest: DatasetManifest, *, max_rows: int = 30) -> Table:
     """One row per valid case: kind, channels, size, spacing/resolution, CRS, label values."""
     table = Table(
@@ -45,7 +35,7 @@ def manifest_table(manifest: DatasetManifest, *, max_rows: int = 30) -> Table:
     for column in ("kind", "channels", "size", "spacing / res.", "orient. / CRS", "label values"):
         table.add_column(column)
     for case in manifest.cases[:max_rows]:
-        size, spacing, frame = _geometry_cells(case)
+        size, spacing, frame = adapter_for_geometry(case.geometry).geometry_cells(case.geometry)
         values = case.label_stats.values if case.label_stats else ()
         shown = ", ".join(map(str, values[:8])) + (" …" if len(values) > 8 else "")
         table.add_row(

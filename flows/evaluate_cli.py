@@ -1,4 +1,4 @@
-"""``segflow evaluate``: the command-line face of :func:`pipelines.evaluate_outputs.evaluate_outputs`."""
+"""``segflow evaluate``: the command-line face of :func:`pipelines.evaluate.evaluate_outputs`."""
 
 from __future__ import annotations
 

@@ -9,7 +9,13 @@ never returns, and a cron job leaks one ~230 MB server per crash.
 
 The ``segflow`` command line calls :func:`enable`; :func:`ensure_local_api`, called by
 :func:`flows.dataset_flows.run_flow` (and the demo) before a flow runs — so ``--help`` and failed
-argument checks start nothing — then starts the same app with the same settings, but:
+argument checks start nothing — then points Prefect at an API of segflow's own:
+
+- by default the **shared** one of this ``SEGFLOW_HOME`` (:mod:`flows.shared_api`), started in
+  the background by the first command and reused by the next ones, which then pay nothing for
+  it; it exits by itself when unused for ``SEGFLOW_API_IDLE_MINUTES``;
+- with ``SEGFLOW_API=per-command``, a temporary one for this command only, started with the same
+  app and settings as Prefect's but:
 
 - through :func:`pipelines.services.process_guard.popen_guarded`: SIGKILL reaches it when this process
   dies, however it dies; its own session; stdin from ``/dev/null``; its output appended to
@@ -39,6 +45,7 @@ from pathlib import Path
 
 from data_contracts import get_settings
 from flows.server_process import ServerProcess
+from flows.shared_api import api_mode, ensure_shared_api, release_users_locks
 
 __all__ = [
     "SERVER_ENV",
@@ -76,6 +83,7 @@ class _State:
     api: LocalAPI | None = None
     stop_registered: bool = False
     cleared_ui_url: bool = False
+    shared_url: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -116,13 +124,19 @@ def ensure_local_api() -> str | None:
 def _ensure() -> str | None:
     current = _state.api
     configured = _configured_url()
-    if configured and (current is None or configured != current.url):
+    ours = current.url if current is not None else _state.shared_url
+    if configured and configured != ours:
         return None  # the user's API, or one that temporary settings put in force
     if current is not None and current.server.running:
         _point_prefect_at(current.url)
         return current.url
     if current is not None:  # ours died: forget it, start another
         stop_local_api()
+    if api_mode() == "shared":
+        url = ensure_shared_api()
+        _state.shared_url = url
+        _point_prefect_at(url)
+        return url
     api = start_local_api()
     _state.api = api
     _point_prefect_at(api.url)
@@ -196,6 +210,12 @@ def stop_local_api() -> None:
     """Stop segflow's temporary API (if running) and stop pointing Prefect at it."""
     api, _state.api = _state.api, None
     if api is None:
+        if _state.shared_url is not None:  # the shared server stays; send it what is queued
+            _drain_prefect_workers(STOP_TIMEOUT_S)
+            release_users_locks()
+            if os.environ.get("PREFECT_API_URL") == _state.shared_url:
+                _point_prefect_at(None)
+            _state.shared_url = None
         return
     _drain_prefect_workers(STOP_TIMEOUT_S)
     api.server.stop(STOP_TIMEOUT_S)

@@ -104,7 +104,7 @@ def task_runner(
 
 def _dask_runner(workers: int, address: str | None, processes: bool | None) -> TaskRunner[Any]:
     try:
-        from prefect_dask import DaskTaskRunner
+        from prefect_dask.task_runners import DaskTaskRunner
     except ImportError as error:
         raise UsageError(
             f"the Dask task runner needs prefect-dask and distributed ({error})",

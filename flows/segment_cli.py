@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from data_contracts import UsageError
+from data_contracts import InferenceOptions, UsageError
 from flows.console import console, error_console, progress_bar
 from pipelines.interrupts import cooperative_stop
+from pipelines.services.batch_progress import BatchProgress
+
+if TYPE_CHECKING:
+    from pipelines.services.batch_items import BatchItemResult
 
 _MAX_TABLE_ROWS = 40
+
+
+class FilesBar(BatchProgress):
+    """The ``files`` bar of ``segflow segment``: moved by every finished case, which it names;
+    a failed case is also printed with its error."""
+
+    def __init__(self, bar: Progress) -> None:
+        self._bar = bar
+        self._files: TaskID = bar.add_task("files", total=None, current="")
+
+    def case_done(self, result: BatchItemResult, done: int, total: int) -> None:
+        """Move the bar to ``done`` of ``total``; print the error of a failed case."""
+        self._bar.update(self._files, completed=done, total=total, current=result.case_id[:30])
+        if result.status == "failed":
+            error_console.print(f"[red]failed[/red] {result.case_id}: {result.error}")
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
@@ -148,15 +168,19 @@ def segment(
 
         segflow segment archive.zip --model ./exported-model --task-runner dask --max-workers 4
     """
-    if overlap is not None and not 0 <= overlap < 1:
-        raise UsageError(f"--overlap must be in [0, 1), not {overlap}")
-    if batch_size is not None and batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
+    options = InferenceOptions(
+        polygons=polygons,
+        probabilities=probabilities,
+        tta=tta,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+    )
     if files_per_task is not None and files_per_task < 1:
         raise UsageError(f"--files-per-task must be at least 1, not {files_per_task}")
     from flows.dataset_flows import run_flow
     from flows.runners import task_runner as make_runner
-    from flows.segment_flow import add_observer, segment_archive_flow
+    from flows.segment_flow import segment_archive_flow
 
     runner = make_runner(task_runner, max_workers=max_workers, dask_address=dask_address)
     if task_runner == "threads":
@@ -164,33 +188,18 @@ def segment(
 
         start_forkserver_early()  # its imports overlap with the Prefect API's start-up
     with cooperative_stop(), progress_bar() as bar:
-        files = bar.add_task("files", total=None, current="")
-
-        def advance(result: Any, done: int, total: int) -> None:
-            bar.update(files, completed=done, total=total, current=result.case_id[:30])
-            if result.status == "failed":
-                error_console.print(f"[red]failed[/red] {result.case_id}: {result.error}")
-
-        remove = add_observer(advance)
-        try:
-            summary, code = run_flow(
-                segment_archive_flow.with_options(task_runner=runner),
-                source=source,
-                model=model,
-                out=out,
-                channel_suffix=channel_suffix,
-                polygons=polygons,
-                probabilities=probabilities,
-                tta=tta,
-                overlap=overlap,
-                batch_size=batch_size,
-                device=device,
-                verify=verify,
-                files_per_task=files_per_task,
-                retry_crashed=retry_crashed,
-            )
-        finally:
-            remove()
+        summary, code = run_flow(
+            segment_archive_flow.with_options(task_runner=runner),
+            source=source,
+            model=model,
+            out=out,
+            options=options,
+            channel_suffix=channel_suffix,
+            verify=verify,
+            files_per_task=files_per_task,
+            retry_crashed=retry_crashed,
+            progress=FilesBar(bar),
+        )
     console.print(summary_table(summary))
     console.print(f"Outputs in [bold]{out}[/bold] (model {summary['model']})")
     if summary.get("not_logged"):

@@ -1,11 +1,14 @@
 """The ``segment_archive`` flow: resumable batch segmentation of a file, folder or archive.
 
 The model URI is resolved once (``models:/NAME@champion`` → ``models:/NAME/VERSION``), so an
-alias moved mid-batch does not mix models. :func:`pipelines.services.batch.run_batch` takes the output
-folder's lock, asks the ledger what must run and exports the ledger; this flow only decides how
-the cases run: as Prefect tasks of ``files_per_task`` cases each, on the flow's task runner
-(threads by default, Dask with ``--task-runner dask``), with bounded concurrency. Tasks get
-paths and URIs, and each worker process loads the model and opens the ledger once.
+alias moved mid-batch does not mix models, and the model is downloaded once per batch (this
+process and the batch's worker processes load the same local copy). A
+:class:`pipelines.services.batch.BatchRun` takes the output folder's lock, asks the ledger what
+must run and exports the ledger; this flow only decides how the cases run: as Prefect tasks of
+``files_per_task`` cases each, on the flow's task runner (threads by default, Dask with
+``--task-runner dask``), with bounded concurrency, each task's results handed back to the run.
+Threads share the run's open ledger; a Dask task gets paths and URIs, and its process loads the
+model once and opens the ledger for its group.
 
 Artifacts: a progress bar while the batch runs, a markdown summary and a table of per-file
 results. The batch is also an MLflow run (counts, throughput, the ledger as artifact).
@@ -18,28 +21,27 @@ uploaded whole (:mod:`pipelines.services.object_store`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.futures import as_completed
-from prefect.states import State
 
+from data_contracts import InferenceOptions
 from flows.artifacts import ProgressArtifact, publish_summary, publish_table
 from flows.dataset_flows import outcome_state
 from flows.storage_tasks import stage_source, upload_staged_outputs
 from flows.tasks import IO_RETRIES, IO_RETRY_DELAYS, transient_io
 from pipelines.infer.loaded_model import LoadedModel
-from pipelines.infer.run import SegmentOptions
 from pipelines.interrupts import (
     BatchInterrupted,
     stop_reason,
@@ -50,74 +52,52 @@ from pipelines.redaction import redact
 from pipelines.services.batch import (
     BatchItem,
     BatchItemResult,
+    BatchProgress,
     BatchReport,
-    process_item,
-    run_batch,
+    BatchRun,
+    process_group,
 )
 from pipelines.services.batch_tracking import log_batch_run
 from pipelines.services.case_workers import (
     CaseWorkers,
+    ModelFolder,
     WorkerSettings,
     default_worker_count,
-    local_model_folder,
     start_forkserver_early,
 )
 from pipelines.services.ledger import Ledger
 from pipelines.services.model_loading import load_model, resolve_model_uri
 from pipelines.services.object_store import is_s3_uri, staged_output_dir
 
-__all__ = ["add_observer", "files_per_task_for", "reset_process_caches", "segment_archive_flow"]
+__all__ = ["files_per_task_for", "reset_process_caches", "segment_archive_flow"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_FILES_PER_TASK = 32
 _TASKS_PER_WORKER = 4
-Observer = Callable[[BatchItemResult, int, int], None]
-_observers: list[Observer] = []
-_ledgers: dict[tuple[int, str], Ledger] = {}
-_ledgers_lock = threading.Lock()
-
-
-def add_observer(observer: Observer) -> Callable[[], None]:
-    """Call ``observer(result, done, total)`` for each finished case of flows run in this
-    process (the CLI's progress bar); returns a function that removes it."""
-    _observers.append(observer)
-    return lambda: _observers.remove(observer)
-
-
+_MODELS_KEPT = 4
+_models: dict[tuple[str, str | None], LoadedModel] = {}
 _models_lock = threading.Lock()
 
 
-def _model(uri: str, device: str | None = None) -> LoadedModel:
-    """The model of a pinned URI, loaded and made ready for inference once per process;
-    the tasks of a process share it and only read it."""
+def _model(uri: str, device: str | None = None, folder: ModelFolder | None = None) -> LoadedModel:
+    """The model of a pinned URI, loaded and made ready for inference once per process (from
+    ``folder``, the batch's local copy, when given); the tasks of a process share it and only
+    read it."""
+    key = (uri, device)
     with _models_lock:
-        return _load_cached(uri, device)
+        if key not in _models:
+            if len(_models) >= _MODELS_KEPT:
+                del _models[next(iter(_models))]  # the oldest
+            _models[key] = folder.load(device) if folder else load_model(uri, device=device)
+        return _models[key]
 
 
 def reset_process_caches() -> None:
-    """Forget the models and close the ledgers this process keeps between flow runs, as in a
-    new ``segflow segment`` process (benchmarks and tests)."""
+    """Forget the models this process keeps between flow runs, as in a new ``segflow segment``
+    process (benchmarks and tests)."""
     with _models_lock:
-        _load_cached.cache_clear()
-    with _ledgers_lock:
-        for ledger in _ledgers.values():
-            ledger.close()
-        _ledgers.clear()
-
-
-@functools.lru_cache(maxsize=4)
-def _load_cached(uri: str, device: str | None) -> LoadedModel:
-    return load_model(uri, device=device)
-
-
-def _ledger(out: str) -> Ledger:
-    """The output folder's ledger, opened once per process (thread-safe, WAL)."""
-    key = (os.getpid(), str(Path(out).absolute()))
-    with _ledgers_lock:
-        if key not in _ledgers:
-            _ledgers[key] = Ledger.open(out)
-        return _ledgers[key]
+        _models.clear()
 
 
 @task(
@@ -132,32 +112,33 @@ def segment_files(
     items: list[BatchItem],
     model_uri: str,
     out: str,
-    options: SegmentOptions,
+    options: InferenceOptions,
     label: str,
+    ledger: Ledger | None = None,
     workers: CaseWorkers | None = None,
 ) -> list[BatchItemResult]:
     """Segment a group of cases and record each in the ledger.
 
     A file's own errors are recorded as failures, not raised; a transient ``OSError`` of the
     output folder (a network share that hiccups) retries the group, whose finished cases the
-    ledger then skips. With ``workers`` (the threads runner), each case runs in one of the
-    batch's worker processes, so that a native crash fails that case only; without (Dask),
-    in this process.
+    ledger then skips. With the threads runner, the batch's open ``ledger`` records them and
+    each case runs in one of the batch's ``workers`` processes, so that a native crash fails
+    that case only; on Dask, the task opens the ledger and runs the cases in its own process.
     """
     from prefect.runtime import task_run
 
-    model, ledger = _model(model_uri, options.device), _ledger(out)
-    if task_run.run_count > 1:  # a retry: ask the ledger again, so finished cases are skipped
-        items = [_decided_again(item, ledger) for item in items]
-    segment = workers.segment if workers is not None else None
-    return [
-        process_item(model, item, Path(out), options, ledger, segment=segment) for item in items
-    ]
-
-
-def _decided_again(item: BatchItem, ledger: Ledger) -> BatchItem:
-    key = item.decision.key
-    return BatchItem(item.case, ledger.decide(item.case, key.model, key.config))
+    model = _model(model_uri, options.device)
+    with contextlib.ExitStack() as stack:
+        book = ledger or stack.enter_context(Ledger.open(out))
+        return process_group(
+            model,
+            items,
+            Path(out),
+            options,
+            book,
+            segment=workers.segment if workers is not None else None,
+            decide_again=task_run.run_count > 1,  # a retry: finished cases are skipped
+        )
 
 
 def files_per_task_for(n_items: int, workers: int) -> int:
@@ -196,69 +177,55 @@ def _cores_shared(workers: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _map_as_tasks(
-    model_uri: str,
-    out: str,
-    options: SegmentOptions,
-    files_per_task: int | None,
-    isolated: bool,
-) -> Callable[[Callable[[BatchItem], BatchItemResult], list[BatchItem]], Iterable[BatchItemResult]]:
-    """A ``map_items`` for :func:`run_batch` that runs the items as Prefect tasks."""
-
-    def run(
-        _process: Callable[[BatchItem], BatchItemResult], items: list[BatchItem]
-    ) -> list[BatchItemResult]:
-        workers, threads = _workers()
-        if not items:
-            return []
-        with contextlib.ExitStack() as stack:
-            pool: CaseWorkers | None = None
-            if threads and isolated:
-                workers = default_worker_count(len(items), workers)
-                pool = stack.enter_context(_case_workers(model_uri, out, options, workers))
-            else:
-                stack.enter_context(_cores_shared(workers if threads else 1))
-            size = files_per_task or files_per_task_for(len(items), workers)
-            groups = [items[i : i + size] for i in range(0, len(items), size)]
-            progress = ProgressArtifact("segment-progress", "files segmented")
-            futures = [
-                segment_files.submit(
-                    group,
-                    model_uri,
-                    out,
-                    options,
-                    f"{group[0].case.case_id}+{len(group) - 1}",
-                    pool,  # type: ignore[arg-type]
-                )
-                for group in groups
-            ]
-            results: list[BatchItemResult] = []
-            for future in as_completed(futures):
-                for result in future.result():
-                    results.append(result)
-                    for observer in list(_observers):
-                        observer(result, len(results), len(items))
-                progress.update(len(results) / max(len(items), 1))
-            return results
-
-    return run
+def _run_as_tasks(
+    batch: BatchRun, model: ModelFolder, files_per_task: int | None, isolated: bool
+) -> None:
+    """Plan the batch, then segment its cases as Prefect tasks of ``files_per_task`` cases
+    each on the flow's task runner, handing every task's results back to the batch."""
+    items = batch.plan()
+    workers, threads = _workers()
+    if not items:
+        return
+    with contextlib.ExitStack() as stack:
+        pool: CaseWorkers | None = None
+        if threads and isolated:
+            workers = default_worker_count(len(items), workers)
+            pool = stack.enter_context(_case_workers(batch, model, workers))
+        else:
+            stack.enter_context(_cores_shared(workers if threads else 1))
+        size = files_per_task or files_per_task_for(len(items), workers)
+        groups = [items[i : i + size] for i in range(0, len(items), size)]
+        artifact = ProgressArtifact("segment-progress", "files segmented")
+        out = str(batch.out_dir)
+        futures = [
+            segment_files.submit(
+                group,
+                model.model_uri,
+                out,
+                batch.options,
+                f"{group[0].case.case_id}+{len(group) - 1}",
+                batch.ledger if threads else None,
+                pool,
+            )
+            for group in groups
+        ]
+        for future in as_completed(futures):
+            batch.add_results(future.result())
+            artifact.update(batch.done_count / len(items))
 
 
 @contextlib.contextmanager
-def _case_workers(
-    model_uri: str, out: str, options: SegmentOptions, workers: int
-) -> Iterator[CaseWorkers]:
-    """Worker processes for the batch, sharing the cores; ended when the batch ends (given a
-    few seconds to reach a boundary when a stop was asked for)."""
-    model = _model(model_uri, options.device)
+def _case_workers(batch: BatchRun, model: ModelFolder, workers: int) -> Iterator[CaseWorkers]:
+    """Worker processes for the batch, sharing the cores and loading the batch's copy of the
+    model; ended when the batch ends (given a few seconds to reach a boundary when a stop was
+    asked for)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with tempfile.TemporaryDirectory(prefix="segflow-model-") as scratch:
-        folder = local_model_folder(model_uri, scratch)
-        pool = CaseWorkers(WorkerSettings.of(model, folder, out, options, threads), workers)
-        try:
-            yield pool
-        finally:
-            pool.close(stopping=stop_requested())
+    settings = WorkerSettings.of(batch.model, model.path, batch.out_dir, batch.options, threads)
+    pool = CaseWorkers(settings, workers)
+    try:
+        yield pool
+    finally:
+        pool.close(stopping=stop_requested())
 
 
 def _rows(report: BatchReport) -> list[dict[str, Any]]:
@@ -294,18 +261,14 @@ def segment_archive_flow(
     source: str,
     model: str,
     out: str,
-    polygons: bool = False,
-    probabilities: bool = False,
-    tta: bool = False,
-    overlap: float | None = None,
-    batch_size: int | None = None,
-    device: str | None = None,
+    options: InferenceOptions | None = None,
     verify: bool = False,
     files_per_task: int | None = None,
     track: bool = True,
     retry_crashed: bool = False,
     isolated: bool = True,
     channel_suffix: bool = False,
+    progress: BatchProgress | None = None,
 ) -> State[dict[str, Any]]:
     """Segment every case under ``source`` into ``out``; a rerun skips what is done.
 
@@ -316,50 +279,49 @@ def segment_archive_flow(
         out: the output folder (its ledger is ``.segflow/ledger.sqlite``), or an ``s3://``
             prefix: outputs are written in ``$SEGFLOW_HOME/staging/outputs/…`` (ledger
             included) and uploaded whole when the batch ends.
-        polygons: rasters also as GeoPackage/GeoJSON polygons.
-        probabilities: also write class probabilities.
-        tta: test-time flips (volumes and 2D images).
-        overlap: window overlap (default per kind).
-        batch_size: windows per forward pass (default per kind).
-        device: ``cpu``/``cuda`` (default: CUDA when present).
+        options: extra outputs (polygons, probabilities), TTA, window overlap and batch size
+            (default per kind), device… (default: all defaults).
         verify: re-hash inputs and outputs instead of trusting size and mtime.
         files_per_task: cases per task (default: a few tasks per worker, at most 32 cases each).
         track: log the batch as an MLflow run (counts, throughput, ledger artifact).
         retry_crashed: try quarantined files again (their worker crashed twice before).
         isolated: with the threads runner, segment in worker processes, so that a native
             crash (segfault, abort, OOM kill) fails one file, not the batch (default).
-        channel_suffix: group ``<case>_0000``, ``<case>_0001``… files into one case; also
-            on for a model of multi-channel volumes (:func:`pipelines.infer.inputs.channel_suffix_for`). Otherwise
-            every file is a case named by its full stem.
+        channel_suffix: group ``<case>_0000``, ``<case>_0001``… files into one case; also on
+            for a model of multi-channel volumes
+            (:func:`pipelines.infer.inputs.channel_suffix_for`). Otherwise every file is a
+            case named by its full stem.
+        progress: told of the model, the plan and every finished case (the CLI's bar); it
+            stays in this process and is not stored with the run.
 
     Returns:
         ``Completed`` (all done or skipped; ``partial: …`` when some failed) or ``Failed``
         (nothing done), carrying the summary.
     """
+    options = options or InferenceOptions()
+    progress = progress or BatchProgress()
     if isolated:
         start_forkserver_early()  # imports the inference stack while the model loads
     pinned = resolve_model_uri(model)
-    loaded = _model(pinned, device)
-    options = SegmentOptions(
-        polygons=polygons,
-        probabilities=probabilities,
-        tta=tta,
-        overlap=overlap,
-        batch_size=batch_size,
-        device=device,
-    )
-    local_out = str(staged_output_dir(out))
-    with stop_signals_handled():  # SIGTERM/SIGINT: stop at a window batch or file
-        report = run_batch(
-            stage_source(source) if is_s3_uri(source) else source,
-            loaded,
-            local_out,
-            options,
-            verify=verify,
-            retry_crashed=retry_crashed,
-            channel_suffix=channel_suffix,
-            map_items=_map_as_tasks(pinned, local_out, options, files_per_task, isolated),
-        )
+    with tempfile.TemporaryDirectory(prefix="segflow-model-") as scratch:
+        model_files = ModelFolder(pinned, scratch)  # downloaded once, for this process and workers
+        loaded = _model(pinned, options.device, model_files)
+        progress.model_ready(loaded)
+        local_out = str(staged_output_dir(out))
+        with stop_signals_handled():  # SIGTERM/SIGINT: stop at a window batch or file
+            batch = BatchRun(
+                stage_source(source) if is_s3_uri(source) else source,
+                loaded,
+                local_out,
+                options,
+                verify=verify,
+                retry_crashed=retry_crashed,
+                channel_suffix=channel_suffix,
+                progress=progress,
+            )
+            with batch:
+                _run_as_tasks(batch, model_files, files_per_task, isolated)
+    report = batch.report()
     if stop_requested() or report.counts["interrupted"]:
         raise _interrupted(report, local_out)
     summary = _summary(report, source, pinned, out)

@@ -174,7 +174,7 @@ def train_task(
 ) -> dict[str, Any]:
     """Plan, train, evaluate and (optionally) register on a manifest; track it in MLflow.
 
-    Wraps :func:`pipelines.train.run.train_from_manifest`; the plan is published as a
+    Wraps :func:`pipelines.services.training.train_from_manifest`; the plan is published as a
     markdown artifact before training starts, the validation scores as a table after.
 
     Returns:
@@ -182,7 +182,7 @@ def train_task(
     """
     from pipelines.ingest import read_manifest
     from pipelines.plan import plan_table
-    from pipelines.train.run import train_from_manifest
+    from pipelines.services.training import train_from_manifest
 
     workdir = Path(workdir)
 
@@ -239,12 +239,12 @@ def evaluation_counts(report: Mapping[str, Any]) -> tuple[int, int]:
 def evaluate_task(
     prediction: Path, truth: Path, out: Path | None = None, instance: bool | None = None
 ) -> dict[str, Any]:
-    """Score predictions against truths (:func:`pipelines.evaluate_outputs.evaluate_outputs`).
+    """Score predictions against truths (:func:`pipelines.evaluate.evaluate_outputs`).
 
     Returns:
         The evaluation report (per-case metrics, summary, failed and unpaired files).
     """
-    from pipelines.evaluate_outputs import evaluate_outputs
+    from pipelines.evaluate import evaluate_outputs
 
     progress = ProgressArtifact("evaluate-progress", f"evaluation of {Path(prediction).name}")
     report = evaluate_outputs(

@@ -1,4 +1,5 @@
-"""``segflow train``: the command-line face of :func:`pipelines.train.run.train_from_manifest`."""
+"""``segflow train``: the command-line face of
+:func:`pipelines.services.training.train_from_manifest`."""
 
 from __future__ import annotations
 

@@ -70,7 +70,7 @@ def instances_to_three_class(instance_map: np.ndarray, boundary_width: int = 1) 
         raise UsageError(f"boundary_width must be >= 1, got {boundary_width}")
     classes = (remaining > 0).astype(np.uint8) * INTERIOR
     for _ in range(boundary_width):
-        rim = find_boundaries(remaining, connectivity=1, mode="inner")
+        rim = find_boundaries(remaining, connectivity=1, mode="inner")  # type: ignore[no-untyped-call]
         classes[rim] = BOUNDARY
         remaining[rim] = 0
     return classes
@@ -126,15 +126,16 @@ def three_class_to_instances(
             f"expected an integer (H, W) class map or float (3, H, W) probabilities, "
             f"got {array.dtype} of shape {array.shape}"
         )
-    seeds = label(interior & foreground, connectivity=connectivity)
+    seeds = label(interior & foreground, connectivity=connectivity)  # type: ignore[no-untyped-call]
     if min_seed_size > 0:
-        seeds = label(
+        seeds = label(  # type: ignore[no-untyped-call]
             remove_small_objects(seeds, max_size=min_seed_size - 1) > 0, connectivity=connectivity
         )
-    instances = watershed(elevation, markers=seeds, mask=foreground).astype(np.int32)
+    instances = watershed(elevation, markers=seeds, mask=foreground).astype(np.int32)  # type: ignore[no-untyped-call]
     if min_size > 0:
         instances = remove_small_objects(instances, max_size=min_size - 1)
-    return relabel_sequential(instances)[0].astype(np.int32)
+    relabelled: np.ndarray = relabel_sequential(instances)[0]  # type: ignore[no-untyped-call]
+    return relabelled.astype(np.int32)
 
 
 def maskrcnn_targets(
@@ -158,7 +159,7 @@ def maskrcnn_targets(
         id order. No objects gives ``(0, 4)``, ``(0,)`` and ``(0, H, W)``.
     """
     instances = _instance_map(instance_map)
-    sequential, _, inverse = relabel_sequential(instances)
+    sequential, _, inverse = relabel_sequential(instances)  # type: ignore[no-untyped-call]
     n_objects = int(sequential.max(initial=0))
     ids = np.arange(1, n_objects + 1)
     areas = np.bincount(sequential.ravel(), minlength=n_objects + 1)[1:]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from types import FrameType
+from typing import Any, Protocol
 
 from data_contracts import SegflowError
 
@@ -153,7 +154,7 @@ def stop_signals_handled() -> Iterator[None]:
     takes the signal back for its duration (main thread only; elsewhere it only marks the
     block cooperative).
     """
-    previous: dict[int, object] = {}
+    previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, handle_stop_signal)
@@ -162,7 +163,7 @@ def stop_signals_handled() -> Iterator[None]:
             yield
     finally:
         for number, handler in previous.items():
-            signal.signal(number, handler)  # type: ignore[arg-type]
+            signal.signal(number, handler)
 
 
 class StopRequested(SegflowError):

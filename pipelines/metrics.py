@@ -27,7 +27,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_iou
+from monai.metrics.meandice import compute_dice
+from monai.metrics.meaniou import compute_iou
 from monai.metrics.utils import get_edge_surface_distance
 from scipy.optimize import linear_sum_assignment
 
@@ -275,7 +276,7 @@ def _f1(iou: np.ndarray, threshold: float) -> float:
     n_true, n_pred = iou.shape
     if n_true == 0 and n_pred == 0:
         return 1.0
-    return 2 * _match_count(iou, threshold) / (n_true + n_pred)
+    return float(2 * _match_count(iou, threshold) / (n_true + n_pred))
 
 
 def _score_vector(pred_ids: np.ndarray, scores: Scores | None) -> np.ndarray:
@@ -292,7 +293,8 @@ def _score_vector(pred_ids: np.ndarray, scores: Scores | None) -> np.ndarray:
             f"predicted id {int(pred_ids.max())} has no score ({len(values)} scores given)",
             hint="scores[k - 1] is the score of the object labelled k",
         )
-    return values[pred_ids - 1]
+    per_object: np.ndarray = values[pred_ids - 1]
+    return per_object
 
 
 def _ap_at(iou: np.ndarray, sorted_scores: np.ndarray, threshold: float) -> float:

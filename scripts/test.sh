@@ -8,9 +8,8 @@ paths=(data_contracts seg_models pipelines flows tests benchmarks)
 echo "== ruff"
 .venv/bin/ruff check "${paths[@]}"
 .venv/bin/ruff format --check "${paths[@]}"
-echo "== mypy"
+echo "== mypy (strict, every package: pyproject.toml)"
 .venv/bin/mypy
-.venv/bin/mypy --strict data_contracts
 echo "== pytest"
 export SEGFLOW_HOME="${SEGFLOW_TEST_HOME:-$(mktemp -d)/segflow-home}"
 exec .venv/bin/python -m pytest "$@"

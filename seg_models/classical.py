@@ -36,13 +36,14 @@ class ClassicalSegmenter(Protocol):
 def _features(image: np.ndarray, sigma_min: float, sigma_max: float) -> np.ndarray:
     if image.ndim not in (3, 4):
         raise ValueError(f"expected a (C, H, W) or (C, X, Y, Z) image, got shape {image.shape}")
-    return multiscale_basic_features(
+    features: np.ndarray = multiscale_basic_features(  # type: ignore[no-untyped-call]
         np.moveaxis(image, 0, -1).astype(np.float32),
         sigma_min=sigma_min,
         sigma_max=sigma_max,
         channel_axis=-1,
         workers=1,
     )
+    return features
 
 
 class RandomForestSegmenter:
@@ -95,7 +96,7 @@ class RandomForestSegmenter:
             keep = self._sample(label)
             features.append(_features(image, self.sigma_min, self.sigma_max)[keep])
             shifted.append(label[keep].astype(np.int64) + 1)
-        fit_segmenter(np.concatenate(shifted), np.concatenate(features), self.classifier)
+        fit_segmenter(np.concatenate(shifted), np.concatenate(features), self.classifier)  # type: ignore[no-untyped-call]
         return self
 
     def _sample(self, label: np.ndarray) -> np.ndarray:
@@ -112,7 +113,7 @@ class RandomForestSegmenter:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Class index per pixel, ``(*spatial)`` int64."""
         features = _features(image, self.sigma_min, self.sigma_max)
-        return np.asarray(predict_segmenter(features, self.classifier), dtype=np.int64) - 1
+        return np.asarray(predict_segmenter(features, self.classifier), dtype=np.int64) - 1  # type: ignore[no-untyped-call]
 
 
 class OtsuWatershed:
@@ -171,13 +172,13 @@ class OtsuWatershed:
         if np.ptp(intensity) == 0:
             return np.zeros(intensity.shape, np.int32)
         bright = True if self.bright_objects is None else self.bright_objects
-        threshold = threshold_otsu(intensity)
+        threshold = threshold_otsu(intensity)  # type: ignore[no-untyped-call]
         mask = intensity > threshold if bright else intensity < threshold
         parts, count = ndimage.label(mask)
         sizes = np.bincount(parts.ravel(), minlength=count + 1)
         mask &= (sizes >= self.min_size)[parts]
         distance = ndimage.distance_transform_edt(mask)
-        peaks = peak_local_max(
+        peaks = peak_local_max(  # type: ignore[no-untyped-call]
             distance,
             min_distance=self.min_distance or 3,
             labels=ndimage.label(mask)[0],
@@ -185,7 +186,8 @@ class OtsuWatershed:
         )
         markers = np.zeros(mask.shape, np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        return watershed(-distance, markers, mask=mask).astype(np.int32)
+        instances: np.ndarray = watershed(-distance, markers, mask=mask)  # type: ignore[no-untyped-call]
+        return instances.astype(np.int32)
 
 
 def _equivalent_radius(sizes: np.ndarray, dims: int) -> np.ndarray:

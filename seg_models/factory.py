@@ -158,7 +158,8 @@ def _maskrcnn(spec: ModelSpec, opt: Options) -> nn.Module:
         kwargs["anchor_sizes"] = anchors
     opt.finish()
     # A binary spec means one object class; torchvision counts the background too.
-    return build_maskrcnn(spec.in_channels, max(spec.num_classes, 2), **kwargs)
+    network: nn.Module = build_maskrcnn(spec.in_channels, max(spec.num_classes, 2), **kwargs)
+    return network
 
 
 @register_model(
@@ -218,7 +219,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
             f"model {spec.name!r} is a classical baseline, not a network",
             hint="build it with seg_models.build_classical(spec)",
         )
-    return _build(spec)
+    network: nn.Module = _build(spec)
+    return network
 
 
 def build_classical(spec: ModelSpec) -> ClassicalSegmenter:
@@ -232,7 +234,8 @@ def build_classical(spec: ModelSpec) -> ClassicalSegmenter:
         raise ModelError(
             f"model {spec.name!r} is a neural network", hint="build it with build_model(spec)"
         )
-    return _build(spec)
+    segmenter: ClassicalSegmenter = _build(spec)
+    return segmenter
 
 
 def _build(spec: ModelSpec) -> Any:
@@ -299,7 +302,7 @@ def predict_instances(
     if spec.task != "instance":
         raise ModelError(f"{spec.name!r} is a semantic model", hint="use seg_models.predict")
     _check_input(x, spec)
-    heads = getattr(model, "roi_heads", None)
+    heads: Any = getattr(model, "roi_heads", None)  # torchvision's RoIHeads, when present
     default_score = getattr(heads, "score_thresh", None)
     raised = (
         min_score is not None and default_score is not None and min_score > float(default_score)
@@ -307,12 +310,12 @@ def predict_instances(
     with _eval_mode(model):
         try:
             if raised:  # only then: a model prepared for inference is shared and never written
-                heads.score_thresh = min_score  # type: ignore[union-attr]
+                heads.score_thresh = min_score
             with torch.inference_mode():
                 return list(model(list(x)))
         finally:
             if raised:
-                heads.score_thresh = default_score  # type: ignore[union-attr]
+                heads.score_thresh = default_score
 
 
 @contextlib.contextmanager

@@ -222,4 +222,5 @@ class TransposedConvUpsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Upsamples ``(B, C_in, *spatial)`` to ``(B, C_out, *(s * f for s in spatial))``."""
-        return self.conv(x)
+        upsampled: torch.Tensor = self.conv(x)
+        return upsampled

@@ -30,6 +30,9 @@ def _isolated_home(
     monkeypatch.setenv("SEGFLOW_HOME", str(home))
     for variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME"):
         monkeypatch.delenv(variable, raising=False)
+    # Every test has its own SEGFLOW_HOME: a shared background API per home would outlive the
+    # test. The shared API has tests of its own (tests/flows/test_shared_api.py).
+    monkeypatch.setenv("SEGFLOW_API", "per-command")
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()

@@ -1,4 +1,4 @@
-"""Tests of pipelines.archives: hostile members are rejected, bombs refused, nothing escapes."""
+"""Tests of pipelines.io.archives: hostile members are rejected, bombs refused, nothing escapes."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from data_contracts import (
     OutputError,
     UnsafeArchivePathError,
 )
-from pipelines import archives
-from pipelines.archives import extract_archive, is_archive
 from pipelines.files import sha256_file
+from pipelines.io import archives
+from pipelines.io.archive_members import RATIO_MIN_BYTES, MemberWriter
+from pipelines.io.archives import extract_archive, is_archive
 
 GOOD = {"images/a_0000.txt": b"image a", "labels/a.txt": b"label a", "readme.txt": b"hi"}
 TAR_SUFFIXES = [".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"]
@@ -210,7 +211,7 @@ def test_links_to_folders_or_missing_files_are_rejected(tmp_path: Path) -> None:
 
 def test_many_links_to_one_big_file_are_a_bomb(tmp_path: Path) -> None:
     links = [_tar_info(f"copy_{i}", tarfile.LNKTYPE, "big.bin") for i in range(6)]
-    archive = _tar(tmp_path / "links.tar", {"big.bin": bytes(archives.RATIO_MIN_BYTES)}, links)
+    archive = _tar(tmp_path / "links.tar", {"big.bin": bytes(RATIO_MIN_BYTES)}, links)
     with pytest.raises(DecompressionBombError, match="links copied"):
         extract_archive(archive, tmp_path / "out", max_ratio=3)
     assert not (tmp_path / "out").exists()
@@ -246,9 +247,9 @@ def test_ratio_over_the_limit_is_a_bomb(tmp_path: Path, suffix: str) -> None:
 
 
 def test_small_members_are_never_ratio_bombs(tmp_path: Path) -> None:
-    archive = _zip(tmp_path / "zeros.zip", {"zeros.bin": bytes(archives.RATIO_MIN_BYTES)})
+    archive = _zip(tmp_path / "zeros.zip", {"zeros.bin": bytes(RATIO_MIN_BYTES)})
     result = extract_archive(archive, tmp_path / "out", max_ratio=2)
-    assert result.total_bytes == archives.RATIO_MIN_BYTES
+    assert result.total_bytes == RATIO_MIN_BYTES
 
 
 @pytest.mark.parametrize("suffix", [".zip", ".tar.gz"])
@@ -256,7 +257,7 @@ def test_streaming_counter_catches_lying_headers(
     tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Pretend the headers declared nothing: only the byte counter stands between us and the bomb.
-    monkeypatch.setattr(archives._Extractor, "check_declared", lambda self, declared: None)
+    monkeypatch.setattr(MemberWriter, "check_declared", lambda self, declared: None)
     zeros = {**GOOD, "images/bomb_0000.txt": bytes(3 << 20)}
     archive = _build(tmp_path / f"bomb{suffix}", zeros)
     before = _snapshot(tmp_path)

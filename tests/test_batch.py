@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,18 +18,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pipelines.services.batch
-from data_contracts import OutputError
+import pipelines.services.batch_items
+from data_contracts import InferenceOptions, OutputError
 from pipelines.files import sha256_file
 from pipelines.infer.loaded_model import LoadedModel
-from pipelines.infer.run import SegmentOptions
 from pipelines.ingest import ingest, read_manifest, write_manifest
 from pipelines.io.image2d import read_image
-from pipelines.services.batch import BatchItemResult, BatchReport, run_batch
+from pipelines.services.batch import (
+    BatchItemResult,
+    BatchProgress,
+    BatchReport,
+    BatchRun,
+    process_group,
+    run_batch,
+)
 from pipelines.services.ledger import Ledger
 from pipelines.services.output_lock import OutputLock
 from pipelines.synthetic import make_image_dataset, pack_archive
-from tests.infer_models import oracle_model
+from pipelines.synthetic.models import oracle_model
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = REPO / "tests" / "data" / "batch_child.py"
@@ -63,13 +69,13 @@ def images(dataset: tuple[Path, Path], tmp_path: Path) -> Path:
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The case ids :func:`segment_case` is called with."""
     seen: list[str] = []
-    real = pipelines.services.batch.segment_case
+    real = pipelines.services.batch_items.segment_case
 
     def counting(model: LoadedModel, case: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append(case.case_id)
         return real(model, case, *args, **kwargs)
 
-    monkeypatch.setattr(pipelines.services.batch, "segment_case", counting)
+    monkeypatch.setattr(pipelines.services.batch_items, "segment_case", counting)
     return seen
 
 
@@ -114,7 +120,7 @@ def test_only_the_changed_input_reruns(
 
 def test_other_settings_rerun_everything(images: Path, model: LoadedModel, tmp_path: Path) -> None:
     run_batch(images, model, tmp_path / "out")
-    report = run_batch(images, model, tmp_path / "out", SegmentOptions(probabilities=True))
+    report = run_batch(images, model, tmp_path / "out", InferenceOptions(probabilities=True))
     assert report.counts["done"] == 6 and {item.reason for item in report.items} == {
         "config changed"
     }
@@ -171,15 +177,59 @@ def test_an_archive_is_recognised_after_a_new_extraction(
     assert not calls
 
 
-def test_threads_and_callbacks(images: Path, model: LoadedModel, tmp_path: Path) -> None:
-    seen: list[BatchItemResult] = []
-    with ThreadPoolExecutor(4) as pool:
-        report = run_batch(
-            images, model, tmp_path / "out", map_items=pool.map, on_result=seen.append
-        )
-    assert report.counts["done"] == 6 and len(seen) == 6
+class Recorder(BatchProgress):
+    """Keeps what a batch tells its progress."""
+
+    def __init__(self) -> None:
+        self.planned_calls: list[tuple[int, list[str]]] = []
+        self.done: list[tuple[str, int, int]] = []
+
+    def planned(self, to_run: int, settled: Sequence[BatchItemResult]) -> None:
+        self.planned_calls.append((to_run, [result.case_id for result in settled]))
+
+    def case_done(self, result: BatchItemResult, done: int, total: int) -> None:
+        self.done.append((result.case_id, done, total))
+
+
+def test_progress_hears_the_plan_and_every_case(
+    images: Path, model: LoadedModel, tmp_path: Path
+) -> None:
+    first = Recorder()
+    run_batch(images, model, tmp_path / "out", progress=first)
+    assert first.planned_calls == [(6, [])]
+    assert [(done, total) for _, done, total in first.done] == [(n, 6) for n in range(1, 7)]
+    (images / "img_000.png").unlink()
+    (images / "broken.png").write_bytes(b"not a png")
+    again = Recorder()
+    run_batch(images, model, tmp_path / "out", progress=again)
+    assert again.planned_calls == [(1, [f"img_00{n}" for n in range(1, 6)])]  # skipped ones
+    assert [(case, done, total) for case, done, total in again.done] == [("broken", 1, 1)]
+
+
+def test_groups_run_in_threads_as_a_flow_runs_them(
+    images: Path, model: LoadedModel, tmp_path: Path
+) -> None:
+    """The pieces a flow maps: plan, groups processed in other threads on the run's ledger,
+    results handed back; the same report and ledger as a plain run."""
+    progress = Recorder()
+    batch = BatchRun(images, model, tmp_path / "out", progress=progress)
+    with batch, ThreadPoolExecutor(3) as pool:
+        items = batch.plan()
+        groups = [items[i : i + 2] for i in range(0, len(items), 2)]
+        futures = [
+            pool.submit(process_group, model, group, batch.out_dir, batch.options, batch.ledger)
+            for group in groups
+        ]
+        for future in futures:
+            batch.add_results(future.result())
+    report = batch.report()
+    assert report.counts["done"] == 6 and batch.done_count == 6
+    assert [done for _, done, _ in progress.done] == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "out" / ".segflow" / "ledger.json").is_file()  # exported on leaving
     with Ledger.open(tmp_path / "out") as ledger:
         assert ledger.summary() == {"done": 6, "failed": 0, "running": 0, "crashed": 0}
+    with pytest.raises(OutputError, match="no batch run open"):
+        batch.ledger  # noqa: B018
 
 
 def test_a_locked_folder_is_refused_and_partials_are_cleaned(

@@ -26,8 +26,9 @@ from data_contracts import get_settings
 from flows.cli import app
 from pipelines.ingest import ingest
 from pipelines.synthetic import make_raster_dataset
+from pipelines.synthetic.models import oracle_model
 from seg_models.network_catalog import PLUGINS_ENV, unregister_model
-from tests.infer_models import oracle_model, register_oracle
+from tests.oracle_registry import register_oracle
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

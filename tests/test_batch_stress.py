@@ -21,7 +21,8 @@ from flows.runners import task_runner
 from flows.segment_flow import segment_archive_flow
 from pipelines.ingest import ingest
 from pipelines.synthetic import make_raster_dataset, make_volume_dataset
-from tests.infer_models import oracle_model, register_oracle
+from pipelines.synthetic.models import oracle_model
+from tests.oracle_registry import register_oracle
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 

@@ -28,11 +28,12 @@ from data_contracts import (
     get_settings,
 )
 from flows.cli import app
-from pipelines.evaluate_outputs import pair_files
+from pipelines.evaluate import pair_files
 from pipelines.infer.inputs import channel_suffix_for, discover_inputs
 from pipelines.ingest import ingest, write_manifest
 from pipelines.synthetic import make_volume_dataset, pack_archive
-from tests.infer_models import oracle_model, register_oracle
+from pipelines.synthetic.models import oracle_model
+from tests.oracle_registry import register_oracle
 
 NUMBERED = ("tile_2023", "tile_2024", "site_0001", "scene_8192", "scene_0000", "scene_0001")
 SIZE = 32

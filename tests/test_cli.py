@@ -62,6 +62,33 @@ def test_usage_errors_exit_2(argv: list[str], tmp_path: Path) -> None:
     assert main(argv) == ExitCode.USAGE
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--overlap", "1.5", "overlap must be in [0, 1), not 1.5"),
+        ("--batch-size", "0", "batch_size must be at least 1, not 0"),
+        ("--files-per-task", "0", "--files-per-task must be at least 1, not 0"),
+    ],
+)
+def test_segment_options_are_checked_before_anything_runs(
+    option: str,
+    value: str,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def no_flow(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the flow was started")
+
+    monkeypatch.setattr("flows.dataset_flows.run_flow", no_flow)
+    out = tmp_path / "out"
+    argv = ["segment", str(tmp_path), "--model", str(tmp_path), "--out", str(out)]
+    assert main([*argv, option, value]) == ExitCode.USAGE
+    assert "".join(message.split()) in "".join(capsys.readouterr().err.split())  # rich wraps
+    assert not out.exists()
+
+
 def test_internal_error_exits_70_and_saves_traceback(
     monkeypatch: pytest.MonkeyPatch, shared_data: Path, tmp_path: Path
 ) -> None:

@@ -134,6 +134,15 @@ def test_volume_geometry_rejects_impossible_values(field: str, value: tuple[floa
         VolumeGeometry.model_validate({**_volume().model_dump(), field: value})
 
 
+def test_every_geometry_counts_its_pixels_per_channel() -> None:
+    image = ImageGeometry(height=5, width=6, channels=3, dtype="uint8")
+    assert (_volume().pixel_count, _raster().pixel_count, image.pixel_count) == (
+        32 * 28 * 16,
+        96 * 64,
+        6 * 5,
+    )
+
+
 def test_manifest_rejects_duplicate_case_ids() -> None:
     manifest = _manifest()
     with pytest.raises(ValidationError, match="duplicate case id"):

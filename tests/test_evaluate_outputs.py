@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from data_contracts import MissingFileError, PairingError
 from flows.evaluate_cli import evaluate
 from flows.exit_codes import ExitCode
-from pipelines.evaluate_outputs import case_id, evaluate_outputs, pair_files, report_json
+from pipelines.evaluate import case_id, evaluate_outputs, pair_files, report_json
 
 SPACING = (2.0, 1.0, 0.5)  # mm along the array axes (x, y, z)
 

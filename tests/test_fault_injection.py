@@ -20,10 +20,10 @@ import pipelines.infer.run
 from data_contracts import ModelError, OutputError, get_settings
 from pipelines.infer.loaded_model import LoadedModel
 from pipelines.ingest import ingest, write_manifest
-from pipelines.services.batch import run_batch
+from pipelines.services.batch import BatchItemResult, BatchProgress, run_batch
 from pipelines.services.ledger import Ledger
 from pipelines.synthetic import make_image_dataset, make_volume_dataset
-from tests.infer_models import oracle_model
+from pipelines.synthetic.models import oracle_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -223,10 +223,10 @@ def test_mlflow_server_gone_during_a_batch(tmp_path: Path, monkeypatch: pytest.M
     import mlflow
 
     from flows.dataset_flows import run_flow
-    from flows.segment_flow import add_observer, segment_archive_flow
+    from flows.segment_flow import segment_archive_flow
     from flows.server_process import ServerProcess, free_port
-    from tests.infer_models import register_oracle
     from tests.integration.stack import mlflow_server_command
+    from tests.oracle_registry import register_oracle
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -242,22 +242,20 @@ def test_mlflow_server_gone_during_a_batch(tmp_path: Path, monkeypatch: pytest.M
     try:
         champion = register_oracle(oracle_model(ingest(data, workdir=tmp_path / "w")), "gone")
 
-        def stop_server(result: Any, done: int, total: int) -> None:
-            if done == 1:
-                server.stop()
+        class StopServer(BatchProgress):
+            def case_done(self, result: BatchItemResult, done: int, total: int) -> None:
+                if done == 1:
+                    server.stop()
 
-        remove = add_observer(stop_server)
-        try:
-            out = tmp_path / "out"
-            summary, code = run_flow(
-                segment_archive_flow,
-                source=str(data / "images"),
-                model=champion,
-                out=str(out),
-                files_per_task=1,
-            )
-        finally:
-            remove()
+        out = tmp_path / "out"
+        summary, code = run_flow(
+            segment_archive_flow,
+            source=str(data / "images"),
+            model=champion,
+            out=str(out),
+            files_per_task=1,
+            progress=StopServer(),
+        )
     finally:
         server.stop()
         mlflow.set_tracking_uri(None)

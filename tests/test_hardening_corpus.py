@@ -26,10 +26,10 @@ import data_contracts.errors
 from pipelines.infer.loaded_model import LoadedModel
 from pipelines.ingest import ingest
 from pipelines.synthetic import make_image_dataset, make_raster_dataset, make_volume_dataset
+from pipelines.synthetic.models import oracle_model
 from tests.corpus.entry_points import Outcome, run_entry_point
 from tests.corpus.make_corpus import ENTRY_POINTS, OK, Kind, make_corpus, table
 from tests.data import make_malformed as mm
-from tests.infer_models import oracle_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,10 +14,11 @@ from data_contracts import TrainConfig, get_settings
 from flows.cli import main
 from flows.exit_codes import ExitCode
 from pipelines.ingest import ingest, write_manifest
+from pipelines.synthetic.models import oracle_model
 from tests.corpus.entry_points import stale_manifest
 from tests.corpus.make_corpus import Kind, make_corpus
 from tests.data.make_malformed import BAD
-from tests.infer_models import oracle_model, register_oracle
+from tests.oracle_registry import register_oracle
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import rasterio
 
-from data_contracts import ChannelCountError, DatasetManifest, PostprocessConfig
+from data_contracts import ChannelCountError, DatasetManifest, InferenceOptions, PostprocessConfig
 from pipelines.infer import raster as raster_module
 from pipelines.infer.inputs import discover_inputs
 from pipelines.infer.raster import segment_raster
-from pipelines.infer.run import SegmentOptions, segment_inputs
 from pipelines.ingest import ingest
 from pipelines.postprocess.labels import postprocess_labels
+from pipelines.services.batch import run_batch
 from pipelines.synthetic import make_raster_dataset
-from tests.infer_models import oracle_model
+from pipelines.synthetic.models import oracle_model
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +86,11 @@ def test_a_raster_with_too_few_bands_fails_alone(
     profile.update(count=2)
     with rasterio.open(folder / "two_bands.tif", "w", **profile) as dst:
         dst.write(pixels[:2])
-    report = segment_inputs(folder, model, tmp_path / "out", SegmentOptions(polygons=True))
-    assert [result.case_id for result in report.succeeded] == [source.stem]
-    error = report.failed["two_bands"]
-    assert isinstance(error, ChannelCountError)
-    assert "two_bands.tif" in str(error) and "has 2 band(s); the model expects 3" in str(error)
+    report = run_batch(folder, model, tmp_path / "out", InferenceOptions(polygons=True))
+    assert [item.case_id for item in report.items if item.status == "done"] == [source.stem]
+    failed = {item.case_id: item.error or "" for item in report.items if item.status == "failed"}
+    error = failed["two_bands"]
+    assert error.startswith(f"{ChannelCountError.__name__}: ")
+    assert "two_bands.tif" in error and "has 2 band(s); the model expects 3" in error
     assert not (tmp_path / "out" / "two_bands.tif").exists()
     assert len(discover_inputs(folder, workdir=tmp_path).cases) == 2

@@ -16,20 +16,18 @@ from data_contracts import (
     ChannelCountError,
     DatasetLayoutError,
     DatasetManifest,
+    InferenceOptions,
     MissingFileError,
     UnsupportedFormatError,
 )
 from pipelines.infer.in_memory import predict_image, predict_volume
 from pipelines.infer.inputs import case_id_of, discover_inputs
-from pipelines.infer.run import SegmentOptions, segment_case, segment_inputs
-from pipelines.infer.sliding import (
-    SlidingWindowConfig,
-    probability_predictor,
-    sliding_probabilities,
-)
+from pipelines.infer.run import segment_case
+from pipelines.infer.sliding import probability_predictor, sliding_probabilities
 from pipelines.ingest import ingest, write_manifest
+from pipelines.services.batch import BatchReport, run_batch
 from pipelines.synthetic import make_image_dataset, make_volume_dataset, pack_archive
-from tests.infer_models import oracle_model
+from pipelines.synthetic.models import oracle_model
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +37,15 @@ def volumes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DatasetMani
     dataset = make_volume_dataset(root / "data", n_cases=3, rotation_deg=12, n_classes=2)
     manifest = ingest(dataset, workdir=root / "work")
     return dataset, manifest
+
+
+def _done(report: BatchReport) -> list[str]:
+    return [item.case_id for item in report.items if item.status == "done"]
+
+
+def _failed(report: BatchReport) -> dict[str, str]:
+    """Failed case id → ``"ErrorClass: message"``."""
+    return {item.case_id: item.error or "" for item in report.items if item.status == "failed"}
 
 
 def _truth(case: Case) -> np.ndarray:
@@ -78,8 +85,8 @@ def test_tta_and_overlap_do_not_move_pixels(volumes: tuple[Path, DatasetManifest
     _, manifest = volumes
     model = oracle_model(manifest)
     case = manifest.cases[1]
-    config = SlidingWindowConfig(overlap=0.25, batch_size=2, tta=True)
-    prediction = predict_volume(model, [c.path for c in case.channels], config)
+    options = InferenceOptions(overlap=0.25, batch_size=2, tta=True)
+    prediction = predict_volume(model, [c.path for c in case.channels], options)
     assert (prediction.classes == _truth(case)).mean() > 0.99
 
 
@@ -98,10 +105,8 @@ def test_blending_matches_monai_and_batching_changes_nothing() -> None:
         )[0]
     for batch_size, channels_last in ((1, False), (5, True)):
         predictor = probability_predictor(network, spec, channels_last=channels_last)
-        config = SlidingWindowConfig(
-            overlap=0.5, batch_size=batch_size, channels_last=channels_last
-        )
-        ours = sliding_probabilities(predictor, image, (8, 8, 8), 2, config)
+        options = InferenceOptions(overlap=0.5, batch_size=batch_size, channels_last=channels_last)
+        ours = sliding_probabilities(predictor, image, (8, 8, 8), 2, options)
         torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -152,14 +157,13 @@ def test_segment_writes_masks_in_source_geometry_and_goes_past_bad_cases(
     shutil.copy(lone, folder / "lonely.nii.gz")  # one channel: cannot be segmented
     (folder / "broken_0000.nii.gz").write_bytes(b"not a nifti")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    report = segment_inputs(folder, model, tmp_path / "out", SegmentOptions(probabilities=True))
-    assert sorted(r.case_id for r in report.succeeded) == sorted(
-        c.case_id for c in manifest.cases[:2]
-    )
-    assert set(report.failed) == {"lonely", "broken"}
-    assert isinstance(report.failed["lonely"], ChannelCountError)
-    assert "lonely.nii.gz" in str(report.failed["lonely"])
-    assert "broken_0000.nii.gz" in str(report.failed["broken"])
+    report = run_batch(folder, model, tmp_path / "out", InferenceOptions(probabilities=True))
+    assert sorted(_done(report)) == sorted(c.case_id for c in manifest.cases[:2])
+    failed = _failed(report)
+    assert set(failed) == {"lonely", "broken"}
+    assert failed["lonely"].startswith(f"{ChannelCountError.__name__}: ")
+    assert "lonely.nii.gz" in failed["lonely"]
+    assert "broken_0000.nii.gz" in failed["broken"]
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # inputs untouched
     for case in manifest.cases[:2]:
         source: Any = nib.load(case.channels[0].path)
@@ -194,8 +198,8 @@ def test_instance_images_become_uint16_instance_maps(tmp_path: Path) -> None:
     case = manifest.cases[0]
     prediction = predict_image(model, case.channels[0].path)
     assert prediction.instance and prediction.classes.shape == (80, 72)
-    result = segment_inputs(dataset, model, tmp_path / "out")
-    assert not result.failed
+    report = run_batch(dataset, model, tmp_path / "out")
+    assert not _failed(report) and _done(report)
     written = read_image(tmp_path / "out" / f"{case.case_id}.png")
     assert written.dtype == np.uint16
     np.testing.assert_array_equal(written, prediction.classes)

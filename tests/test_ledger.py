@@ -13,22 +13,26 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 import pipelines.services.ledger
-from data_contracts import DatasetManifest, OutputError
+import pipelines.services.ledger_records
+from data_contracts import (
+    ChannelNormalization,
+    DatasetManifest,
+    InferenceOptions,
+    ModelSpec,
+    OutputError,
+    TrainingPlan,
+)
 from pipelines.infer.inputs import InferenceInput
 from pipelines.infer.loaded_model import LoadedModel
-from pipelines.infer.run import SegmentOptions
 from pipelines.ingest import ingest
-from pipelines.services.ledger import (
-    CaseKey,
-    Ledger,
-    config_hash,
-    model_identity,
-)
+from pipelines.services.ledger import Ledger, config_hash, model_identity
+from pipelines.services.ledger_records import CaseKey
 from pipelines.services.output_lock import OutputLock, clean_partials
 from pipelines.synthetic import make_image_dataset
-from tests.infer_models import oracle_model
+from pipelines.synthetic.models import oracle_model
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, CONFIG = "seg/3", "c0ffee"
@@ -93,12 +97,18 @@ def test_unchanged_inputs_are_recognised_without_reading_them(
     case = _case(tmp_path)
     with Ledger.open(tmp_path) as ledger:
         _finish(ledger, case, tmp_path)
-        monkeypatch.setattr(pipelines.services.ledger, "sha256_file", _no_hashing)
+        _forbid_hashing(monkeypatch)
         assert _reason(ledger, case) == "skip"
 
 
 def _no_hashing(path: object) -> str:
     raise AssertionError(f"{path} was hashed")
+
+
+def _forbid_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make hashing an input or an output file fail the test."""
+    for module in (pipelines.services.ledger, pipelines.services.ledger_records):
+        monkeypatch.setattr(module, "sha256_file", _no_hashing)
 
 
 @pytest.mark.parametrize(
@@ -131,7 +141,7 @@ def test_new_mtime_same_bytes_is_rehashed_once_and_skipped(
         stat = case.channels[0].stat()
         os.utime(case.channels[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
         assert _reason(ledger, case) == "skip"
-        monkeypatch.setattr(pipelines.services.ledger, "sha256_file", _no_hashing)
+        _forbid_hashing(monkeypatch)
         assert _reason(ledger, case) == "skip"  # the new mtime was recorded
 
 
@@ -228,13 +238,66 @@ def test_damaged_ledger_is_an_output_error(tmp_path: Path) -> None:
 
 
 def test_config_hash_tracks_what_changes_outputs(model: LoadedModel) -> None:
-    base = config_hash(SegmentOptions(), model)
-    assert len(base) == 16 and base == config_hash(SegmentOptions(), model)
-    assert config_hash(SegmentOptions(batch_size=2, device="cpu"), model) == base
-    for changed in ({"tta": True}, {"probabilities": True}, {"overlap": 0.1}):
-        assert config_hash(SegmentOptions(**changed), model) != base  # type: ignore[arg-type]
+    base = config_hash(InferenceOptions(), model)
+    assert len(base) == 16 and base == config_hash(InferenceOptions(), model)
+    how_fast = {"batch_size": 2, "device": "cpu", "amp": False, "channels_last": False}
+    assert config_hash(InferenceOptions(**how_fast, read_ahead=1, read_threads=2), model) == base
+    for changed in (
+        {"tta": True},
+        {"probabilities": True},
+        {"overlap": 0.1},
+        {"mode": "constant"},
+        {"sigma_scale": 0.25},
+    ):
+        assert config_hash(InferenceOptions(**changed), model) != base  # type: ignore[arg-type]
     other_plan = model.plan.model_copy(update={"patch_size": (16, 16)})
-    assert config_hash(SegmentOptions(), dataclasses.replace(model, plan=other_plan)) != base
+    assert config_hash(InferenceOptions(), dataclasses.replace(model, plan=other_plan)) != base
+
+
+def _pinned_model() -> LoadedModel:
+    """A model built from literals only, so that its config hash can be pinned."""
+    plan = TrainingPlan(
+        dataset_name="pinned",
+        kind="image",
+        spatial_dims=2,
+        patch_size=(32, 32),
+        batch_size=2,
+        in_channels=1,
+        class_values=(0, 1),
+        class_names=("background", "cell"),
+        normalization=(ChannelNormalization(scheme="zscore"),),
+    )
+    spec = ModelSpec(name="pixel_linear", in_channels=1, num_classes=2, spatial_dims=2)
+    return LoadedModel(
+        network=torch.nn.Identity(),
+        spec=spec,
+        plan=plan,
+        class_names=plan.class_names,
+        channel_names=("grey",),
+        processing={"postprocess": {"min_object_size": 4}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (InferenceOptions(), "15dd712ace3499de"),
+        (InferenceOptions(overlap=0.25), "4f820739b2e299ae"),
+        (
+            InferenceOptions(
+                polygons=True, probabilities=True, tta=True, overlap=0.5, batch_size=3, device="cpu"
+            ),
+            "d489b0968f1e3f6b",
+        ),
+    ],
+)
+def test_config_hash_is_the_one_existing_ledgers_hold(
+    options: InferenceOptions, expected: str
+) -> None:
+    """The hashes ``SegmentOptions`` gave for the same settings before the options became a
+    contract: ledgers written then must not redo their finished files (a change to the plan or
+    spec contracts that changes these breaks that too)."""
+    assert config_hash(options, _pinned_model()) == expected
 
 
 def test_model_identity(model: LoadedModel) -> None:

@@ -65,10 +65,23 @@ def images(root: Path) -> Built:
 KINDS = ["volumes", "rasters", "images"]
 
 
+def _datasets(
+    manifest: DatasetManifest,
+    plan: TrainingPlan,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+) -> tuple[Any, Any]:
+    """The datasets of a training: the cases split once, then built from that split."""
+    train_cases, val_cases = split_cases(manifest, val_fraction=val_fraction, seed=seed)
+    return build_datasets(train_cases, val_cases, plan, cache_dir=cache_dir, seed=seed)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_training_sample_is_a_normalised_patch(kind: str, request: pytest.FixtureRequest) -> None:
     manifest, plan = request.getfixturevalue(kind)
-    train, _ = build_datasets(manifest, plan, val_fraction=0.34)
+    train, _ = _datasets(manifest, plan, val_fraction=0.34)
     for index in range(len(train)):  # type: ignore[arg-type]
         sample = train[index]
         assert sample["image"].shape == (plan.in_channels, *plan.patch_size)
@@ -86,7 +99,7 @@ def test_training_sample_is_a_normalised_patch(kind: str, request: pytest.Fixtur
 
 def test_volume_is_reoriented_from_lps_to_ras(volumes: Built) -> None:
     manifest, plan = volumes
-    _, val = build_datasets(manifest, plan)
+    _, val = _datasets(manifest, plan)
     item = val[0]
     assert manifest.cases[0].geometry.kind == "volume"
     assert manifest.cases[0].geometry.orientation == ("L", "P", "S")
@@ -95,7 +108,7 @@ def test_volume_is_reoriented_from_lps_to_ras(volumes: Built) -> None:
     assert np.diag(affine)[:3] == pytest.approx(plan.target_spacing, abs=1e-4)
     assert item["image"].shape[1:] == item["label"].shape[1:]
     coarse = apply_overrides(plan, {"target_spacing": [1.8, 2.2, 3.0]})
-    resampled = build_datasets(manifest, coarse)[1][0]
+    resampled = _datasets(manifest, coarse)[1][0]
     assert tuple(resampled["image"].shape[1:]) == pytest.approx((10, 9, 10), abs=1)  # ceil
     assert resampled["label"].shape[1:] == resampled["image"].shape[1:]
 
@@ -104,7 +117,7 @@ def test_permuted_axes_follow_the_plan_order(root: Path) -> None:
     make_volume_dataset(root / "psr", n_cases=2, shape=(20, 16, 8), axcodes=("S", "L", "P"))
     manifest, plan = _build(root, "psr")
     assert plan.target_spacing == pytest.approx((1.1, 3.0, 0.9), abs=1e-5)
-    _, val = build_datasets(manifest, plan)
+    _, val = _datasets(manifest, plan)
     image = val[0]["image"]
     assert tuple(image.shape[1:]) == (16, 8, 20)
     assert tuple(image.pixdim.tolist()) == pytest.approx(plan.target_spacing, abs=1e-4)
@@ -112,7 +125,7 @@ def test_permuted_axes_follow_the_plan_order(root: Path) -> None:
 
 def test_nodata_pixels_become_ignored(rasters: Built) -> None:
     manifest, plan = rasters
-    _, val = build_datasets(manifest, plan)
+    _, val = _datasets(manifest, plan)
     item = val[0]
     strip = (slice(None), slice(0, 64 // 8), slice(0, 64 // 3))  # synthetic nodata corner
     assert (item["label"][strip] == IGNORE_INDEX).all()
@@ -122,7 +135,7 @@ def test_nodata_pixels_become_ignored(rasters: Built) -> None:
 
 def test_instance_labels_become_three_classes(images: Built) -> None:
     manifest, plan = images
-    train, val = build_datasets(manifest, plan)
+    train, val = _datasets(manifest, plan)
     item = val[0]
     assert set(torch.unique(item["label"]).tolist()) == {0, 1, 2}
     assert int(item["instances"].max()) >= 2
@@ -134,7 +147,7 @@ def test_forced_2d_volume_plan_samples_slices(volumes: Built) -> None:
     manifest, _ = volumes
     fingerprint = compute_fingerprint(manifest, samples_per_case=5000)
     plan = make_plan(fingerprint, manifest, spatial_dims=2)
-    train, val = build_datasets(manifest, plan)
+    train, val = _datasets(manifest, plan)
     assert train[0]["image"].shape == (2, *plan.patch_size)
     assert val[0]["image"].ndim == 4
 
@@ -176,7 +189,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_memory_cache_loads_each_case_once(rasters: Built, monkeypatch: pytest.MonkeyPatch) -> None:
     manifest, plan = rasters
     calls = _counting(monkeypatch)
-    train, val = build_datasets(manifest, plan)
+    train, val = _datasets(manifest, plan)
     for _ in range(2):  # two epochs
         list(DataLoader(train, batch_size=2))
         list(DataLoader(val, batch_size=1))
@@ -188,23 +201,23 @@ def test_disk_cache_is_reused_and_keyed_on_the_plan(
 ) -> None:
     manifest, plan = rasters
     calls = _counting(monkeypatch)
-    train, _ = build_datasets(manifest, plan, cache_dir=tmp_path)
+    train, _ = _datasets(manifest, plan, cache_dir=tmp_path)
     first = train[0]
     assert len(calls) == 1
-    again, _ = build_datasets(manifest, plan, cache_dir=tmp_path)
+    again, _ = _datasets(manifest, plan, cache_dir=tmp_path)
     second = again[0]
     assert len(calls) == 1  # read back from disk
     assert second["image"].shape == first["image"].shape
     changed = apply_overrides(plan, {"foreground_oversample": 1.0})
-    build_datasets(manifest, changed, cache_dir=tmp_path)[0][0]
+    _datasets(manifest, changed, cache_dir=tmp_path)[0][0]
     assert len(calls) == 2  # another plan, another cache
 
 
 def test_same_seed_gives_same_patches(rasters: Built) -> None:
     manifest, plan = rasters
-    patches = [build_datasets(manifest, plan, seed=11)[0][0]["image"] for _ in range(2)]
+    patches = [_datasets(manifest, plan, seed=11)[0][0]["image"] for _ in range(2)]
     assert torch.equal(patches[0], patches[1])
-    train, _ = build_datasets(manifest, plan, seed=11)
+    train, _ = _datasets(manifest, plan, seed=11)
     epoch = [train[i]["image"] for i in range(len(train))]  # type: ignore[arg-type]
     seed_augmentation(train, 11)  # as a resumed run would at this epoch's start
     assert all(torch.equal(train[i]["image"], patch) for i, patch in enumerate(epoch))
@@ -283,3 +296,14 @@ def test_explicit_validation_ids_share_a_split(tmp_path: Path) -> None:
     ]
     with pytest.raises(ConfigError, match="tile_009"):
         split_cases(manifest, val_ids=["tile_009"])
+    with pytest.raises(ConfigError, match="no labelled case left for training"):
+        split_cases(manifest, val_ids=["tile_000", "tile_001", "tile_002"])
+
+
+def test_datasets_hold_exactly_the_cases_they_are_given(rasters: Built) -> None:
+    """``build_datasets`` does not split again: a split it is handed is the split it builds."""
+    manifest, plan = rasters
+    first, second, third = sorted(manifest.labelled_cases, key=lambda case: case.case_id)
+    train, val = build_datasets([second], [third, first], plan)
+    assert len(train) == 1  # type: ignore[arg-type]
+    assert [val[index]["case_id"] for index in range(2)] == [third.case_id, first.case_id]

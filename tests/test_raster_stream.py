@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pytest
@@ -14,14 +15,14 @@ from numpy.typing import NDArray
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from data_contracts import ChannelNormalization, CorruptFileError, ModelError, UsageError
-from pipelines.infer.stream import (
-    Predictor,
-    StreamConfig,
-    StreamSummary,
-    class_indices,
-    stream_raster,
+from data_contracts import (
+    ChannelNormalization,
+    CorruptFileError,
+    InferenceOptions,
+    ModelError,
+    UsageError,
 )
+from pipelines.infer.stream import Predictor, StreamSummary, class_indices, stream_raster
 from pipelines.preprocess.array import normalize_channels
 
 torch.set_num_threads(1)
@@ -38,6 +39,26 @@ def predictor() -> Predictor:
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, N_CLASSES, 5, padding=2).eval()
     return lambda patches: torch.softmax(conv(patches), dim=1)
+
+
+class Windows(NamedTuple):
+    """A window size and the options a stream runs such windows with."""
+
+    roi: tuple[int, int]
+    options: InferenceOptions
+
+
+def windows(
+    roi: tuple[int, int],
+    overlap: float = 0.25,
+    batch_size: int = 8,
+    mode: Literal["gaussian", "constant"] = "gaussian",
+    **options: int,
+) -> Windows:
+    """``roi`` windows with this overlap, batch size (0.25 and 8 unless told) and blending."""
+    return Windows(
+        roi, InferenceOptions(overlap=overlap, batch_size=batch_size, mode=mode, **options)
+    )
 
 
 def _write_scene(path: Path, image: NDArray[np.uint8], nodata: int | None = None) -> Path:
@@ -76,20 +97,22 @@ class _Bands:
         return np.concatenate(self.probabilities, axis=1), np.concatenate(self.valid, axis=0)
 
 
-def _stream(path: Path, predictor: Predictor, config: StreamConfig) -> tuple[_Bands, StreamSummary]:
+def _stream(path: Path, predictor: Predictor, config: Windows) -> tuple[_Bands, StreamSummary]:
     bands = _Bands()
     with rasterio.open(path) as dataset:
         summary = stream_raster(
-            dataset, predictor, N_CLASSES, config, normalize=NORMALIZE, sink=bands
-        )
+            dataset, predictor, N_CLASSES, config.roi, config.options,
+            normalize=NORMALIZE, sink=bands,
+        )  # fmt: skip
     return bands, summary
 
 
-def _monai(image: NDArray[np.float32], predictor: Predictor, config: StreamConfig) -> NDArray:
+def _monai(image: NDArray[np.float32], predictor: Predictor, config: Windows) -> NDArray:
     normalised = NORMALIZE(torch.from_numpy(image))[None]
+    overlap, batch_size = config.options.window_settings()
     with torch.inference_mode():
         result = sliding_window_inference(
-            normalised, config.roi, config.batch_size, predictor, config.overlap, mode=config.mode
+            normalised, config.roi, batch_size, predictor, overlap, mode=config.options.mode
         )
     assert isinstance(result, torch.Tensor)
     return result[0].numpy()
@@ -98,18 +121,18 @@ def _monai(image: NDArray[np.float32], predictor: Predictor, config: StreamConfi
 @pytest.mark.parametrize(
     ("height", "width", "config"),
     [
-        pytest.param(150, 203, StreamConfig((64, 48), 0.25, 4), id="not-a-multiple-of-stride"),
-        pytest.param(40, 50, StreamConfig((64, 64), 0.25, 2), id="smaller-than-roi"),
-        pytest.param(37, 130, StreamConfig((48, 32), 0.25, 3), id="shorter-than-roi"),
-        pytest.param(330, 90, StreamConfig((32, 32), 0.5, 5), id="many-strips"),
-        pytest.param(97, 70, StreamConfig((24, 40), 0.0, 8, "constant"), id="no-overlap"),
-        pytest.param(120, 100, StreamConfig((32, 32), read_ahead=2), id="read-ahead"),
-        pytest.param(260, 150, StreamConfig((32, 32), read_threads=1), id="one-read-thread"),
-        pytest.param(150, 90, StreamConfig((48, 32), read_threads=2), id="two-read-threads"),
+        pytest.param(150, 203, windows((64, 48), 0.25, 4), id="not-a-multiple-of-stride"),
+        pytest.param(40, 50, windows((64, 64), 0.25, 2), id="smaller-than-roi"),
+        pytest.param(37, 130, windows((48, 32), 0.25, 3), id="shorter-than-roi"),
+        pytest.param(330, 90, windows((32, 32), 0.5, 5), id="many-strips"),
+        pytest.param(97, 70, windows((24, 40), 0.0, 8, "constant"), id="no-overlap"),
+        pytest.param(120, 100, windows((32, 32), read_ahead=2), id="read-ahead"),
+        pytest.param(260, 150, windows((32, 32), read_threads=1), id="one-read-thread"),
+        pytest.param(150, 90, windows((48, 32), read_threads=2), id="two-read-threads"),
     ],
 )
 def test_stream_equals_monai_sliding_window(
-    tmp_path: Path, predictor: Predictor, height: int, width: int, config: StreamConfig
+    tmp_path: Path, predictor: Predictor, height: int, width: int, config: Windows
 ) -> None:
     image = _scene(height, width)
     bands, summary = _stream(_write_scene(tmp_path / "scene.tif", image), predictor, config)
@@ -118,13 +141,13 @@ def test_stream_equals_monai_sliding_window(
     assert streamed.shape == expected.shape == (N_CLASSES, height, width)
     np.testing.assert_allclose(streamed, expected, rtol=0, atol=1e-5)
     assert valid.all()
-    assert summary.batches >= summary.windows / config.batch_size
+    assert summary.batches >= summary.windows / config.options.window_settings()[1]
 
 
 def test_bands_cover_every_row_once_in_order(tmp_path: Path, predictor: Predictor) -> None:
     path = _write_scene(tmp_path / "scene.tif", _scene(200, 75))
     seen: list[int] = []
-    bands, _ = _stream(path, predictor, StreamConfig((32, 32), 0.25, 4))
+    bands, _ = _stream(path, predictor, windows((32, 32), 0.25, 4))
     assert len(bands.windows) > 3
     next_row = 0
     for window, probs, valid in zip(bands.windows, bands.probabilities, bands.valid, strict=True):
@@ -142,7 +165,7 @@ def test_nodata_pixels_are_invalid(tmp_path: Path, predictor: Predictor) -> None
     image[1, 20:45, 30:70] = 0  # nodata in one band only is enough
     image[:, 80:, :5] = 0
     path = _write_scene(tmp_path / "scene.tif", image, nodata=0)
-    config = StreamConfig((32, 32), 0.25, 4)
+    config = windows((32, 32), 0.25, 4)
     bands, _ = _stream(path, predictor, config)
     streamed, valid = bands.stacked()
     np.testing.assert_array_equal(valid, (image != 0).all(axis=0))
@@ -157,12 +180,12 @@ def test_mask_band_pixels_are_invalid(tmp_path: Path, predictor: Predictor) -> N
     mask[10:30, 5:50] = 0
     with rasterio.open(path, "r+") as dataset:
         dataset.write_mask(mask)
-    bands, _ = _stream(path, predictor, StreamConfig((32, 32), 0.25, 4))
+    bands, _ = _stream(path, predictor, windows((32, 32), 0.25, 4))
     np.testing.assert_array_equal(bands.stacked()[1], mask > 0)
 
 
 def test_accumulator_grows_with_width_not_height(tmp_path: Path, predictor: Predictor) -> None:
-    config = StreamConfig((32, 32), 0.25, 8)
+    config = windows((32, 32), 0.25, 8)
     peaks = {}
     for height, width in ((104, 64), (208, 64), (104, 128)):
         path = _write_scene(tmp_path / f"{height}x{width}.tif", _scene(height, width))
@@ -176,7 +199,7 @@ def test_progress_reports_every_batch(tmp_path: Path, predictor: Predictor) -> N
     calls: list[tuple[int, int]] = []
     with rasterio.open(path) as dataset:
         summary = stream_raster(
-            dataset, predictor, N_CLASSES, StreamConfig((32, 32), 0.25, 3),
+            dataset, predictor, N_CLASSES, *windows((32, 32), 0.25, 3),
             normalize=NORMALIZE, sink=lambda *_: None, progress=lambda *a: calls.append(a),
         )  # fmt: skip
     assert len(calls) == summary.batches
@@ -187,7 +210,7 @@ def test_wrong_predictor_output_is_a_model_error(tmp_path: Path) -> None:
     path = _write_scene(tmp_path / "scene.tif", _scene(40, 40))
     with rasterio.open(path) as dataset, pytest.raises(ModelError, match=r"\(1, 2, 32, 32\)"):
         stream_raster(
-            dataset, lambda x: x[:, :2], N_CLASSES, StreamConfig((32, 32), batch_size=1),
+            dataset, lambda x: x[:, :2], N_CLASSES, *windows((32, 32), batch_size=1),
             normalize=NORMALIZE, sink=lambda *_: None,
         )  # fmt: skip
 
@@ -203,7 +226,7 @@ def test_damaged_tiles_are_a_corrupt_file_error(
     path.write_bytes(content)
     with rasterio.open(path) as dataset, pytest.raises(CorruptFileError, match="cannot be read"):
         stream_raster(
-            dataset, predictor, N_CLASSES, StreamConfig((32, 32), read_ahead=read_ahead),
+            dataset, predictor, N_CLASSES, *windows((32, 32), read_ahead=read_ahead),
             normalize=NORMALIZE, sink=lambda *_: None,
         )  # fmt: skip
 
@@ -212,7 +235,7 @@ def test_normalize_must_keep_the_shape(tmp_path: Path, predictor: Predictor) -> 
     path = _write_scene(tmp_path / "scene.tif", _scene(40, 40))
     with rasterio.open(path) as dataset, pytest.raises(UsageError, match="normalize"):
         stream_raster(
-            dataset, predictor, N_CLASSES, StreamConfig((32, 32)),
+            dataset, predictor, N_CLASSES, *windows((32, 32)),
             normalize=lambda x: x[:2], sink=lambda *_: None,
         )  # fmt: skip
 
@@ -221,7 +244,7 @@ def test_nodata_across_strip_and_tile_borders(tmp_path: Path, predictor: Predict
     image = _scene(200, 170, seed=7)
     image[0, 50:140, 60:75] = 0  # crosses strips (stride 24) and 64 px tiles in both directions
     image[:, 120:130, :] = 0
-    config = StreamConfig((32, 32), 0.25, 3, read_ahead=1)
+    config = windows((32, 32), 0.25, 3, read_ahead=1)
     bands, _ = _stream(_write_scene(tmp_path / "scene.tif", image, nodata=0), predictor, config)
     streamed, valid = bands.stacked()
     np.testing.assert_array_equal(valid, (image != 0).all(axis=0))
@@ -239,14 +262,20 @@ def test_class_indices_is_argmax_with_ties_to_the_first_class(n_classes: int) ->
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("roi", "options", "message"),
     [
-        {"roi": (0, 32)},
-        {"roi": (32, 32), "overlap": 1.0},
-        {"roi": (8, 8), "mode": "x"},
-        {"roi": (8, 8), "read_threads": 0},
+        ((0, 32), InferenceOptions(overlap=0.25, batch_size=2), "roi must be two positive"),
+        ((32, 32, 32), InferenceOptions(overlap=0.25, batch_size=2), "roi must be two positive"),
+        ((32, 32), InferenceOptions(batch_size=2), "overlap and batch size are unset"),
+        ((32, 32), InferenceOptions(overlap=0.25), "overlap and batch size are unset"),
     ],
 )
-def test_bad_config_is_a_usage_error(kwargs: dict) -> None:
-    with pytest.raises(UsageError):
-        StreamConfig(**kwargs)
+def test_bad_windows_are_a_usage_error(
+    tmp_path: Path, predictor: Predictor, roi: tuple[int, int], options: InferenceOptions,
+    message: str,
+) -> None:  # fmt: skip
+    path = _write_scene(tmp_path / "scene.tif", _scene(40, 40))
+    with rasterio.open(path) as dataset, pytest.raises(UsageError, match=message):
+        stream_raster(
+            dataset, predictor, N_CLASSES, roi, options, normalize=NORMALIZE, sink=lambda *_: None
+        )

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 import data_contracts.errors as errors
 from data_contracts import FileRecord, InputError, ModelError, SegflowError, VolumeGeometry
-from pipelines.archives import extract_archive
+from pipelines.io.archives import extract_archive
 from pipelines.io.image2d import read_image_geometry
 from pipelines.io.nifti import read_volume_geometry
 from pipelines.io.raster import read_raster_geometry
@@ -84,8 +84,8 @@ class _Payload:
 
 
 def test_a_checkpoint_carrying_code_is_refused(tmp_path: Path) -> None:
-    from pipelines.train.run import _load_best
     from pipelines.train.trainer import TrainResult
+    from pipelines.train.validate import load_best
 
     hostile = tmp_path / "best.ckpt"
     torch.save({"state_dict": {}, "payload": _Payload()}, hostile)
@@ -98,7 +98,7 @@ def test_a_checkpoint_carrying_code_is_refused(tmp_path: Path) -> None:
 
     result = TrainResult(best_score=0.0, best_checkpoint=hostile, last_checkpoint=None, epochs=1)
     with pytest.raises(pickle.UnpicklingError):
-        _load_best(Module(), result)  # type: ignore[arg-type]
+        load_best(Module(), result)  # type: ignore[arg-type]
     assert not Path("/tmp/segflow-pwned").exists()
 
 

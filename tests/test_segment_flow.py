@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -12,11 +13,14 @@ import pytest
 import rasterio
 from typer.testing import CliRunner
 
-from data_contracts import get_settings
+from data_contracts import InferenceOptions, get_settings
 from flows.cli import app
+from pipelines.infer.loaded_model import LoadedModel
 from pipelines.ingest import ingest
+from pipelines.services.batch import BatchItemResult, BatchProgress
 from pipelines.synthetic import custom_albers_wkt, make_raster_dataset, pack_archive
-from tests.infer_models import oracle_model, register_oracle
+from pipelines.synthetic.models import oracle_model
+from tests.oracle_registry import register_oracle
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -152,3 +156,53 @@ def test_segment_from_and_to_object_storage(
         assert code == 0, output
         uploaded_again = s3.list_objects_v2(Bucket="archive", Prefix="masks/")["KeyCount"]
         assert uploaded_again == len(keys) - len(tiles)  # the same objects, nothing new
+
+
+class _Recorder(BatchProgress):
+    """Keeps what the flow tells its progress."""
+
+    def __init__(self) -> None:
+        self.models: list[LoadedModel] = []
+        self.done: list[tuple[str, int, int]] = []
+
+    def model_ready(self, model: LoadedModel) -> None:
+        self.models.append(model)
+
+    def case_done(self, result: BatchItemResult, done: int, total: int) -> None:
+        self.done.append((result.case_id, done, total))
+
+
+def test_the_model_is_downloaded_once_and_progress_is_passed_down(
+    scenes: Path, champion: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One download per batch (this process and the worker processes load the same copy), the
+    parent's model under the registry identity, and every case told to the progress object."""
+    from flows.dataset_flows import run_flow
+    from flows.segment_flow import reset_process_caches, segment_archive_flow
+
+    downloads: list[str] = []
+    real = mlflow.artifacts.download_artifacts
+
+    def counting(uri: str, *args: Any, **kwargs: Any) -> Any:
+        downloads.append(uri)
+        return real(uri, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", counting)
+    reset_process_caches()  # as in a new `segflow segment` process
+    progress = _Recorder()
+    summary, code = run_flow(
+        segment_archive_flow,
+        source=str(scenes / "images"),
+        model=champion,
+        out=str(tmp_path / "out"),
+        options=InferenceOptions(probabilities=True),
+        progress=progress,
+        track=False,
+    )
+    assert int(code) == 0 and summary["done"] == 4, summary
+    assert downloads == ["models:/scenes/1"]
+    [model] = progress.models
+    assert (model.uri, model.name, model.version) == ("models:/scenes/1", "scenes", "1")
+    assert sorted(done for _, done, _ in progress.done) == [1, 2, 3, 4]
+    assert {total for _, _, total in progress.done} == {4}
+    assert len(list((tmp_path / "out").glob("*_prob.tif"))) == 4  # the options went down

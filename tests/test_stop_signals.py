@@ -21,7 +21,8 @@ from rasterio.transform import from_origin
 from data_contracts import get_settings
 from pipelines.ingest import ingest
 from pipelines.synthetic import make_raster_dataset, make_volume_dataset
-from tests.infer_models import oracle_model, register_oracle
+from pipelines.synthetic.models import oracle_model
+from tests.oracle_registry import register_oracle
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 

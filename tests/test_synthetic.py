@@ -20,8 +20,8 @@ from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 
-from pipelines.archives import extract_archive
 from pipelines.files import sha256_file
+from pipelines.io.archives import extract_archive
 from pipelines.synthetic import (
     CT_INTERCEPT,
     custom_albers_wkt,

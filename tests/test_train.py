@@ -183,9 +183,10 @@ def test_maskrcnn_trains_from_instance_maps(tmp_path: Path) -> None:
 def test_resume_is_exact_with_random_patch_augmentation(tmp_path: Path) -> None:
     """Real preprocessing (random patches, flips, rotations) re-seeded per epoch from the run seed."""
     from pipelines.ingest import ingest
-    from pipelines.preprocess.datasets import build_datasets
+    from pipelines.preprocess.datasets import build_datasets, split_cases
     from pipelines.synthetic import make_raster_dataset
-    from pipelines.train.run import plan_for, spec_for
+    from pipelines.train.prepare import plan_for
+    from pipelines.train.route import spec_for
 
     make_raster_dataset(tmp_path / "data", n_tiles=3, size=(48, 48), seed=4)
     manifest = ingest(tmp_path / "data", workdir=tmp_path / "work")
@@ -202,7 +203,9 @@ def test_resume_is_exact_with_random_patch_augmentation(tmp_path: Path) -> None:
 
     def run(folder: Path, epochs: int, recorder: StepLosses | None = None) -> None:
         seed_everything(config.seed)
-        train_set, val_set = build_datasets(manifest, plan, seed=config.seed)
+        train_set, val_set = build_datasets(
+            *split_cases(manifest, seed=config.seed), plan, seed=config.seed
+        )
         module = SegmentationModule(
             spec_for(plan, config).model_dump(), roi_size=(32, 32), max_epochs=2, seed=config.seed
         )

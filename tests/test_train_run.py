@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
 import pytest
 import torch
 
-from data_contracts import IngestOptions, TrainConfig
+from data_contracts import Case, IngestOptions, TrainConfig
 from pipelines.ingest import ingest
 from pipelines.services.model_registry import load_model
+from pipelines.services.training import train_from_manifest
 from pipelines.synthetic import make_image_dataset, make_raster_dataset
-from pipelines.train.run import train_from_manifest
 
 CONFIG = TrainConfig(
     model="unet",
@@ -35,7 +36,20 @@ def raster_manifest(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[n
     return ingest(root / "data", workdir=root / "work")
 
 
-def test_train_registers_and_champion_round_trips(raster_manifest, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_train_registers_and_champion_round_trips(  # type: ignore[no-untyped-def]
+    raster_manifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.preprocess import datasets
+    from pipelines.train import prepare
+
+    splits: list[tuple[list[str], list[str]]] = []
+
+    def split_cases(*args: Any, **kwargs: Any) -> tuple[list[Case], list[Case]]:
+        train, val = datasets.split_cases(*args, **kwargs)
+        splits.append(([c.case_id for c in train], [c.case_id for c in val]))
+        return train, val
+
+    monkeypatch.setattr(prepare, "split_cases", split_cases)
     report = train_from_manifest(
         raster_manifest,
         CONFIG,
@@ -48,6 +62,7 @@ def test_train_registers_and_champion_round_trips(raster_manifest, tmp_path: Pat
     assert report.registration is not None and report.registration.decision.promoted
     assert 0.0 <= report.evaluation.score <= 1.0
     assert (tmp_path / "run1" / "plan.json").is_file()
+    assert len(splits) == 1 and splits[0][1] == report.validation_cases  # split once, used
     run = mlflow.get_run(report.run_id)
     assert run.data.params["plan.patch_size"] == "32,32"
     assert f"final_{report.evaluation.metric}" in run.data.metrics

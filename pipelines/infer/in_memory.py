@@ -21,18 +21,19 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
-from data_contracts import ChannelCountError, TrainingPlan
+from data_contracts import ChannelCountError, InferenceOptions, TrainingPlan
 from pipelines.infer.loaded_model import LoadedModel, network_on
 from pipelines.infer.sliding import (
     Predictor,
-    SlidingWindowConfig,
     choose_device,
     probability_predictor,
     sliding_probabilities,
+    window_options,
 )
 from pipelines.instance_targets import three_class_to_instances
 from pipelines.io.nifti import open_volume
-from pipelines.preprocess.transforms import IMAGE_KEY, image_transforms, volume_transforms
+from pipelines.preprocess.loaders import LoadImage2Dd
+from pipelines.preprocess.transforms import IMAGE_KEY, planar_transforms, volume_transforms
 
 __all__ = ["Prediction", "class_values_of", "predict_image", "predict_volume"]
 
@@ -58,7 +59,7 @@ def class_values_of(classes: np.ndarray, plan: TrainingPlan) -> np.ndarray:
     """Class indices → the label values of the training files (``plan.class_values``)."""
     values = np.asarray(plan.class_values, dtype=np.int64)
     dtype = np.uint8 if values.max(initial=0) <= 255 else np.uint16
-    return values[classes].astype(dtype)
+    return np.asarray(values[classes], dtype=dtype)
 
 
 def _check_channels(count: int, plan: TrainingPlan, path: Path, names: Sequence[str]) -> None:
@@ -79,14 +80,14 @@ def _slicewise(
     predictor: Predictor,
     image: torch.Tensor,
     plan: TrainingPlan,
-    config: SlidingWindowConfig,
+    options: InferenceOptions,
     device: torch.device,
 ) -> torch.Tensor:
     """Probabilities ``(K, X, Y, Z)`` of a volume, one axial slice ``(C, X, Y)`` at a time."""
     n_classes = len(plan.class_values)
     slices = [
         sliding_probabilities(
-            predictor, image[..., z], plan.patch_size, n_classes, config, device=device
+            predictor, image[..., z], plan.patch_size, n_classes, options, device=device
         )
         for z in range(image.shape[-1])
     ]
@@ -105,9 +106,8 @@ def _finish(probabilities: torch.Tensor, plan: TrainingPlan, keep: bool) -> Pred
 def predict_volume(
     model: LoadedModel,
     channels: Sequence[str | Path],
-    config: SlidingWindowConfig | None = None,
+    options: InferenceOptions | None = None,
     *,
-    device: str | torch.device | None = None,
     keep_probabilities: bool = False,
 ) -> Prediction:
     """Segment one NIfTI case (one file per channel, or one 4D file) in its source grid.
@@ -115,30 +115,30 @@ def predict_volume(
     Args:
         model: a loaded volume model.
         channels: the case's channel files, in the model's channel order.
-        config: sliding-window settings (default: gaussian, overlap 0.5).
-        device: where windows run (default: CUDA when present).
+        options: sliding windows (unset overlap and batch size: the kind's defaults), TTA,
+            device (default: CUDA when present).
         keep_probabilities: also return the probabilities (source grid).
 
     Raises:
         ChannelCountError: the case has another number of channels than the model.
         InputError: a file cannot be read.
     """
-    config = config or SlidingWindowConfig()
-    plan, target = model.plan, choose_device(str(device) if device else model.device)
+    options = window_options(options, model.plan.kind)
+    plan, target = model.plan, choose_device(options.device or model.device)
     _check_channels(_volume_channels(channels), plan, Path(channels[0]), model.channel_names)
     transform: Compose = volume_transforms(plan, train=False)
     item = transform({IMAGE_KEY: [str(path) for path in channels]})
     image = item[IMAGE_KEY]
     predictor = probability_predictor(
-        network_on(model, target), model.spec, channels_last=config.channels_last
+        network_on(model, target), model.spec, channels_last=options.channels_last
     )
     plain = image.as_tensor() if isinstance(image, MetaTensor) else image
     if plan.spatial_dims == 2:
-        probabilities = _slicewise(predictor, plain, plan, config, target)
+        probabilities = _slicewise(predictor, plain, plan, options, target)
     else:
         n_classes = len(plan.class_values)
         probabilities = sliding_probabilities(
-            predictor, plain, plan.patch_size, n_classes, config, device=target
+            predictor, plain, plan.patch_size, n_classes, options, device=target
         )
     item[_PRED_KEY] = MetaTensor(
         probabilities, meta=dict(image.meta), applied_operations=list(image.applied_operations)
@@ -153,27 +153,28 @@ def predict_volume(
 def predict_image(
     model: LoadedModel,
     path: str | Path,
-    config: SlidingWindowConfig | None = None,
+    options: InferenceOptions | None = None,
     *,
-    device: str | torch.device | None = None,
     keep_probabilities: bool = False,
 ) -> Prediction:
     """Segment one 2D image (PNG/TIFF) held in memory; pixels keep their places.
+
+    ``options``: as for :func:`predict_volume`.
 
     Raises:
         ChannelCountError: the image's channels cannot be matched to the model's.
         InputError: the file cannot be read.
     """
-    config = config or SlidingWindowConfig(overlap=0.25)
-    plan, target = model.plan, choose_device(str(device) if device else model.device)
-    item = image_transforms(plan, train=False)({IMAGE_KEY: [str(path)]})
+    options = window_options(options, model.plan.kind)
+    plan, target = model.plan, choose_device(options.device or model.device)
+    item = planar_transforms(plan, LoadImage2Dd, train=False)({IMAGE_KEY: [str(path)]})
     image = item[IMAGE_KEY]
     _check_channels(image.shape[0], plan, Path(path), model.channel_names)
     predictor = probability_predictor(
-        network_on(model, target), model.spec, channels_last=config.channels_last
+        network_on(model, target), model.spec, channels_last=options.channels_last
     )
     plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
     probabilities = sliding_probabilities(
-        predictor, plain, plan.patch_size, len(plan.class_values), config, device=target
+        predictor, plain, plan.patch_size, len(plan.class_values), options, device=target
     )
     return _finish(probabilities, plan, keep_probabilities)

@@ -29,11 +29,12 @@ from data_contracts import (
     SegflowError,
     TrainingPlan,
 )
-from pipelines.archives import extract_archive, is_archive
 from pipelines.case_names import full_stem, groups_channels, split_channel, split_collisions
 from pipelines.files import sha256_file
 from pipelines.ingest import read_manifest
+from pipelines.io.archives import extract_archive, is_archive
 from pipelines.io.formats import IMAGE_SUFFIXES, is_image_name
+from pipelines.kinds import kind_adapter
 
 __all__ = [
     "InferenceInput",
@@ -82,13 +83,15 @@ def case_id_of(path: str | Path, *, channel_suffix: bool = False) -> str:
 def channel_suffix_for(plan: TrainingPlan, *, requested: bool = False) -> bool:
     """Whether ``segflow segment`` groups ``_0000`` channel files for a model with ``plan``.
 
-    Asked for (``--channel-suffix``), or the model reads volumes of more than one channel:
-    multi-channel NIfTI data comes as one file per channel (``pat1_0000.nii.gz``,
-    ``pat1_0001.nii.gz``), nnU-Net's convention. Raster and image models read all their bands
-    from one file, where numbered names (``tile_2023.tif``, ``scene_0001.tif``) are tiles, so
-    they never group unless asked; neither does a one-channel model.
+    Asked for (``--channel-suffix``), or the model reads more than one channel of a kind whose
+    channels come one file each (:attr:`~pipelines.kinds.KindAdapter.channels_in_separate_files`):
+    multi-channel NIfTI data comes as ``pat1_0000.nii.gz``, ``pat1_0001.nii.gz``, nnU-Net's
+    convention. Raster and image models read all their bands from one file, where numbered
+    names (``tile_2023.tif``, ``scene_0001.tif``) are tiles, so they never group unless asked;
+    neither does a one-channel model.
     """
-    return requested or (plan.kind == "volume" and plan.in_channels > 1)
+    separate = kind_adapter(plan.kind).channels_in_separate_files
+    return requested or (separate and plan.in_channels > 1)
 
 
 def _one_per_file(files: list[Path], origin: str) -> list[InferenceInput]:

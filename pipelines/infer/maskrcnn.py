@@ -12,7 +12,8 @@ from monai.data import MetaTensor
 from pipelines.infer.loaded_model import LoadedModel, network_on
 from pipelines.infer.sliding import choose_device
 from pipelines.infer.tiled_instances import TileConfig, segment_with_network
-from pipelines.preprocess.transforms import IMAGE_KEY, image_transforms
+from pipelines.preprocess.loaders import LoadImage2Dd
+from pipelines.preprocess.transforms import IMAGE_KEY, planar_transforms
 
 __all__ = ["segment_instances", "tile_config"]
 
@@ -36,7 +37,7 @@ def segment_instances(
     """
     target = choose_device(str(device) if device else model.device)
     network = network_on(model, target)
-    item = image_transforms(model.plan, train=False)({IMAGE_KEY: [str(path)]})
+    item = planar_transforms(model.plan, LoadImage2Dd, train=False)({IMAGE_KEY: [str(path)]})
     image = item[IMAGE_KEY]
     plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
     result = segment_with_network(

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from data_contracts import ChannelCountError, PostprocessConfig
+from data_contracts import ChannelCountError, InferenceOptions, PostprocessConfig
 from pipelines.infer.in_memory import class_values_of
 from pipelines.infer.loaded_model import LoadedModel, network_on
-from pipelines.infer.sliding import SlidingWindowConfig, choose_device, probability_predictor
-from pipelines.infer.stream import StreamConfig, class_indices, stream_raster
+from pipelines.infer.sliding import choose_device, probability_predictor, window_options
+from pipelines.infer.stream import class_indices, stream_raster
 from pipelines.io.raster import bounded_gdal_env, open_raster
 from pipelines.postprocess.labels import pixel_area, postprocess_labels
 from pipelines.preprocess.array import normalize_channels
@@ -113,9 +113,8 @@ def segment_raster(
     mask_path: str | Path,
     *,
     probabilities_path: str | Path | None = None,
-    config: SlidingWindowConfig | None = None,
+    options: InferenceOptions | None = None,
     postprocess: PostprocessConfig | None = None,
-    device: str | torch.device | None = None,
     tags: dict[str, str] | None = None,
     progress: Progress | None = None,
 ) -> RasterOutputs:
@@ -126,9 +125,9 @@ def segment_raster(
         source: the scene; only read.
         mask_path: the mask COG to write (uint8, uint16 past 254 classes; nodata 255/65535).
         probabilities_path: also write class probabilities as a uint8 COG (scale 1/255).
-        config: window overlap, batch size, blending (TTA is not applied to streamed rasters).
+        options: window overlap and batch size (unset: the raster kind's defaults), blending,
+            reads and device (TTA is not applied to streamed rasters).
         postprocess: clean-up in map units (default: the model's, else none).
-        device: where windows run (default: CUDA when present).
         tags: extra GeoTIFF tags (lineage).
         progress: called with (windows done, windows in total).
 
@@ -137,24 +136,17 @@ def segment_raster(
         InputError: the scene cannot be read.
         OutputError: a mask cannot be written or fails its post-write check.
     """
-    config = config or SlidingWindowConfig(overlap=0.25, batch_size=8)
+    options = window_options(options, model.plan.kind)
     postprocess = postprocess or PostprocessConfig()
     plan, source = model.plan, Path(source)
-    target = choose_device(str(device) if device else model.device)
+    target = choose_device(options.device or model.device)
     predictor = probability_predictor(
-        network_on(model, target), model.spec, channels_last=config.channels_last
+        network_on(model, target), model.spec, channels_last=options.channels_last
     )
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
         return predictor(batch.to(target)).float().cpu()
 
-    stream_config = StreamConfig(
-        roi=(plan.patch_size[0], plan.patch_size[1]),
-        overlap=config.overlap,
-        batch_size=config.batch_size,
-        mode=config.mode,
-        sigma_scale=config.sigma_scale,
-    )
     n_classes = len(plan.class_values)
     with bounded_gdal_env(), open_raster(source) as dataset:
         _check_bands(dataset.count, model, source)
@@ -216,7 +208,8 @@ def segment_raster(
                 dataset,
                 predict,
                 n_classes,
-                stream_config,
+                (plan.patch_size[0], plan.patch_size[1]),
+                options,
                 normalize=lambda tile: normalize_channels(tile, plan.normalization),
                 sink=sink,
                 progress=progress,

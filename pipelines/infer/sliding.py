@@ -12,44 +12,32 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
-from monai.inferers import sliding_window_inference
+from monai.inferers.utils import sliding_window_inference
 from torch import nn
 
-from data_contracts import ModelSpec
+from data_contracts import InferenceOptions, ModelSpec
 from pipelines.interrupts import check_stop
+from pipelines.kinds import kind_adapter
 
-__all__ = ["SlidingWindowConfig", "choose_device", "probability_predictor", "sliding_probabilities"]
+__all__ = ["choose_device", "probability_predictor", "sliding_probabilities", "window_options"]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 _DEVICE_OUTPUT_FRACTION = 0.25  # of free device memory the blended output may take
 
 
-@dataclass(frozen=True)
-class SlidingWindowConfig:
-    """How windows are laid out, batched and blended.
+def window_options(options: InferenceOptions | None, kind: str) -> InferenceOptions:
+    """``options`` (default: all defaults) with an unset overlap and window batch size taken
+    from the data kind's adapter (:func:`pipelines.kinds.kind_adapter`).
 
-    Attributes:
-        overlap: fraction of a window shared with its neighbour along each axis.
-        batch_size: windows per forward pass.
-        mode: ``gaussian`` (weights fall off toward window edges) or ``constant``.
-        sigma_scale: gaussian sigma as a fraction of the window size.
-        tta: average over flips along each spatial axis (test-time augmentation).
-        amp: mixed precision (float16) on CUDA; ignored on the CPU.
-        channels_last: channels-last memory format for the network and its inputs.
-        progress: MONAI's own window progress bar (tqdm).
+    Raises:
+        ConfigError: ``kind`` is not a registered data kind.
     """
-
-    overlap: float = 0.5
-    batch_size: int = 4
-    mode: str = "gaussian"
-    sigma_scale: float = 0.125
-    tta: bool = False
-    amp: bool = True
-    channels_last: bool = True
-    progress: bool = False
+    adapter = kind_adapter(kind)
+    return (options or InferenceOptions()).with_window_defaults(
+        overlap=adapter.default_overlap, batch_size=adapter.default_window_batch
+    )
 
 
 def choose_device(requested: str | None = None) -> torch.device:
@@ -119,7 +107,7 @@ def sliding_probabilities(
     image: torch.Tensor,
     roi: Sequence[int],
     n_classes: int,
-    config: SlidingWindowConfig,
+    options: InferenceOptions,
     *,
     device: torch.device | None = None,
 ) -> torch.Tensor:
@@ -130,28 +118,32 @@ def sliding_probabilities(
         image: the preprocessed image, channels first, on any device.
         roi: window size per spatial axis (the training patch size).
         n_classes: number of output channels ``K``.
-        config: overlap, batching, blending, TTA and precision.
+        options: overlap and batch size (set: see :func:`window_options`), blending, TTA and
+            precision.
         device: where windows run (default: :func:`choose_device`).
+
+    Raises:
+        UsageError: the overlap or the batch size is unset.
     """
+    overlap, batch_size = options.window_settings()
     device = device or choose_device()
     window_device, stitch_device = _stitch_device(image, n_classes, device)
     batch = image[None].float().to(stitch_device)
     total: torch.Tensor | None = None
-    flips = _flip_sets(len(roi), config.tta)
-    with _precision(window_device, config.amp):
+    flips = _flip_sets(len(roi), options.tta)
+    with _precision(window_device, options.amp):
         for axes in flips:
             source = torch.flip(batch, axes) if axes else batch
             output = sliding_window_inference(
                 source,
                 tuple(roi),
-                sw_batch_size=config.batch_size,
+                sw_batch_size=batch_size,
                 predictor=predictor,
-                overlap=config.overlap,
-                mode=config.mode,
-                sigma_scale=config.sigma_scale,
+                overlap=overlap,
+                mode=options.mode,
+                sigma_scale=options.sigma_scale,
                 sw_device=window_device,
                 device=stitch_device,
-                progress=config.progress,
             )
             if not isinstance(output, torch.Tensor):
                 raise TypeError("sliding_window_inference returned no tensor")

@@ -26,7 +26,7 @@ from monai.data.utils import compute_importance_map
 from numpy.typing import NDArray
 from rasterio.windows import Window
 
-from data_contracts import ModelError, UsageError
+from data_contracts import InferenceOptions, ModelError, UsageError
 from pipelines.infer.strips import (
     Layout,
     Normalizer,
@@ -41,7 +41,6 @@ __all__ = [
     "Normalizer",
     "Predictor",
     "Sink",
-    "StreamConfig",
     "StreamSummary",
     "class_indices",
     "stream_raster",
@@ -56,52 +55,7 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]
 Sink = Callable[[Window, NDArray[np.float32], NDArray[np.bool_]], None]
 """Receives ``(window, probabilities (K, rows, width), valid (rows, width))`` per finished band."""
 
-_BLEND_MODES = ("gaussian", "constant")
 _BLOCK_CACHE_FLOOR = 96 * 2**20
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    """How windows are laid out and blended (the arguments of MONAI's sliding window).
-
-    Attributes:
-        roi: window (patch) size in pixels, ``(rows, columns)``.
-        overlap: fraction of a window shared with its neighbour, in [0, 1).
-        batch_size: windows per predictor call.
-        mode: ``gaussian`` (less weight near window edges) or ``constant``.
-        sigma_scale: standard deviation of the gaussian, as a fraction of the window size.
-        read_ahead: strips whose new rows are read on a background thread while the model
-            runs; worth it when the model leaves CPU idle (GPU, or fewer torch threads than
-            cores). Keep 0 when torch uses every core: a third busy thread stalls its OpenMP
-            team. Each strip read ahead holds ``stride × width × bands`` source pixels.
-        read_threads: threads GDAL decodes the tiles of one read on (through a second handle on
-            the same file); None: one per core. Reads run between model calls, when torch's
-            threads are idle, unless ``read_ahead`` moves them beside the model.
-    """
-
-    roi: tuple[int, int]
-    overlap: float = 0.25
-    batch_size: int = 8
-    mode: str = "gaussian"
-    sigma_scale: float = 0.125
-    read_ahead: int = 0
-    read_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.roi) != 2 or min(self.roi) < 1:
-            raise UsageError(f"roi must be two positive sizes (rows, columns), got {self.roi}")
-        if not 0 <= self.overlap < 1:
-            raise UsageError(f"overlap must be in [0, 1), got {self.overlap}")
-        if self.batch_size < 1:
-            raise UsageError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.mode not in _BLEND_MODES:
-            raise UsageError(f"mode must be one of {_BLEND_MODES}, got {self.mode!r}")
-        if self.sigma_scale <= 0:
-            raise UsageError(f"sigma_scale must be positive, got {self.sigma_scale}")
-        if self.read_ahead < 0:
-            raise UsageError(f"read_ahead must be 0 or more, got {self.read_ahead}")
-        if self.read_threads is not None and self.read_threads < 1:
-            raise UsageError(f"read_threads must be at least 1, got {self.read_threads}")
 
 
 @dataclass(frozen=True)
@@ -206,7 +160,8 @@ def stream_raster(
     dataset: rasterio.DatasetReader,
     predictor: Predictor,
     n_classes: int,
-    config: StreamConfig,
+    roi: tuple[int, int],
+    options: InferenceOptions,
     *,
     normalize: Normalizer,
     sink: Sink,
@@ -220,7 +175,11 @@ def stream_raster(
         predictor: ``(B, C, h, w)`` normalised float32 CPU patches → ``(B, K, h, w)``
             probabilities (on any device); it is called under ``torch.inference_mode()``.
         n_classes: ``K``, the number of probability channels the predictor returns.
-        config: window size, overlap, batch size and blending.
+        roi: window (patch) size in pixels, ``(rows, columns)``.
+        options: overlap and batch size (both set), blending, ``read_ahead`` and
+            ``read_threads`` (reads run between model calls, when torch's threads are idle,
+            unless ``read_ahead`` moves them beside the model: keep it 0 when torch uses every
+            core, a third busy thread stalls its OpenMP team).
         normalize: ``(C, h, w)`` float32 pixels, NaN where the source is nodata/masked →
             normalised ``(C, h, w)``, called on the calling thread; it must act pixel by pixel
             (e.g. ``normalize_channels`` with fixed bounds) for results not to depend on windows.
@@ -235,26 +194,30 @@ def stream_raster(
         Counts, the size of the strip's buffers and the elapsed time.
 
     Raises:
-        UsageError: bad band indexes, or ``normalize`` changed the shape.
+        UsageError: a bad ROI, unset overlap or batch size, bad band indexes, or
+            ``normalize`` changed the shape.
         ModelError: the predictor returned something other than ``(B, K, h, w)``.
         CorruptFileError: a window of the raster cannot be decoded.
     """
     started = time.perf_counter()
     if n_classes < 1:
         raise UsageError(f"n_classes must be at least 1, got {n_classes}")
-    layout = Layout.of(dataset.height, dataset.width, config.roi, config.overlap)
+    if len(roi) != 2 or min(roi) < 1:
+        raise UsageError(f"roi must be two positive sizes (rows, columns), got {roi}")
+    overlap, batch_size = options.window_settings()
+    layout = Layout.of(dataset.height, dataset.width, roi, overlap)
     bands = _check_bands(dataset, bands)
-    weights = compute_importance_map(config.roi, config.mode, config.sigma_scale, device="cpu")
+    weights = compute_importance_map(roi, options.mode, options.sigma_scale, device="cpu")
     accumulator = _RowAccumulator(n_classes, weights.numpy(), layout.padded_width)
     total, done, batches = len(layout.rows) * len(layout.cols), 0, 0
     with contextlib.ExitStack() as stack:
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=_block_cache_bytes(dataset)))
         stack.enter_context(torch.inference_mode())
-        handle = stack.enter_context(threaded_handle(dataset, _threads(config.read_threads)))
-        strips = stack.enter_context(StripReader(handle, bands, layout, config.read_ahead))
+        handle = stack.enter_context(threaded_handle(dataset, _threads(options.read_threads)))
+        strips = stack.enter_context(StripReader(handle, bands, layout, options.read_ahead))
         for strip in range(len(layout.rows)):
             strips.load(strip)
-            for cols in iter_batches(layout.cols, config.batch_size):
+            for cols in iter_batches(layout.cols, batch_size):
                 patches = batch_patches(strips, cols, normalize)
                 accumulator.add(cols, _predict(predictor, patches, n_classes))
                 done, batches = done + len(cols), batches + 1
@@ -276,9 +239,10 @@ def _block_cache_bytes(dataset: rasterio.DatasetReader) -> int:
     about three times over. The floor leaves room for the mask writer's blocks. An integer
     ``GDAL_CACHEMAX`` is a number of bytes for rasterio, so the size is given in bytes.
     """
-    block_rows = dataset.block_shapes[0][0]
-    itemsize = max(np.dtype(dtype).itemsize for dtype in dataset.dtypes)
-    return max(_BLOCK_CACHE_FLOOR, 2 * block_rows * dataset.width * dataset.count * itemsize)
+    block_rows = int(dataset.block_shapes[0][0])
+    itemsize: int = max(np.dtype(dtype).itemsize for dtype in dataset.dtypes)
+    source_bytes = 2 * block_rows * int(dataset.width) * int(dataset.count) * itemsize
+    return max(_BLOCK_CACHE_FLOOR, source_bytes)
 
 
 def _threads(requested: int | None) -> int:

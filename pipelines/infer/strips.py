@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 import numpy as np
 import rasterio
@@ -123,7 +123,7 @@ def threaded_handle(
     if any(getattr(handle, key) != getattr(dataset, key) for key in same):
         handle.close()
         return contextlib.nullcontext(dataset)
-    return handle
+    return cast("contextlib.AbstractContextManager[rasterio.DatasetReader]", handle)
 
 
 class StripReader:

@@ -6,6 +6,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import rasterio
 from rasterio.errors import RasterioIOError
@@ -24,12 +25,13 @@ from data_contracts import (
     UnsupportedFormatError,
 )
 from pipelines import __version__
-from pipelines.archives import extract_archive, is_archive
 from pipelines.ingest.candidates import CaseCandidate, DatasetDeclaration
 from pipelines.ingest.layouts import discover
 from pipelines.ingest.validate import LabelRules, validate_case
-from pipelines.io.formats import FileFormat, suffix_of
+from pipelines.io.archives import extract_archive, is_archive
+from pipelines.io.formats import suffix_of
 from pipelines.io.raster import bounded_gdal_env
+from pipelines.kinds import kind_adapter, registered_adapters
 
 logger = logging.getLogger(__name__)
 
@@ -112,19 +114,17 @@ def _drop_inconsistent(
 ) -> list[Case]:
     """Reject the cases that do not fit the others, each with its reason.
 
-    - Labelled volumes and rasters whose channel count differs from the dataset's: the number
-      of declared channel names when some labelled case has it, else the most common count of
-      the labelled cases (ties going to the fewest channels): they train one model, of one
-      input width. Unlabelled cases are exempt (a folder of images to segment may mix
-      sensors), and so are 2D images (grey and RGB are converted to the plan's channels).
+    - Labelled cases of a kind with fixed channels (volumes and rasters; see
+      :attr:`~pipelines.kinds.KindAdapter.fixed_channels`) whose channel count differs from
+      the dataset's: the number of declared channel names when some labelled case has it,
+      else the most common count of the labelled cases (ties going to the fewest channels):
+      they train one model, of one input width. Unlabelled cases are exempt (a folder of
+      images to segment may mix sensors), and so are 2D images (grey and RGB are converted to
+      the plan's channels).
     - Cases whose channel files have the same content as an earlier case's: a copy would sit in
       the training and the validation split at once.
     """
-    counts = [
-        sum(case.channel_counts)
-        for case in cases
-        if case.kind != "image" and case.label is not None
-    ]
+    counts = [sum(case.channel_counts) for case in cases if _needs_dataset_channels(case)]
     declared = len(declaration.channel_names)
     if declared in counts:
         expected = declared
@@ -136,7 +136,7 @@ def _drop_inconsistent(
         first = case.channels[0].path
         count = sum(case.channel_counts)
         content = tuple(record.sha256 for record in case.channels)
-        if case.kind != "image" and case.label is not None and count != expected:
+        if _needs_dataset_channels(case) and count != expected:
             error: InputError = ChannelCountError(
                 f"has {count} channel(s) ({case.kind}); the dataset's other labelled cases "
                 f"have {expected}",
@@ -157,6 +157,11 @@ def _drop_inconsistent(
             continue
         rejected.append(_rejection(error, case.case_id))
     return kept
+
+
+def _needs_dataset_channels(case: Case) -> bool:
+    """A labelled case of a kind whose cases all have the dataset's channel count."""
+    return case.label is not None and kind_adapter(case.kind).fixed_channels
 
 
 def _rejection(error: InputError | Exception, case_id: str | None) -> RejectedInput:
@@ -190,7 +195,12 @@ def _resolve_root(
 
 
 class _KindResolver:
-    """Decides whether a case is a volume, a georeferenced raster or a plain 2D image."""
+    """Decides a case's kind from its first file's suffix (:attr:`KindAdapter.suffixes`).
+
+    A suffix that several kinds read (``.tif``: georeferenced rasters and plain images) goes to
+    the georeferenced kind when any file of the dataset with such a suffix carries a CRS (then
+    every one must), else to the other; ``--kind`` forces a kind that reads the suffix.
+    """
 
     def __init__(self, options: IngestOptions, candidates: list[CaseCandidate]) -> None:
         self._forced = options.kind
@@ -200,31 +210,31 @@ class _KindResolver:
     def kind_of(self, candidate: CaseCandidate) -> CaseKind:
         path = candidate.channels[0]
         suffix = suffix_of(path)
-        file_format = {
-            ".nii.gz": FileFormat.NIFTI,
-            ".nii": FileFormat.NIFTI,
-            ".png": FileFormat.PNG,
-        }.get(suffix or "", FileFormat.GEOTIFF)
-        natural: CaseKind = "volume" if file_format is FileFormat.NIFTI else "image"
-        if file_format is FileFormat.GEOTIFF:
-            natural = (
-                "raster"
-                if self._forced == "raster" or (self._forced == "auto" and self._dataset_is_geo())
-                else "image"
-            )
-        if self._forced not in ("auto", natural):
+        readers = [a for a in registered_adapters() if suffix in a.suffixes]
+        if not readers:
             raise UnsupportedFormatError(
-                f"cannot be read as a {self._forced} (it is a {suffix} file)", path=path
+                f"has an unsupported file type {suffix or path.suffix!r}", path=path
             )
-        return natural
+        names = [adapter.name for adapter in readers]
+        if self._forced != "auto":
+            if self._forced not in names:
+                raise UnsupportedFormatError(
+                    f"cannot be read as a {self._forced} (it is a {suffix} file)", path=path
+                )
+            return self._forced
+        if len(readers) > 1:
+            geo = self._dataset_is_geo()
+            readers = [a for a in readers if a.georeferenced == geo] or readers
+        return cast(CaseKind, readers[0].name)
 
     def _dataset_is_geo(self) -> bool:
-        """True when any TIFF of the dataset carries a CRS: then every TIFF must."""
+        """True when any file that a georeferenced kind reads carries a CRS."""
         if self._geo is None:
+            geo_suffixes = {s for a in registered_adapters() if a.georeferenced for s in a.suffixes}
             self._geo = any(
                 _has_crs(c.channels[0])
                 for c in self._candidates
-                if suffix_of(c.channels[0]) in (".tif", ".tiff")
+                if suffix_of(c.channels[0]) in geo_suffixes
             )
         return self._geo
 

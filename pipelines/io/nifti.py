@@ -61,8 +61,8 @@ def _check_declared_size(image: nib.Nifti1Image | nib.Nifti2Image, path: Path) -
     A ``.nii.gz`` of zeros expands about 1000-fold, and a header can declare any size: the
     voxels are only read slab by slab, but a 10^15-byte volume would never finish.
     """
-    shape = [int(size) for size in image.header.get_data_shape()]
-    itemsize = np.dtype(image.header.get_data_dtype()).itemsize
+    shape = [int(size) for size in image.header.get_data_shape()]  # type: ignore[no-untyped-call]
+    itemsize = np.dtype(image.header.get_data_dtype()).itemsize  # type: ignore[no-untyped-call]
     declared = itemsize
     for size in shape:
         declared *= max(size, 1)
@@ -70,7 +70,7 @@ def _check_declared_size(image: nib.Nifti1Image | nib.Nifti2Image, path: Path) -
     if declared > limit:
         dims = "×".join(str(size) for size in shape)
         raise DecompressionBombError(
-            f"declares {dims} voxels of {image.header.get_data_dtype()} ({declared} bytes), "
+            f"declares {dims} voxels of {image.header.get_data_dtype()} ({declared} bytes), "  # type: ignore[no-untyped-call]
             f"more than the limit of {limit} bytes",
             path=path,
             hint="raise SEGFLOW_MAX_EXTRACT_BYTES if the file is trusted, or repair its header",
@@ -87,7 +87,7 @@ def _check_raw_spacing(image: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> 
         return
     size = image.header_class.sizeof_hdr
     with ImageOpener(str(path), "rb") as handle:
-        raw = image.header_class.from_fileobj(io.BytesIO(handle.read(size)), check=False)
+        raw = image.header_class.from_fileobj(io.BytesIO(handle.read(size)), check=False)  # type: ignore[no-untyped-call]
     ndim = max(1, min(3, int(raw["dim"][0])))
     spacing = [float(v) for v in raw["pixdim"][1 : 1 + ndim]]
     if any(not np.isfinite(v) or v <= 0 for v in spacing):
@@ -118,7 +118,7 @@ def volume_geometry(image: nib.Nifti1Image | nib.Nifti2Image, path: str | Path) 
         InvalidGeometryError: NaN or singular affine, zero spacing, or not 3D/4D.
     """
     header = image.header
-    shape = tuple(int(size) for size in header.get_data_shape())
+    shape = tuple(int(size) for size in header.get_data_shape())  # type: ignore[no-untyped-call]
     if len(shape) == 2:
         shape = (*shape, 1)
     if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] < 1):
@@ -137,18 +137,21 @@ def volume_geometry(image: nib.Nifti1Image | nib.Nifti2Image, path: str | Path) 
             f"has a singular affine or zero voxel spacing {tuple(spacing.round(6).tolist())} mm",
             path=path,
         )
-    codes = nib.aff2axcodes(affine)
+    codes = nib.aff2axcodes(affine)  # type: ignore[no-untyped-call]
     if None in codes:
         raise InvalidGeometryError(
             f"has an affine whose axes cannot be oriented {codes}", path=path
         )
-    return VolumeGeometry(
-        shape=(shape[0], shape[1], shape[2]),
-        affine=tuple(tuple(float(v) for v in row) for row in affine),  # type: ignore[arg-type]
-        spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
-        orientation=codes,  # type: ignore[arg-type]
-        dtype=str(header.get_data_dtype()),
-        channels=shape[3] if len(shape) == 4 else 1,
+    # Validated from plain values: pydantic checks the 4×4 affine and the three axes.
+    return VolumeGeometry.model_validate(
+        {
+            "shape": (shape[0], shape[1], shape[2]),
+            "affine": tuple(tuple(float(v) for v in row) for row in affine),
+            "spacing": tuple(float(s) for s in spacing),
+            "orientation": codes,
+            "dtype": str(header.get_data_dtype()),  # type: ignore[no-untyped-call]
+            "channels": shape[3] if len(shape) == 4 else 1,
+        }
     )
 
 
@@ -167,9 +170,9 @@ def iter_volume_slabs(
     Raises:
         CorruptFileError: the data stream ends early or is damaged (e.g. truncated ``.nii.gz``).
     """
-    shape = image.header.get_data_shape()
+    shape = image.header.get_data_shape()  # type: ignore[no-untyped-call]
     depth = shape[2] if len(shape) >= 3 else 1
-    itemsize = max(np.dtype(image.header.get_data_dtype()).itemsize, 4)
+    itemsize = max(np.dtype(image.header.get_data_dtype()).itemsize, 4)  # type: ignore[no-untyped-call]
     per_slice = int(np.prod(shape[:2])) * int(np.prod(shape[3:] or (1,))) * itemsize
     step = max(1, max_bytes // max(per_slice, 1))
     proxy = image.dataobj

@@ -11,7 +11,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from data_contracts import CorruptFileError, GeoreferenceError, NotAnImageError, RasterGeometry
+from data_contracts import CorruptFileError, GeoreferenceError, RasterGeometry
 from pipelines.io.formats import detect_format
 
 _WINDOW_BYTES = 32 * 1024**2
@@ -73,6 +73,7 @@ def raster_geometry(
             hint="warp it to a north-up grid first (gdalwarp)",
         )
     block_rows, block_cols = dataset.block_shapes[0]
+    a, b, c, d, e, f = (float(v) for v in transform[:6])
     nodata = dataset.nodata
     return RasterGeometry(
         width=dataset.width,
@@ -81,7 +82,7 @@ def raster_geometry(
         dtype=str(dataset.dtypes[0]),
         crs_wkt=crs.to_wkt() if crs is not None else None,
         epsg=crs.to_epsg() if crs is not None else None,
-        transform=tuple(float(v) for v in transform[:6]),  # type: ignore[arg-type]
+        transform=(a, b, c, d, e, f),
         nodata=float(nodata) if nodata is not None else None,
         block_size=(int(block_rows), int(block_cols)),
         resolution=(abs(float(transform.a)), abs(float(transform.e))),
@@ -134,9 +135,3 @@ def iter_band_windows(
             yield values, ~np.isnan(values)
         else:
             yield values, values != nodata
-
-
-def require_image_content(dataset: rasterio.DatasetReader, path: str | Path) -> None:
-    """Reject TIFFs with no pixel bands at all."""
-    if dataset.count < 1:
-        raise NotAnImageError("has no raster bands", path=path)

@@ -6,10 +6,11 @@ preprocessing reorients them to RAS (:func:`ras_shape_and_spacing`, the same nib
 (H, W) = (rows, columns); raster pixel sizes are therefore (y, x) in CRS units, and plain
 images have a nominal spacing of 1 pixel.
 
-Intensities are sampled, never fully held: volumes from their foreground voxels (label > 0,
-nnU-Net's choice; all voxels when a case has no foreground), rasters from their valid
-(non-nodata, finite) pixels window by window, images from all pixels. Class frequencies come
-from the manifest's label counts without re-reading any label.
+Intensities are sampled by each kind's adapter (:mod:`pipelines.kinds`), never fully held:
+volumes from their foreground voxels (label > 0, nnU-Net's choice; all voxels when a case has
+no foreground), rasters from their valid (non-nodata, finite) pixels window by window, images
+from all pixels. Class frequencies come from the manifest's label counts without re-reading
+any label.
 """
 
 from __future__ import annotations
@@ -28,22 +29,21 @@ from data_contracts import (
     ChannelStats,
     DatasetFingerprint,
     DatasetManifest,
-    ImageGeometry,
     InputError,
-    RasterGeometry,
     VolumeGeometry,
 )
-from pipelines.io.image2d import read_image
-from pipelines.io.nifti import load_volume
-from pipelines.io.raster import bounded_gdal_env, iter_band_windows, open_raster
+from pipelines.kinds import kind_adapter
 
 __all__ = [
+    "ChannelSampler",
     "class_frequencies",
+    "common_channel_count",
     "compute_fingerprint",
     "image_channels_after_alpha",
     "is_ct_channel",
     "median_object_size",
     "ras_shape_and_spacing",
+    "sample_values",
     "to_channels_first",
 ]
 
@@ -55,8 +55,9 @@ _HU_LOW, _HU_HIGH = -500.0, 300.0
 
 
 @dataclass
-class _Accumulator:
-    """Sampled values and exact non-zero counts of one channel, over all cases."""
+class ChannelSampler:
+    """Sampled values and exact non-zero counts of one channel, over all cases (each kind's
+    :meth:`~pipelines.kinds.KindAdapter.measure_case` adds to it)."""
 
     samples: list[NDArray[np.float64]] = field(default_factory=list)
     nonzero: int = 0
@@ -94,7 +95,8 @@ def ras_shape_and_spacing(
     Returns:
         ``(shape, spacing)``, both ordered R, A, S.
     """
-    ornt = nib.orientations.io_orientation(np.asarray(geometry.affine))
+    affine = np.asarray(geometry.affine)
+    ornt = nib.orientations.io_orientation(affine)  # type: ignore[no-untyped-call]
     shape = [0, 0, 0]
     spacing = [0.0, 0.0, 0.0]
     for voxel_axis, (world_axis, _) in enumerate(ornt):
@@ -136,98 +138,30 @@ def to_channels_first(array: np.ndarray, channels: int) -> NDArray[np.float32]:
     if image.shape[0] == 1:
         return np.repeat(image, channels, axis=0)
     if channels == 1:
-        return image.mean(axis=0, keepdims=True)
+        return np.asarray(image.mean(axis=0, keepdims=True), dtype=np.float32)
     raise ValueError(f"image has {image.shape[0]} channels, the plan expects {channels}")
 
 
-def _sample(
+def sample_values(
     values: NDArray[np.generic], rng: np.random.Generator, count: int
 ) -> NDArray[np.float64]:
+    """At most ``count`` of ``values``, drawn without replacement, as float64."""
     if values.size > count:
         values = values[rng.choice(values.size, size=count, replace=False)]
     return np.asarray(values, dtype=np.float64)
 
 
-def _volume_channels(case: Case) -> list[NDArray[np.floating]]:
-    channels: list[NDArray[np.floating]] = []
-    for record in case.channels:
-        data, _ = load_volume(record.path)
-        data = np.asarray(data, dtype=np.float32)
-        channels.extend([data[..., c] for c in range(data.shape[3])] if data.ndim == 4 else [data])
-    return channels
+def common_channel_count(cases: Sequence[Case], source: str) -> int:
+    """The channel count every case shares (the sum over its files).
 
-
-def _measure_volume(
-    case: Case, ignore: int | None, accs: list[_Accumulator], rng: np.random.Generator, n: int
-) -> None:
-    if case.label is None:
-        return
-    label, _ = load_volume(case.label.path)
-    label = np.asarray(label)
-    mask = label > 0 if ignore is None else (label > 0) & (label != ignore)
-    if not mask.any():
-        mask = np.ones_like(mask)
-    index = np.flatnonzero(mask)
-    index = index if index.size <= n else rng.choice(index, size=n, replace=False)
-    for acc, channel in zip(accs, _volume_channels(case), strict=True):
-        acc.add(
-            channel.ravel()[index].astype(np.float64),
-            nonzero=int(np.count_nonzero(channel)),
-            total=channel.size,
-        )
-
-
-def _measure_raster(case: Case, accs: list[_Accumulator], rng: np.random.Generator, n: int) -> None:
-    geometry = case.geometry
-    if not isinstance(geometry, RasterGeometry):
-        raise InputError("is not a raster case", path=case.channels[0].path)
-    keep = min(1.0, n / (geometry.width * geometry.height))
-    channel = 0
-    with bounded_gdal_env():
-        for record in case.channels:
-            with open_raster(record.path) as dataset:
-                for band in range(1, dataset.count + 1):
-                    acc = accs[channel]
-                    for values, valid in iter_band_windows(dataset, record.path, band):
-                        ok = np.isfinite(values) if valid is None else valid & np.isfinite(values)
-                        kept = values[ok]
-                        chosen = kept[rng.random(kept.size) < keep]
-                        acc.add(
-                            chosen.astype(np.float64),
-                            nonzero=int(np.count_nonzero(kept)),
-                            total=kept.size,
-                        )
-                    channel += 1
-
-
-def _measure_image(case: Case, accs: list[_Accumulator], rng: np.random.Generator, n: int) -> None:
-    image = to_channels_first(read_image(case.channels[0].path), len(accs))
-    for acc, channel in zip(accs, image, strict=True):
-        nonzero = int(np.count_nonzero(channel))
-        acc.add(_sample(channel.ravel(), rng, n), nonzero=nonzero, total=channel.size)
-
-
-def _geometry_axes(case: Case) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    geometry = case.geometry
-    if isinstance(geometry, VolumeGeometry):
-        return ras_shape_and_spacing(geometry)
-    if isinstance(geometry, RasterGeometry):
-        res_x, res_y = geometry.resolution
-        return (geometry.height, geometry.width), (res_y, res_x)
-    return (geometry.height, geometry.width), (1.0, 1.0)
-
-
-def _channel_count(manifest: DatasetManifest, cases: Sequence[Case]) -> int:
-    kind = cases[0].kind
-    if kind == "image":
-        geometries = [c.geometry for c in cases if isinstance(c.geometry, ImageGeometry)]
-        kept = [image_channels_after_alpha(g.channels) for g in geometries]
-        return 3 if max(kept) >= 3 else 1
+    Raises:
+        InputError: the cases have different counts (``source`` names the dataset).
+    """
     counts = {sum(c.channel_counts) or len(c.channels) for c in cases}
     if len(counts) != 1:
         raise InputError(
             f"cases have different channel counts {sorted(counts)}",
-            path=manifest.source,
+            path=source,
             hint="every case needs the same channels (bands) in the same order",
         )
     return counts.pop()
@@ -298,35 +232,33 @@ def compute_fingerprint(
     if max_cases is not None and max_cases < len(cases):
         chosen = sorted(rng.choice(len(cases), size=max(1, max_cases), replace=False).tolist())
         cases = [cases[i] for i in chosen]
-    count = _channel_count(manifest, cases)
-    accs = [_Accumulator() for _ in range(count)]
+    adapter = kind_adapter(cases[0].kind)
+    count = adapter.input_channels(cases, manifest.source)
+    samplers = [ChannelSampler() for _ in range(count)]
     for case in cases:
         logger.debug("fingerprinting %s", case.case_id)
-        if case.kind == "volume":
-            _measure_volume(case, manifest.ignore_value, accs, rng, samples_per_case)
-        elif case.kind == "raster":
-            _measure_raster(case, accs, rng, samples_per_case)
-        else:
-            _measure_image(case, accs, rng, samples_per_case)
+        adapter.measure_case(
+            case,
+            samplers,
+            ignore_value=manifest.ignore_value,
+            rng=rng,
+            samples_per_case=samples_per_case,
+        )
     names = _channel_names(manifest, count)
-    channels = tuple(acc.stats(name) for acc, name in zip(accs, names, strict=True))
-    axes = [_geometry_axes(case) for case in cases]
+    channels = tuple(sampler.stats(name) for sampler, name in zip(samplers, names, strict=True))
+    axes = [adapter.grid_axes(case.geometry) for case in cases]
     shapes = np.array([shape for shape, _ in axes])
     spacings = tuple(spacing for _, spacing in axes)
-    kind = cases[0].kind
-    hint: str = "other"
-    if kind == "volume":
-        hint = "ct" if any(is_ct_channel(stats) for stats in channels) else "mr"
     return DatasetFingerprint(
         dataset_name=manifest.name,
-        kind=kind,
+        kind=cases[0].kind,
         n_cases=len(cases),
         median_shape=tuple(int(v) for v in np.round(np.median(shapes, axis=0))),
         median_spacing=tuple(float(v) for v in np.median(np.array(spacings), axis=0)),
         spacings=spacings,
         channels=channels,
         class_frequencies=class_frequencies(manifest),
-        modality_hint=hint,  # type: ignore[arg-type]
+        modality_hint=adapter.modality_hint(channels),
         median_object_size=median_object_size(manifest),
     )
 

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from data_contracts import ConfigError, MissingFileError, TrainingPlan
 from pipelines.files import write_text_atomic
+from pipelines.kinds import kind_adapter
 
 __all__ = [
     "apply_overrides",
@@ -154,8 +155,9 @@ def _norm_text(
 def plan_table(plan: TrainingPlan) -> list[tuple[str, str]]:
     """The plan as (field, value) rows for printing (overridden fields marked with ``*``)."""
     spacing = "native grid" if plan.target_spacing is None else _join(plan.target_spacing)
-    if plan.kind == "volume" and plan.target_spacing is not None:
-        spacing += " mm (RAS)" + (" in-plane, axial slices" if plan.spatial_dims == 2 else "")
+    unit = kind_adapter(plan.kind).target_spacing_unit
+    if unit is not None and plan.target_spacing is not None:
+        spacing += f" {unit}" + (" in-plane, axial slices" if plan.spatial_dims == 2 else "")
     classes = ", ".join(
         f"{v} {n}" for v, n in zip(plan.class_values, plan.class_names, strict=True)
     )

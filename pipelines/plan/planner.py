@@ -1,6 +1,7 @@
 """``make_plan``: from a fingerprint to a :class:`TrainingPlan`, nnU-Net style.
 
-Rules (each one overridable afterwards with :func:`apply_overrides`):
+Rules (each one overridable afterwards with :func:`apply_overrides`); what differs by data
+kind (dimensionality, resampling, normalisation) comes from its adapter (:mod:`pipelines.kinds`):
 
 - **Dimensionality**: volumes are planned in 3D, rasters and images in 2D. A volume forced to
   2D is trained on axial slices (the S axis of RAS); its target spacing is the in-plane (R, A)
@@ -33,18 +34,19 @@ import numpy as np
 
 from data_contracts import (
     ChannelNormalization,
+    ChannelStats,
     ConfigError,
     DatasetFingerprint,
     DatasetManifest,
     TrainingPlan,
-    VolumeGeometry,
 )
-from pipelines.plan.fingerprint import is_ct_channel, ras_shape_and_spacing
+from pipelines.kinds import KindAdapter, kind_adapter
 
 __all__ = [
     "BASE_WIDTH",
     "INSTANCE_CLASS_NAMES",
     "estimate_memory_mb",
+    "intensity_window",
     "make_plan",
     "patch_divisor",
 ]
@@ -95,7 +97,7 @@ def estimate_memory_mb(
         min(base_width * 2**level, _MAX_WIDTH) / 2 ** (dims * level)
         for level in range(_DEPTH[dims] + 1)
     )
-    return batch_size * _BYTES_PER_VALUE * _MAPS_PER_LEVEL * voxels * per_voxel / 2**20
+    return float(batch_size * _BYTES_PER_VALUE * _MAPS_PER_LEVEL * voxels * per_voxel / 2**20)
 
 
 def _target_spacing(fingerprint: DatasetFingerprint) -> tuple[float, ...]:
@@ -108,14 +110,16 @@ def _target_spacing(fingerprint: DatasetFingerprint) -> tuple[float, ...]:
 
 
 def _resampled_shapes(
-    manifest: DatasetManifest, fingerprint: DatasetFingerprint, target: Sequence[float]
+    adapter: KindAdapter,
+    manifest: DatasetManifest,
+    fingerprint: DatasetFingerprint,
+    target: Sequence[float],
 ) -> np.ndarray:
-    """Per labelled case, shape after resampling to ``target`` (RAS order; (n, 3))."""
+    """Per labelled case, shape after resampling to ``target`` (network axis order; (n, 3))."""
     rows = []
     for case in manifest.labelled_cases:
-        if isinstance(case.geometry, VolumeGeometry):
-            shape, spacing = ras_shape_and_spacing(case.geometry)
-            rows.append(np.array(shape) * np.array(spacing) / np.array(target))
+        shape, spacing = adapter.grid_axes(case.geometry)
+        rows.append(np.array(shape) * np.array(spacing) / np.array(target))
     if not rows:
         median = np.array(fingerprint.median_shape) * np.array(fingerprint.median_spacing)
         rows.append(median / np.array(target))
@@ -155,23 +159,16 @@ def _batch_size(patch: Sequence[int], budget_mb: int, dataset_voxels: float) -> 
 _SEED_FRACTION = 0.1
 
 
-def _normalization(fingerprint: DatasetFingerprint) -> tuple[ChannelNormalization, ...]:
-    entries = []
-    for stats in fingerprint.channels:
-        lower, upper = stats.percentile_00_5, stats.percentile_99_5
-        upper = upper if upper > lower else lower + 1.0
-        if fingerprint.kind != "volume":
-            entries.append(ChannelNormalization(scheme="percentile", lower=lower, upper=upper))
-        elif is_ct_channel(stats):
-            std = stats.std if stats.std > 0 else 1.0
-            entries.append(
-                ChannelNormalization(
-                    scheme="ct", mean=stats.mean, std=std, lower=lower, upper=upper
-                )
-            )
-        else:
-            entries.append(ChannelNormalization(scheme="zscore_nonzero"))
-    return tuple(entries)
+def intensity_window(stats: ChannelStats) -> tuple[float, float]:
+    """``(p0.5, p99.5)`` of a channel, widened to one unit when the channel is constant."""
+    lower, upper = stats.percentile_00_5, stats.percentile_99_5
+    return lower, upper if upper > lower else lower + 1.0
+
+
+def _normalization(
+    adapter: KindAdapter, fingerprint: DatasetFingerprint
+) -> tuple[ChannelNormalization, ...]:
+    return tuple(adapter.channel_normalization(stats) for stats in fingerprint.channels)
 
 
 def _classes(manifest: DatasetManifest) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -194,13 +191,17 @@ def _classes(manifest: DatasetManifest) -> tuple[tuple[int, ...], tuple[str, ...
 
 
 def _spatial_plan(
-    fingerprint: DatasetFingerprint, manifest: DatasetManifest, dims: int, budget_mb: int
+    adapter: KindAdapter,
+    fingerprint: DatasetFingerprint,
+    manifest: DatasetManifest,
+    dims: int,
+    budget_mb: int,
 ) -> tuple[tuple[float, ...] | None, tuple[int, ...], float]:
     """Target spacing, patch size and dataset voxels (after resampling)."""
     divisor = patch_divisor(dims)
-    if fingerprint.kind == "volume":
+    if adapter.target_spacing_unit is not None:  # a kind resampled to a target spacing
         target = _target_spacing(fingerprint)
-        shapes = _resampled_shapes(manifest, fingerprint, target)
+        shapes = _resampled_shapes(adapter, manifest, fingerprint, target)
         start = [_round_up(v, divisor) for v in np.median(shapes, axis=0)[:dims]]
         patch = _fit_patch(start, target[:dims], divisor, budget_mb)
         return target[:dims], patch, float(np.prod(shapes, axis=1).sum())
@@ -231,16 +232,19 @@ def make_plan(
     Raises:
         ConfigError: 3D asked for 2D data, or the dataset declares no label values.
     """
-    dims = spatial_dims or (3 if fingerprint.kind == "volume" else 2)
-    if dims == 3 and fingerprint.kind != "volume":
+    adapter = kind_adapter(fingerprint.kind)
+    dims = spatial_dims or adapter.spatial_dims
+    if dims > adapter.spatial_dims:
         raise ConfigError(f"{fingerprint.kind} data cannot be planned in 3D", hint="use 2D")
-    target, patch, dataset_voxels = _spatial_plan(fingerprint, manifest, dims, memory_budget_mb)
+    target, patch, dataset_voxels = _spatial_plan(
+        adapter, fingerprint, manifest, dims, memory_budget_mb
+    )
     class_values, class_names = _classes(manifest)
     return TrainingPlan(
         dataset_name=fingerprint.dataset_name,
         kind=fingerprint.kind,
         label_kind=manifest.label_kind,
-        spatial_dims=dims,  # type: ignore[arg-type]
+        spatial_dims=dims,
         target_spacing=target,
         patch_size=patch,
         batch_size=_batch_size(patch, memory_budget_mb, dataset_voxels),
@@ -248,7 +252,7 @@ def make_plan(
         class_values=class_values,
         class_names=class_names,
         ignore_value=manifest.ignore_value,
-        normalization=_normalization(fingerprint),
+        normalization=_normalization(adapter, fingerprint),
         memory_budget_mb=memory_budget_mb,
         min_instance_seed=_min_instance_seed(fingerprint),
     )

@@ -57,12 +57,13 @@ def probabilities_to_labels(
         cut = 0.5 if threshold is None else threshold
         return np.asarray(array[-1] >= cut, dtype=np.uint8)
     dtype = np.uint8 if n_classes <= 256 else np.uint16
-    return np.argmax(array, axis=0).astype(dtype)
+    classes: np.ndarray = np.argmax(array, axis=0).astype(dtype)
+    return classes
 
 
 def pixel_area(transform: Affine) -> float:
     """Area of one pixel in CRS units² (``|a·e − b·d|``; exact for rotated or sheared grids)."""
-    return abs(transform.a * transform.e - transform.b * transform.d)
+    return float(abs(transform.a * transform.e - transform.b * transform.d))
 
 
 def voxel_volume(spacing: Sequence[float]) -> float:
@@ -172,7 +173,7 @@ def _clean_class(
     """Opening then small-object removal of one class's mask."""
     if config.opening_radius > 0:
         shape = disk if mask.ndim == 2 else ball
-        mask = opening(mask, shape(config.opening_radius), mode="ignore")
+        mask = opening(mask, shape(config.opening_radius), mode="ignore")  # type: ignore[no-untyped-call]
     if max_removed > 0:
         mask = remove_small_objects(mask, max_size=max_removed, connectivity=connectivity)
     return np.asarray(mask, dtype=bool)
@@ -180,7 +181,7 @@ def _clean_class(
 
 def _largest_component(mask: np.ndarray, connectivity: int) -> np.ndarray:
     """The largest connected component of ``mask`` (the first one on ties)."""
-    components = label_components(mask, connectivity=connectivity)
+    components = label_components(mask, connectivity=connectivity)  # type: ignore[no-untyped-call]
     sizes = np.bincount(components.ravel())
     if sizes.size <= 2:
         return mask

@@ -17,9 +17,8 @@ from pipelines.preprocess.transforms import (
     IMAGE_KEY,
     INSTANCE_KEY,
     LABEL_KEY,
-    image_transforms,
     plan_transforms,
-    raster_transforms,
+    planar_transforms,
     volume_transforms,
 )
 
@@ -30,9 +29,8 @@ __all__ = [
     "LABEL_KEY",
     "build_datasets",
     "case_to_item",
-    "image_transforms",
     "plan_transforms",
-    "raster_transforms",
+    "planar_transforms",
     "seed_augmentation",
     "split_cases",
     "volume_transforms",

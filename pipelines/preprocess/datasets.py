@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.data import CacheDataset, Dataset, PersistentDataset
-from monai.transforms import Compose, EnsureTyped, Randomizable, RandomizableTrait
+from monai.data.dataset import CacheDataset, Dataset, PersistentDataset
+from monai.transforms.compose import Compose
+from monai.transforms.traits import RandomizableTrait
+from monai.transforms.transform import Randomizable
+from monai.transforms.utility.dictionary import EnsureTyped
 
 from data_contracts import Case, ConfigError, DatasetManifest, TrainingPlan
 from pipelines.preprocess.transforms import IMAGE_KEY, INSTANCE_KEY, LABEL_KEY, plan_transforms
@@ -56,8 +59,23 @@ def split_cases(
         ``(train, val)`` lists of cases, each in case-id order.
 
     Raises:
-        ConfigError: an invalid fraction or fold, or fewer cases than folds.
+        ConfigError: an invalid fraction or fold, fewer cases than folds, or no case left for
+            training (fewer than 2 labelled cases with a validation split).
     """
+    train, val = _split(manifest, val_fraction, seed, folds, fold, val_ids)
+    if not train:
+        raise ConfigError("no labelled case left for training", path=manifest.source)
+    return train, val
+
+
+def _split(
+    manifest: DatasetManifest,
+    val_fraction: float,
+    seed: int,
+    folds: int | None,
+    fold: int,
+    val_ids: Collection[str] | None,
+) -> tuple[list[Case], list[Case]]:
     cases = sorted(manifest.labelled_cases, key=lambda case: case.case_id)
     if val_ids is not None:
         unknown = set(val_ids) - {case.case_id for case in cases}
@@ -122,7 +140,9 @@ def _plain_tensors_before_random(transform: Compose) -> Compose:
     later ones (read back) return the same types.
     """
     steps = list(transform.transforms)
-    first = transform.get_index_of_first(lambda t: isinstance(t, RandomizableTrait))
+    first = transform.get_index_of_first(  # type: ignore[no-untyped-call]
+        lambda t: isinstance(t, RandomizableTrait)
+    )
     cut = len(steps) if first is None else first
     strip = EnsureTyped(
         [IMAGE_KEY, LABEL_KEY, INSTANCE_KEY], track_meta=False, allow_missing_keys=True
@@ -146,18 +166,15 @@ def _dataset(
 
 
 def build_datasets(
-    manifest: DatasetManifest,
+    train_cases: Sequence[Case],
+    val_cases: Sequence[Case],
     plan: TrainingPlan,
     *,
     cache_dir: Path | None = None,
-    val_fraction: float = 0.2,
     seed: int = 0,
-    folds: int | None = None,
-    fold: int = 0,
     num_workers: int = 0,
-    val_ids: Collection[str] | None = None,
 ) -> tuple[Dataset, Dataset]:
-    """Training and validation datasets with the deterministic preprocessing cached.
+    """Training and validation datasets of split cases, the deterministic preprocessing cached.
 
     Training items are single random patches ``image (C, *patch_size)``, ``label (1,
     *patch_size)``; validation items are whole preprocessed cases (batch them one at a time).
@@ -165,33 +182,22 @@ def build_datasets(
     :func:`seed_augmentation` for resumable and multi-worker loading.
 
     Args:
-        manifest: the dataset.
+        train_cases: the training cases of :func:`split_cases`.
+        val_cases: its validation cases.
         plan: the training plan (for this dataset).
         cache_dir: cache the deterministic part on disk here (``PersistentDataset``);
             ``None`` caches every case in memory (``CacheDataset``).
-        val_fraction: see :func:`split_cases`.
-        seed: split and augmentation seed.
-        folds: see :func:`split_cases`.
-        fold: see :func:`split_cases`.
+        seed: augmentation seed.
         num_workers: threads that fill the in-memory cache.
-        val_ids: see :func:`split_cases`.
 
     Returns:
         ``(train, val)``.
-
-    Raises:
-        ConfigError: no training case (fewer than 2 labelled cases with a validation split).
     """
-    train_cases, val_cases = split_cases(
-        manifest, val_fraction=val_fraction, seed=seed, folds=folds, fold=fold, val_ids=val_ids
-    )
-    if not train_cases:
-        raise ConfigError("no labelled case left for training", path=manifest.source)
     logger.info("%d training and %d validation cases", len(train_cases), len(val_cases))
     cache = Path(cache_dir) if cache_dir is not None else None
-    train = _dataset(train_cases, plan, True, cache, num_workers)
+    train = _dataset(list(train_cases), plan, True, cache, num_workers)
     seed_augmentation(train, seed)
-    val = _dataset(val_cases, plan, False, cache, num_workers)
+    val = _dataset(list(val_cases), plan, False, cache, num_workers)
     return train, val
 
 

@@ -14,7 +14,8 @@ and for instance labels ``instances`` ``(1, *S)`` int64 object ids.
 Volumes are reoriented to RAS, so ``plan.target_spacing`` and ``plan.patch_size`` are in R, A,
 S order (as :mod:`pipelines.plan` reports them). A volume plan forced to 2D trains on axial
 slices: patches are ``(X, Y, 1)`` crops squeezed to ``(C, X, Y)``; its validation items stay
-whole volumes.
+whole volumes. Each kind's adapter (:mod:`pipelines.kinds`) picks its pipeline: volumes
+:func:`volume_transforms`, rasters and images :func:`planar_transforms` with their loader.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from monai.transforms import (
 )
 
 from data_contracts import TrainingPlan
+from pipelines.kinds import kind_adapter
 from pipelines.preprocess.array import IGNORE_INDEX
 from pipelines.preprocess.dictionary import (
     InstancesToClassesd,
@@ -54,9 +56,8 @@ __all__ = [
     "IMAGE_KEY",
     "INSTANCE_KEY",
     "LABEL_KEY",
-    "image_transforms",
     "plan_transforms",
-    "raster_transforms",
+    "planar_transforms",
     "volume_transforms",
 ]
 
@@ -174,31 +175,19 @@ def volume_transforms(plan: TrainingPlan, *, train: bool) -> Compose:
     return Compose(steps)
 
 
-def raster_transforms(plan: TrainingPlan, *, train: bool) -> Compose:
-    """GeoTIFF rasters: read bands (nodata → NaN → ignored), labels, normalise (+ chips).
+def planar_transforms(
+    plan: TrainingPlan, loader: type[LoadRasterd | LoadImage2Dd], *, train: bool
+) -> Compose:
+    """2D rasters and images: read with ``loader``, labels, normalise (+ chips).
 
     Args:
-        plan: a raster plan.
+        plan: a raster or image plan.
+        loader: :class:`LoadRasterd` (GeoTIFF bands, nodata → NaN → ignored) or
+            :class:`LoadImage2Dd` (PNG/TIFF, alpha dropped, channels matched to the plan).
         train: add chip sampling weighted toward labelled pixels, flips and 90° rotations.
     """
     steps: list[Any] = [
-        LoadRasterd([IMAGE_KEY, LABEL_KEY], IMAGE_KEY, plan.in_channels, allow_missing_keys=True),
-        *_label_and_intensity(plan),
-    ]
-    if train:
-        steps += _random_part(plan, plan.patch_size, squeeze=False)
-    return Compose(steps)
-
-
-def image_transforms(plan: TrainingPlan, *, train: bool) -> Compose:
-    """PNG/TIFF 2D images: read (alpha dropped, channels matched), labels, normalise (+ chips).
-
-    Args:
-        plan: an image plan.
-        train: add chip sampling weighted toward labelled pixels, flips and 90° rotations.
-    """
-    steps: list[Any] = [
-        LoadImage2Dd([IMAGE_KEY, LABEL_KEY], IMAGE_KEY, plan.in_channels, allow_missing_keys=True),
+        loader([IMAGE_KEY, LABEL_KEY], IMAGE_KEY, plan.in_channels, allow_missing_keys=True),
         *_label_and_intensity(plan),
     ]
     if train:
@@ -207,10 +196,5 @@ def image_transforms(plan: TrainingPlan, *, train: bool) -> Compose:
 
 
 def plan_transforms(plan: TrainingPlan, *, train: bool) -> Compose:
-    """The pipeline for the plan's kind (volume, raster or image)."""
-    builders = {
-        "volume": volume_transforms,
-        "raster": raster_transforms,
-        "image": image_transforms,
-    }
-    return builders[plan.kind](plan, train=train)
+    """The pipeline for the plan's kind, from its adapter (:mod:`pipelines.kinds`)."""
+    return kind_adapter(plan.kind).transforms(plan, train=train)

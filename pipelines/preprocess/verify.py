@@ -23,10 +23,10 @@ from data_contracts import (
     IngestOptions,
     InputError,
     MissingFileError,
-    RasterGeometry,
     RejectedInput,
 )
 from pipelines.files import sha256_file
+from pipelines.kinds import kind_adapter
 
 __all__ = ["CheckedCases", "check_training_cases"]
 
@@ -125,11 +125,11 @@ def _validate_again(case: Case, manifest: DatasetManifest, scratch: Path) -> Non
         ignore_value=manifest.ignore_value,
         instance=instance,
     )
-    ungeoreferenced = isinstance(case.geometry, RasterGeometry) and case.geometry.crs_wkt is None
+    adapter = kind_adapter(case.kind)
     options = IngestOptions(
         label_kind=manifest.label_kind,
         ignore_value=manifest.ignore_value,
-        allow_ungeoreferenced=ungeoreferenced,
+        allow_ungeoreferenced=adapter.is_ungeoreferenced(case.geometry),
     )
     label = case.label
     if label is not None and label.source is not None:
@@ -140,7 +140,7 @@ def _validate_again(case: Case, manifest: DatasetManifest, scratch: Path) -> Non
         Path(label.path) if label is not None else None,
     )
     fresh = validate_case(candidate, case.kind, options, rules, scratch)
-    if case.kind != "image" and sum(fresh.channel_counts) != sum(case.channel_counts):
+    if adapter.fixed_channels and sum(fresh.channel_counts) != sum(case.channel_counts):
         raise ChannelCountError(
             f"has {sum(fresh.channel_counts)} channel(s); the manifest (and the plan) have "
             f"{sum(case.channel_counts)}",

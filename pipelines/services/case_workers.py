@@ -28,29 +28,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlparse
 
+from mlflow.exceptions import MlflowException
 from pebble import ProcessExpired, ProcessPool
 
-from data_contracts import SegflowError
+from data_contracts import InferenceOptions, ModelError, SegflowError
 from pipelines.infer.inputs import InferenceInput
 from pipelines.infer.loaded_model import LoadedModel
-from pipelines.infer.run import CaseResult, SegmentOptions, remove_case_outputs, segment_case
+from pipelines.infer.run import CaseResult, remove_case_outputs, segment_case
 from pipelines.interrupts import (
     StopRequested,
     stop_reason,
     stop_requested,
     watch_event,
 )
+from pipelines.redaction import redact
 from pipelines.services.model_loading import export_model, load_model, local_model_path
 from pipelines.services.process_guard import set_parent_death_signal
 
 __all__ = [
     "CaseCrashed",
     "CaseWorkers",
+    "ModelFolder",
     "WorkerSettings",
     "default_worker_count",
     "describe_exit",
-    "local_model_folder",
     "start_forkserver_early",
 ]
 
@@ -59,6 +62,7 @@ logger = logging.getLogger(__name__)
 # Imported once by the forkserver, so that forked workers start with them loaded.
 _PRELOAD = ["pipelines.infer.run", "pipelines.services.model_loading"]
 _STOP_GRACE_SECONDS = 3.0
+_REGISTRY_SCHEMES = ("models", "runs")  # where load_model downloads models from
 _POLL_SECONDS = 0.2
 
 
@@ -114,7 +118,7 @@ class WorkerSettings:
     model_version: str | None
     device: str
     out_dir: str
-    options: SegmentOptions
+    options: InferenceOptions
     torch_threads: int = 1
     environment: tuple[tuple[str, str], ...] = ()
 
@@ -124,7 +128,7 @@ class WorkerSettings:
         model: LoadedModel,
         model_folder: str | Path,
         out_dir: str | Path,
-        options: SegmentOptions,
+        options: InferenceOptions,
         torch_threads: int,
     ) -> WorkerSettings:
         """Settings for workers that segment with ``model`` (loaded from ``model_folder``)."""
@@ -225,7 +229,7 @@ class CaseWorkers:
         try:
             while True:
                 try:
-                    return future.result(timeout=_POLL_SECONDS)  # type: ignore[no-any-return]
+                    return future.result(timeout=_POLL_SECONDS)
                 except TimeoutError:
                     if not stop_requested():
                         continue
@@ -235,7 +239,7 @@ class CaseWorkers:
                     now = time.monotonic()
                     stop_deadline = stop_deadline or now + _STOP_GRACE_SECONDS
                     if now > stop_deadline:
-                        future.cancel()
+                        future.cancel()  # type: ignore[no-untyped-call]
                         remove_case_outputs(Path(self._out_dir), case.case_id)
                         raise StopRequested(
                             f"stopped by {stop_reason()}; its worker was ended",
@@ -261,10 +265,10 @@ class CaseWorkers:
         """Let the workers finish their cases and end (at once, when ``stopping``)."""
         if stopping:  # every case has returned by now: end the workers without waiting
             self._stop.set()
-            self._pool.stop()
+            self._pool.stop()  # type: ignore[no-untyped-call]
             self._pool.join()
             return
-        self._pool.close()
+        self._pool.close()  # type: ignore[no-untyped-call]
         self._pool.join()
 
     def __enter__(self) -> CaseWorkers:
@@ -277,7 +281,7 @@ class CaseWorkers:
         traceback: TracebackType | None,
     ) -> None:
         if exc_type is not None:
-            self._pool.stop()
+            self._pool.stop()  # type: ignore[no-untyped-call]
             self._pool.join()
         else:
             self.close()
@@ -309,14 +313,57 @@ def default_worker_count(cases: int, cpu_count: int | None = None) -> int:
     return max(1, min(cases, cpu_count or os.cpu_count() or 1))
 
 
-def local_model_folder(model_uri: str, scratch: str | Path) -> Path:
-    """A local folder holding the model ``model_uri`` names, for workers to load from: the
-    folder itself for a local model, else a copy exported from the registry into ``scratch``.
+class ModelFolder:
+    """A local folder holding the model ``model_uri`` names, for the batch's process and its
+    workers to load from: the folder itself for a local model, else a copy exported from the
+    registry into ``scratch`` at most once, when first asked for (thread-safe): the registry
+    model is downloaded once per batch.
 
-    Raises:
-        ModelError: the model cannot be found.
+    Args:
+        model_uri: a pinned model URI (``models:/NAME/VERSION``, ``runs:/…``) or a folder.
+        scratch: a folder that outlives every load from the copy (the batch's).
     """
-    local = local_model_path(model_uri)
-    if local is not None and local.is_dir():
-        return local
-    return export_model(model_uri, Path(scratch) / "model")
+
+    def __init__(self, model_uri: str, scratch: str | Path) -> None:
+        self.model_uri = model_uri
+        self._scratch = Path(scratch)
+        self._path: Path | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        """The folder (exported on first use).
+
+        Raises:
+            ModelError: the model cannot be found.
+        """
+        with self._lock:
+            if self._path is None:
+                local = local_model_path(self.model_uri)
+                self._path = local or self._export()
+            return self._path
+
+    def _export(self) -> Path:
+        """Export the registry model under :func:`load_model`'s rules: from the registry
+        only, and a failed download is a :class:`ModelError`."""
+        if urlparse(self.model_uri).scheme not in _REGISTRY_SCHEMES:
+            load_model(self.model_uri)  # refuses it, saying why (it never downloads such a URI)
+        try:
+            return export_model(self.model_uri, self._scratch / "model")
+        except (MlflowException, OSError) as error:
+            raise ModelError(
+                f"cannot be downloaded from MLflow ({redact(str(error))[:300]})",
+                path=self.model_uri,
+                hint="check that the MLflow tracking server (MLFLOW_TRACKING_URI) is running "
+                "and reachable",
+            ) from error
+
+    def load(self, device: str | None = None) -> LoadedModel:
+        """The model, loaded from :attr:`path` and made ready for inference on ``device``,
+        under the identity of :attr:`model_uri` (what lineage and the ledger record); name
+        and version come with the exported folder, as :func:`load_model` would give them.
+
+        Raises:
+            ModelError: the model cannot be found or loaded.
+        """
+        return dataclasses.replace(load_model(self.path, device=device), uri=self.model_uri)

@@ -1,4 +1,4 @@
-"""The resume ledger of an output folder, and the lock that lets one run write it at a time.
+"""The resume ledger of an output folder: which cases are done, and which must run again.
 
 A batch run records every case in ``<out>/.segflow/ledger.sqlite``: SQLite in WAL mode, one row
 per case id, every change a single statement (atomic), so a ``kill -9`` at any moment leaves
@@ -9,49 +9,53 @@ Inputs are recognised by path, size and mtime without reading them; when those d
 is re-hashed, so a touched or moved file with the same bytes is still recognised.
 ``verify=True`` re-hashes inputs and outputs whatever their stat says.
 
-:class:`pipelines.services.output_lock.OutputLock` keeps a second run out of a folder being written.
-This module imports neither torch nor Prefect.
+The rows themselves (keys, decisions, entries) are in :mod:`pipelines.services.ledger_records`;
+the lock that keeps a second run out of a folder being written is
+:class:`pipelines.services.output_lock.OutputLock`. This module imports neither torch nor
+Prefect.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from data_contracts import OutputError, SegflowError
 from pipelines.files import sha256_file, write_text_atomic
+from pipelines.services.ledger_records import (
+    CaseKey,
+    Decision,
+    LedgerEntry,
+    OutputRecord,
+    Reason,
+    describe_error,
+    entry_from_row,
+    entry_to_row,
+    now_iso,
+    stored_outputs,
+)
 from pipelines.services.ledger_schema import SCHEMA_VERSION, UPSERT, prepare_connection
 
 if TYPE_CHECKING:
+    from data_contracts import InferenceOptions
     from pipelines.infer.inputs import InferenceInput
     from pipelines.infer.loaded_model import LoadedModel
-    from pipelines.infer.run import SegmentOptions
 
 __all__ = [
     "LEDGER_JSON",
     "QUARANTINE_AFTER_CRASHES",
     "STATE_DIR",
-    "CaseKey",
-    "Decision",
     "Ledger",
-    "LedgerEntry",
-    "OutputRecord",
     "config_hash",
-    "describe_error",
-    "inputs_sha256",
     "model_identity",
-    "now_iso",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,34 +65,31 @@ STATE_DIR = ".segflow"
 #: The ledger's JSON export (the MLflow artifact), inside :data:`STATE_DIR`.
 LEDGER_JSON = "ledger.json"
 _LEDGER_DB = "ledger.sqlite"
-# Options that change what is written; batch size and device only change how fast.
+# Options that change what is written; batch size, device, precision and reads only change
+# how fast.
 _OUTPUT_OPTIONS = ("polygons", "probabilities", "tta", "overlap")
-_STAT_FIELDS = ("input_paths", "input_sizes", "input_mtimes_ns")
-
-Status = Literal["done", "failed", "running", "crashed"]
-Reason = Literal[
-    "crashed before",
-    "quarantined",
-    "new",
-    "input changed",
-    "model changed",
-    "config changed",
-    "failed before",
-    "output missing or altered",
-    "interrupted",
-    "done",
-]
+# Blending options that change what is written too, hashed only when set off their defaults:
+# the hash of every setting that existed before them stays the same (no finished file redone).
+_BLENDING_OPTIONS = ("mode", "sigma_scale")
 
 
-def config_hash(options: SegmentOptions, model: LoadedModel) -> str:
+def config_hash(options: InferenceOptions, model: LoadedModel) -> str:
     """16 hex characters of SHA-256 over the settings that change a case's outputs.
 
     The output options (polygons, probabilities, TTA, overlap — as given, so an explicit
-    default differs from an unset one) and the model's plan, spec, class names and processing
-    JSON; batch size and device are left out.
+    default differs from an unset one; blending mode and sigma when not the defaults) and the
+    model's plan, spec, class names and processing JSON; batch size, device, precision and
+    read settings are left out.
     """
+    hashed = {name: getattr(options, name) for name in _OUTPUT_OPTIONS}
+    defaults = type(options).model_fields
+    hashed.update(
+        (name, getattr(options, name))
+        for name in _BLENDING_OPTIONS
+        if getattr(options, name) != defaults[name].default
+    )
     settings = {
-        "options": {name: getattr(options, name) for name in _OUTPUT_OPTIONS},
+        "options": hashed,
         "plan": model.plan.model_dump(mode="json"),
         "spec": model.spec.model_dump(mode="json"),
         "classes": list(model.class_names),
@@ -105,122 +106,6 @@ def model_identity(model: LoadedModel) -> str:
     return model.uri
 
 
-def describe_error(error: BaseException | str) -> str:
-    """``"ClassName: message"`` as the ledger stores it."""
-    return error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-
-
-def inputs_sha256(paths: tuple[str, ...]) -> str:
-    """SHA-256 of a case's files: the file's own for one channel, else over the channels'.
-
-    Raises:
-        MissingFileError: a file does not exist.
-    """
-    digests = [sha256_file(path) for path in paths]
-    if len(digests) == 1:
-        return digests[0]
-    return hashlib.sha256("\n".join(digests).encode("ascii")).hexdigest()
-
-
-@dataclass(frozen=True)
-class CaseKey:
-    """What a case's outputs depend on: its input files, the model and the settings.
-
-    Attributes:
-        model: :func:`model_identity` of the model.
-        config: :func:`config_hash` of the settings.
-        input_paths: absolute paths of the channels, in order.
-        input_sizes: their sizes in bytes (-1 for a file that could not be read).
-        input_mtimes_ns: their modification times in ns (-1 likewise).
-        input_sha256: :func:`inputs_sha256`, once known.
-    """
-
-    model: str
-    config: str
-    input_paths: tuple[str, ...]
-    input_sizes: tuple[int, ...]
-    input_mtimes_ns: tuple[int, ...]
-    input_sha256: str | None = None
-
-    @classmethod
-    def of(cls, case: InferenceInput, model: str, config: str) -> CaseKey:
-        """The key of ``case`` from its files' stat (nothing is read)."""
-        paths, sizes, mtimes = [], [], []
-        for channel in case.channels:
-            paths.append(str(Path(channel).absolute()))
-            try:
-                stat = os.stat(channel)
-                sizes.append(stat.st_size)
-                mtimes.append(stat.st_mtime_ns)
-            except OSError:
-                sizes.append(-1)
-                mtimes.append(-1)
-        return cls(model, config, tuple(paths), tuple(sizes), tuple(mtimes))
-
-    def hashed(self) -> CaseKey:
-        """This key with :attr:`input_sha256` computed (the same key when already known).
-
-        Raises:
-            MissingFileError: an input file has gone.
-        """
-        if self.input_sha256 is not None:
-            return self
-        return dataclasses.replace(self, input_sha256=inputs_sha256(self.input_paths))
-
-    def same_stat(self, other: CaseKey) -> bool:
-        """Same paths, sizes and mtimes (and no unreadable file)."""
-        return -1 not in self.input_sizes and (
-            self.input_paths,
-            self.input_sizes,
-            self.input_mtimes_ns,
-        ) == (other.input_paths, other.input_sizes, other.input_mtimes_ns)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Whether a case runs, and why.
-
-    Attributes:
-        action: ``run``, ``skip`` or ``quarantine`` (crashed too often; reported, not run).
-        reason: ``new``, ``input changed``, ``model changed``, ``config changed``,
-            ``failed before``, ``crashed before``, ``output missing or altered`` or
-            ``interrupted`` for a run; ``done`` for a skip; ``quarantined``.
-        key: the case's key (with its input hash when the decision had to compute it).
-    """
-
-    action: Literal["run", "skip", "quarantine"]
-    reason: Reason
-    key: CaseKey
-
-
-@dataclass(frozen=True)
-class OutputRecord:
-    """One output file as recorded: absolute path, SHA-256 and size in bytes."""
-
-    path: Path
-    sha256: str
-    bytes: int
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One row of the ledger (timestamps are UTC ISO 8601 with microseconds)."""
-
-    case_id: str
-    status: Status
-    key: CaseKey
-    outputs: dict[str, OutputRecord] = field(default_factory=dict)
-    error: str | None = None
-    started: str | None = None
-    finished: str | None = None
-    seconds: float | None = None
-    crashes: int = 0
-
-
 #: A case whose worker process died this many times in a row is quarantined: later runs
 #: report it without trying it again, unless asked (``retry_crashed``).
 QUARANTINE_AFTER_CRASHES = 2
@@ -230,7 +115,7 @@ class Ledger:
     """The record of every case written to one output folder; safe to share between threads.
 
     Open it with :meth:`open` (or as a context manager on the result); write to it only while
-    holding the folder's :class:`OutputLock`.
+    holding the folder's lock (:class:`pipelines.services.output_lock.OutputLock`).
     """
 
     def __init__(self, out_dir: Path, connection: sqlite3.Connection) -> None:
@@ -415,51 +300,10 @@ class Ledger:
         return entry.crashes if entry is not None else 1
 
     def _write(self, entry: LedgerEntry) -> None:
-        row = {
-            "case_id": entry.case_id,
-            **{name: getattr(entry.key, name) for name in ("input_sha256", "model", "config")},
-            **{name: json.dumps(list(getattr(entry.key, name))) for name in _STAT_FIELDS},
-            "status": entry.status,
-            "outputs": json.dumps(self._stored_outputs(entry.outputs), sort_keys=True),
-            "error": entry.error,
-            "started": entry.started,
-            "finished": entry.finished,
-            "seconds": entry.seconds,
-        }
-        self._execute(UPSERT, row)
-
-    def _stored_outputs(self, outputs: Mapping[str, OutputRecord]) -> dict[str, dict[str, Any]]:
-        """Paths relative to the output folder when inside it, so the folder can be moved."""
-        stored = {}
-        for role, record in outputs.items():
-            path = record.path
-            relative = path.relative_to(self.out_dir) if path.is_relative_to(self.out_dir) else path
-            stored[role] = {"path": str(relative), "sha256": record.sha256, "bytes": record.bytes}
-        return stored
+        self._execute(UPSERT, entry_to_row(entry, self.out_dir))
 
     def _entry(self, row: sqlite3.Row) -> LedgerEntry:
-        outputs = {
-            role: OutputRecord(self.out_dir / item["path"], item["sha256"], item["bytes"])
-            for role, item in json.loads(row["outputs"]).items()
-        }
-        return LedgerEntry(
-            case_id=row["case_id"],
-            status=row["status"],
-            key=CaseKey(
-                model=row["model"],
-                config=row["config"],
-                input_paths=tuple(json.loads(row["input_paths"])),
-                input_sizes=tuple(json.loads(row["input_sizes"])),
-                input_mtimes_ns=tuple(json.loads(row["input_mtimes_ns"])),
-                input_sha256=row["input_sha256"],
-            ),
-            outputs=outputs,
-            error=row["error"],
-            started=row["started"],
-            finished=row["finished"],
-            seconds=row["seconds"],
-            crashes=row["crashes"],
-        )
+        return entry_from_row(row, self.out_dir)
 
     def export_json(self, path: str | Path | None = None) -> Path:
         """Write every row as JSON, atomically (default ``<out>/.segflow/ledger.json``).
@@ -471,7 +315,7 @@ class Ledger:
         for entry in self.entries():
             row = dataclasses.asdict(entry)
             row["key"] = dataclasses.asdict(entry.key)
-            row["outputs"] = self._stored_outputs(entry.outputs)
+            row["outputs"] = stored_outputs(entry.outputs, self.out_dir)
             cases.append(row)
         payload = {"schema": SCHEMA_VERSION, "summary": self.summary(), "cases": cases}
         return write_text_atomic(destination, json.dumps(payload, indent=2, sort_keys=True) + "\n")

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import mlflow
 import numpy as np
 import torch
-from mlflow.pyfunc import PythonModel, PythonModelContext
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
 from pydantic import ValidationError
 from torch import nn
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from types import TracebackType
 
 from data_contracts import OutputError
-from pipelines.services.ledger import STATE_DIR, now_iso
+from pipelines.services.ledger import STATE_DIR
+from pipelines.services.ledger_records import now_iso
 
 __all__ = ["OutputLock", "clean_partials"]
 

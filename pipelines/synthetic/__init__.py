@@ -4,6 +4,10 @@ Used by the demo (:func:`make_sample_archive`) and by the tests. Everything is d
 ``numpy.random.default_rng(seed)``: the same arguments give the same arrays. Files are small and
 objects are easy to learn (each class has its own intensity in each channel), so a few minutes of
 CPU training can fit them. Every function writes only under the folder it is given.
+
+Models fitted to these datasets in closed form, for tests and benchmarks that need a model
+without training one, are in :mod:`pipelines.synthetic.models` (not imported here: it loads
+torch).
 """
 
 from pipelines.synthetic._common import CT_INTERCEPT, VolumeLayout

@@ -20,9 +20,9 @@ def _blobs(rng: np.random.Generator, size: tuple[int, int]) -> NDArray[np.uint16
         radii = rng.uniform(3, 7, 2) * scale
         centre = rng.uniform(radii.max(), np.array(size) - radii.max())
         angle = rng.uniform(0, np.pi)
-        rows, cols = ellipse(centre[0], centre[1], radii[0], radii[1], shape=size, rotation=angle)
+        rows, cols = ellipse(centre[0], centre[1], radii[0], radii[1], shape=size, rotation=angle)  # type: ignore[no-untyped-call]
         instances[rows, cols] = index + 1
-    relabelled, _, _ = relabel_sequential(instances)
+    relabelled: np.ndarray = relabel_sequential(instances)[0]  # type: ignore[no-untyped-call]
     return relabelled.astype(np.uint16)
 
 

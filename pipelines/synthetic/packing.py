@@ -11,8 +11,8 @@ import zipfile
 from pathlib import Path
 from typing import IO, cast
 
-from pipelines.archives import archive_format
 from pipelines.files import atomic_output
+from pipelines.io.archives import archive_format
 from pipelines.synthetic.rasters import make_raster_dataset
 from pipelines.synthetic.volumes import make_volume_dataset
 

@@ -58,11 +58,11 @@ def _raster_label(
         centre = rng.uniform(extent, np.array(size) - extent)
         if value % 2:
             start = np.floor(centre - extent / 2).astype(int)
-            rows, cols = rectangle(
+            rows, cols = rectangle(  # type: ignore[no-untyped-call]
                 tuple(start), extent=tuple(np.ceil(extent).astype(int)), shape=size
             )
         else:
-            rows, cols = disk(tuple(centre), float(extent.min() / 2), shape=size)
+            rows, cols = disk(tuple(centre), float(extent.min() / 2), shape=size)  # type: ignore[no-untyped-call]
         label[rows, cols] = value
     return label
 
@@ -80,7 +80,9 @@ def _raster_image(
     levels = np.where(even, 0.25 + 0.6 * steps, 0.6 - 0.45 * steps)
     levels += rng.uniform(-0.03, 0.03, levels.shape)
     texture = ndimage.gaussian_filter(rng.normal(0, 1, (bands, *label.shape)), (0, 4, 4))
-    image = levels[:, label] + 0.08 * texture + rng.normal(0, 0.02, (bands, *label.shape))
+    image: NDArray[np.float64] = (
+        levels[:, label] + 0.08 * texture + rng.normal(0, 0.02, (bands, *label.shape))
+    )
     return np.clip(image, 0.05, 0.95)
 
 

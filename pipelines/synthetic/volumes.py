@@ -38,7 +38,7 @@ def volume_affine(
     Returns:
         The 4×4 affine.
     """
-    ornt = nib.orientations.axcodes2ornt(tuple(axcodes))
+    ornt = nib.orientations.axcodes2ornt(tuple(axcodes))  # type: ignore[no-untyped-call]
     linear = np.zeros((3, 3))
     for voxel_axis, (world_axis, flip) in enumerate(ornt):
         linear[int(world_axis), voxel_axis] = flip * spacing[voxel_axis]
@@ -87,17 +87,17 @@ def _save_nifti(
     path: Path, data: NDArray[Any], affine: NDArray[np.float64], *, ct: bool = False
 ) -> None:
     """Write with qform and sform (code 1, scanner) from ``affine``; CT as scaled int16."""
-    image = nib.Nifti1Image(data, affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
+    image = nib.Nifti1Image(data, affine)  # type: ignore[no-untyped-call]
+    image.set_qform(affine, code=1)  # type: ignore[no-untyped-call]
+    image.set_sform(affine, code=1)  # type: ignore[no-untyped-call]
     if not ct:
         nib.save(image, path)
         return
     # nibabel recomputes slope/intercept on save, so write the header and raw int16 ourselves.
     header = image.header
-    header.set_data_dtype(np.int16)
-    header.set_slope_inter(1.0, CT_INTERCEPT)
-    header.set_data_offset(352)
+    header.set_data_dtype(np.int16)  # type: ignore[no-untyped-call]
+    header.set_slope_inter(1.0, CT_INTERCEPT)  # type: ignore[no-untyped-call]
+    header.set_data_offset(352)  # type: ignore[no-untyped-call]
     raw = np.round(data - CT_INTERCEPT).astype("<i2")
     with gzip.GzipFile(path, "wb", mtime=0) as handle:
         handle.write(header.binaryblock + b"\0" * 4)  # 348-byte header, "no extensions" flag

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from data_contracts import Case, ModelError, ModelSpec, RasterGeometry, TrainingPlan
+from data_contracts import Case, ModelError, ModelSpec, TrainingPlan
 from pipelines.infer.tiled_instances import TileConfig, segment_with_network
 from pipelines.instance_targets import three_class_to_instances
-from pipelines.io import image2d, raster
+from pipelines.kinds import kind_adapter
 from pipelines.metrics import instance_scores, semantic_scores
 from pipelines.preprocess.array import IGNORE_INDEX
 from pipelines.train.module import foreground_indices
@@ -65,10 +65,13 @@ def sliding_probabilities(
 
 
 def _spacing(case: Case, plan: TrainingPlan) -> tuple[float, ...]:
+    """Pixel size of the grid the metrics see: the plan's target spacing; a kind planned on its
+    native grid, its own pixel size (raster CRS units, 1 for images); else voxels."""
     if plan.target_spacing is not None:
         return plan.target_spacing
-    if isinstance(case.geometry, RasterGeometry):
-        return (case.geometry.resolution[1], case.geometry.resolution[0])
+    adapter = kind_adapter(case.kind)
+    if adapter.target_spacing_unit is None:
+        return adapter.grid_axes(case.geometry)[1]
     return (1.0,) * plan.spatial_dims
 
 
@@ -76,12 +79,7 @@ def read_instances(case: Case) -> np.ndarray:
     """The case's instance label map ``(H, W)`` as stored (0 background, 1..N objects)."""
     if case.label is None:
         raise ValueError(f"case {case.case_id} has no label")
-    path = Path(case.label.path)
-    if case.kind == "raster":
-        with raster.open_raster(path) as dataset:
-            return dataset.read(1)
-    array = image2d.read_image(path)
-    return array if array.ndim == 2 else array[..., 0]
+    return kind_adapter(case.kind).read_label_map(Path(case.label.path))
 
 
 def _as_label_values(

@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from pydantic import JsonValue
@@ -17,6 +16,7 @@ from pipelines.infer.tiled_instances import InstanceResult, TileConfig, segment_
 from pipelines.instance_targets import maskrcnn_targets
 from pipelines.metrics import dsb2018_score
 from pipelines.preprocess.datasets import seed_augmentation
+from pipelines.train.optim import PolynomialAdamW
 from seg_models import build_model
 
 InstanceItem = dict[str, torch.Tensor]
@@ -104,7 +104,7 @@ def instance_items(batch: list[InstanceItem] | dict[str, Any]) -> list[InstanceI
     ]
 
 
-class MaskRCNNModule(L.LightningModule):
+class MaskRCNNModule(PolynomialAdamW):
     """Trains torchvision's Mask R-CNN (built by the factory) on instance label maps.
 
     Training chips become Mask R-CNN targets (a box, class and mask per object). Validation
@@ -116,7 +116,7 @@ class MaskRCNNModule(L.LightningModule):
 
     Args:
         spec: the model spec as a dict (``task="instance"``).
-        learning_rate: AdamW learning rate.
+        learning_rate: AdamW learning rate (see :class:`~pipelines.train.optim.PolynomialAdamW`).
         weight_decay: AdamW weight decay.
         score_threshold: detections below this score are dropped in validation.
         mask_threshold: mask probability above which a pixel belongs to a detection.
@@ -194,21 +194,6 @@ class MaskRCNNModule(L.LightningModule):
             gradient_clip_algorithm="norm",
         )
 
-    def configure_optimizers(self) -> Any:
-        parameters = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            parameters,
-            lr=self.hparams["learning_rate"],
-            weight_decay=self.hparams["weight_decay"],
-        )
-        schedule = torch.optim.lr_scheduler.PolynomialLR(
-            optimizer, total_iters=int(self.hparams["max_epochs"]), power=0.9
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
-        }
-
 
 #: Detections whose score is below this are dropped when an image is segmented.
 SCORE_THRESHOLD = 0.5
@@ -271,8 +256,8 @@ def maskrcnn_spec(
         "max_size": chip,
         "anchor_sizes": anchor_ladder(median_object_size),  # type: ignore[dict-item]
         "detections_per_image": 300,
-        "image_mean": [0.0] * plan.in_channels,  # type: ignore[dict-item]
-        "image_std": [1.0] * plan.in_channels,  # type: ignore[dict-item]
+        "image_mean": [0.0] * plan.in_channels,
+        "image_std": [1.0] * plan.in_channels,
     }
     options.update(config.model_options)
     return ModelSpec(

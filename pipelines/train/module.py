@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import torch
-from monai.inferers import sliding_window_inference
+from monai.inferers.utils import sliding_window_inference
 
 from data_contracts import ModelSpec
 from pipelines.preprocess.array import IGNORE_INDEX
 from pipelines.preprocess.datasets import seed_augmentation
+from pipelines.train.optim import PolynomialAdamW
 from seg_models import build_loss, build_model
 
 
@@ -59,14 +59,14 @@ def dice_per_class(
     return torch.stack(scores).float()
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(PolynomialAdamW):
     """Trains a factory model with a factory loss; validates whole cases by sliding window.
 
     Args:
         spec: the model spec (as a dict, so that checkpoints hold only plain data).
         loss: loss name or sum (``"dice+ce"``).
         loss_options: keyword options of the loss.
-        learning_rate: AdamW learning rate.
+        learning_rate: AdamW learning rate (see :class:`~pipelines.train.optim.PolynomialAdamW`).
         weight_decay: AdamW weight decay.
         roi_size: sliding-window size for validation (the training patch size).
         class_names: one name per class index, for logged metric names.
@@ -106,11 +106,12 @@ class SegmentationModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, *S)`` for images ``(B, C, *S)``."""
-        return self.network(x)
+        logits: torch.Tensor = self.network(x)
+        return logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         batch = plain_tensors(batch)
-        loss = self.loss_fn(self(batch["image"]), batch["label"].long())
+        loss: torch.Tensor = self.loss_fn(self(batch["image"]), batch["label"].long())
         self.log(
             "train_loss",
             loss,
@@ -158,17 +159,3 @@ class SegmentationModule(L.LightningModule):
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
         if dataset is not None:
             seed_augmentation(dataset, int(self.hparams["seed"]) * 1000 + self.current_epoch)
-
-    def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(
-            self.parameters(),
-            lr=self.hparams["learning_rate"],
-            weight_decay=self.hparams["weight_decay"],
-        )
-        schedule = torch.optim.lr_scheduler.PolynomialLR(
-            optimizer, total_iters=int(self.hparams["max_epochs"]), power=0.9
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
-        }

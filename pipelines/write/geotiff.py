@@ -89,7 +89,8 @@ def default_colormap(n_classes: int) -> dict[int, tuple[int, int, int, int]]:
 def quantize_probabilities(probabilities: NDArray[np.floating[Any]]) -> NDArray[np.uint8]:
     """Probabilities in [0, 1] → uint8 ``round(p * 255)``; tag the raster with PROBABILITY_TAGS."""
     scaled = np.clip(probabilities, 0.0, 1.0) * 255.0
-    return np.rint(scaled).astype(np.uint8)
+    rounded: NDArray[np.floating[Any]] = np.rint(scaled)
+    return rounded.astype(np.uint8)
 
 
 class GeoTiffMaskWriter:

@@ -125,7 +125,7 @@ def _spatial_shape(
     image: _NiftiImage, shape: tuple[int, ...], source: str | Path, *, what: str
 ) -> tuple[int, ...]:
     """The source's spatial shape (its first three dimensions), checked against ``shape``."""
-    spatial = tuple(int(size) for size in image.header.get_data_shape()[:3])
+    spatial = tuple(int(size) for size in image.header.get_data_shape()[:3])  # type: ignore[no-untyped-call]
     if tuple(shape) != spatial:
         raise GeometryMismatchError(
             f"the {what} has shape {tuple(shape)} but this source's voxel grid is {spatial}",
@@ -140,8 +140,8 @@ def _derived_header(
     image: _NiftiImage, shape: tuple[int, ...], dtype: np.dtype, intent: str, description: str
 ) -> nib.Nifti1Header | nib.Nifti2Header:
     """A copy of the source header describing new voxel values on the same grid."""
-    header = image.header.copy()
-    zooms = image.header.get_zooms()[:3]
+    header = image.header.copy()  # type: ignore[no-untyped-call]
+    zooms = image.header.get_zooms()[:3]  # type: ignore[no-untyped-call]
     header.set_data_shape(shape)
     header.set_zooms((*zooms, *[1.0] * (len(shape) - 3)))
     header.set_data_dtype(dtype)
@@ -149,7 +149,8 @@ def _derived_header(
     header.extensions.clear()
     header.set_intent(intent, name="segflow")
     header["descrip"] = description.encode("ascii")
-    return header
+    derived: nib.Nifti1Header | nib.Nifti2Header = header
+    return derived
 
 
 def _write_verified(
@@ -164,10 +165,10 @@ def _write_verified(
     suffix = ".nii.gz" if destination.name.endswith(".nii.gz") else destination.suffix
     if suffix not in (".nii", ".nii.gz"):
         raise UsageError(f"a NIfTI output must end in .nii.gz or .nii, got {destination.name}")
-    output = type(image)(data, header.get_best_affine(), header)
+    output = type(image)(data, header.get_best_affine(), header)  # type: ignore[no-untyped-call]
     # The constructor resets scaling to "unset" (NaN); an explicit slope also stops nibabel
     # from rescaling the data on save.
-    output.header.set_slope_inter(expected.slope, 0.0)
+    output.header.set_slope_inter(expected.slope, 0.0)  # type: ignore[no-untyped-call]
     try:
         with atomic_output(destination, suffix=suffix) as temp_path:
             nib.save(output, temp_path)
@@ -186,11 +187,11 @@ def _verify(written: Path, source: _NiftiImage, expected: _Expected) -> None:
     """Re-read ``written`` and compare it with the source's geometry and ``expected``."""
     loaded = type(source).from_filename(written)
     header = loaded.header
-    found_shape = tuple(int(size) for size in header.get_data_shape())
+    found_shape = tuple(int(size) for size in header.get_data_shape())  # type: ignore[no-untyped-call]
     if found_shape != expected.shape:
         raise _Mismatch(f"shape {found_shape} instead of {expected.shape}")
-    if header.get_data_dtype() != expected.dtype:
-        raise _Mismatch(f"dtype {header.get_data_dtype()} instead of {expected.dtype}")
+    if header.get_data_dtype() != expected.dtype:  # type: ignore[no-untyped-call]
+        raise _Mismatch(f"dtype {header.get_data_dtype()} instead of {expected.dtype}")  # type: ignore[no-untyped-call]
     for form in ("qform", "sform"):
         found, found_code = getattr(header, f"get_{form}")(coded=True)
         wanted, wanted_code = getattr(source.header, f"get_{form}")(coded=True)
@@ -198,8 +199,8 @@ def _verify(written: Path, source: _NiftiImage, expected: _Expected) -> None:
             raise _Mismatch(f"{form}_code {int(found_code)} instead of {int(wanted_code)}")
         if wanted is not None and not np.allclose(found, wanted, atol=_AFFINE_TOLERANCE):
             raise _Mismatch(f"{form} {np.round(found, 6).tolist()} instead of {wanted.tolist()}")
-    if not np.allclose(header.get_best_affine(), source.affine, atol=_AFFINE_TOLERANCE):
-        raise _Mismatch(f"affine {np.round(header.get_best_affine(), 6).tolist()} differs")
+    if not np.allclose(header.get_best_affine(), source.affine, atol=_AFFINE_TOLERANCE):  # type: ignore[no-untyped-call]
+        raise _Mismatch(f"affine {np.round(header.get_best_affine(), 6).tolist()} differs")  # type: ignore[no-untyped-call]
     # A loaded header's scaling reads NaN (nibabel moves it to the data proxy, which also maps
     # NIfTI's "no scaling" values, NaN or a zero slope, to 1/0).
     proxy: ArrayProxy = loaded.dataobj  # type: ignore[assignment]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.losses import FocalLoss as MonaiFocalLoss
+from monai.losses.focal_loss import FocalLoss as MonaiFocalLoss
 
 from seg_models.losses._common import (
     Prepared,

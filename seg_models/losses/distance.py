@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.losses import HausdorffDTLoss as MonaiHausdorffDTLoss
+from monai.losses.hausdorff_loss import HausdorffDTLoss as MonaiHausdorffDTLoss
 from scipy import ndimage
 
 from seg_models.losses._common import Prepared, SegLoss, masked_mean, per_pixel_ce
@@ -47,7 +47,7 @@ class HausdorffDTLoss(SegLoss):
             include_background=self.include_background or p.binary,
             reduction="none",
         )
-        per_image_class = hd(p.probs, p.onehot)  # means over all pixels, (B, C', 1, …)
+        per_image_class: torch.Tensor = hd(p.probs, p.onehot)  # means over pixels, (B, C', 1, …)
         spatial = [*range(2, p.valid.ndim)]
         total = float(np.prod(p.valid.shape[2:]))
         rescale = total / p.valid.sum(spatial, keepdim=True).clamp(min=1.0)
@@ -95,7 +95,9 @@ def contour_distance(p: Prepared) -> torch.Tensor:
 
 
 def _contour(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+    eroded: np.ndarray = ndimage.binary_erosion(mask, border_value=0)
+    contour: np.ndarray = mask & ~eroded
+    return contour
 
 
 def _mean_contour_distance(pred: np.ndarray, true: np.ndarray, valid: np.ndarray) -> float:

@@ -7,7 +7,7 @@ to the sums Σpg, Σp², Σg²; ratios that need complements use the valid mask 
 from __future__ import annotations
 
 import torch
-from monai.losses import DiceLoss as MonaiDiceLoss
+from monai.losses.dice import DiceLoss as MonaiDiceLoss
 
 from seg_models.losses._common import Prepared, SegLoss, class_weights_per_pixel, masked_mean
 
@@ -140,4 +140,5 @@ class ExpLogLoss(SegLoss):
 
 def _soft_pow(x: torch.Tensor, gamma: float, eps: float = 1e-6) -> torch.Tensor:
     """``x**gamma`` for ``x ≥ 0`` with a finite slope at 0 (``gamma < 1`` has an infinite one)."""
-    return (x + eps).pow(gamma) - eps**gamma
+    shift: float = eps**gamma
+    return (x + eps).pow(gamma) - shift

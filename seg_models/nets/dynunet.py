@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import DynUNet
+from monai.networks.nets.dynunet import DynUNet
 from torch import nn
 
 from seg_models.nets._spatial import crop_to, pad_to_multiple

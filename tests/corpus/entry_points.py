@@ -203,7 +203,7 @@ def run_train(kind: Kind, workdir: Path) -> Outcome:
     out with its class (:func:`check_training_cases`), the others load (:func:`build_datasets`)."""
     from pipelines.ingest import ingest
     from pipelines.plan import compute_fingerprint, make_plan
-    from pipelines.preprocess.datasets import build_datasets
+    from pipelines.preprocess.datasets import build_datasets, split_cases
     from pipelines.preprocess.verify import check_training_cases
 
     item, outcome = kind.item, Outcome(kind.name, "train", "?")
@@ -223,7 +223,7 @@ def run_train(kind: Kind, workdir: Path) -> Outcome:
         outcome.problems.append(f"good cases left out: {sorted(set(errors) - {BAD})}")
     cases = checked.manifest.labelled_cases
     plan = make_plan(compute_fingerprint(checked.manifest), checked.manifest)
-    train, val = build_datasets(checked.manifest, plan)
+    train, val = build_datasets(*split_cases(checked.manifest), plan)
     if len(train) + len(val) != len(cases) or len(cases) != item.good_cases:
         outcome.problems.append(
             f"loaded {len(train)}+{len(val)} of {len(cases)} cases, expected {item.good_cases}"
@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     """Child of the slow test: run the named kinds (corpus in CORPUS, model data in MODELS)
     through their entry points and print the outcomes as JSON."""
     from pipelines.ingest import ingest
+    from pipelines.synthetic.models import oracle_model
     from tests.corpus.make_corpus import make_corpus
-    from tests.infer_models import oracle_model
 
     parser = argparse.ArgumentParser()
     parser.add_argument("corpus", type=Path)

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import pipelines.files
 import pipelines.write.image2d
 from pipelines.ingest import read_manifest
-from pipelines.services.batch import run_batch
-from tests.infer_models import oracle_model
+from pipelines.services.batch import BatchItemResult, BatchProgress, run_batch
+from pipelines.synthetic.models import oracle_model
 
 
 def _slow_atomic_output(pause: float) -> Any:
@@ -36,6 +36,13 @@ def _slow_atomic_output(pause: float) -> Any:
             time.sleep(pause)
 
     return slow
+
+
+class _PrintResults(BatchProgress):
+    """Prints ``result <case> <status>`` for every case that ran (the parent test reads it)."""
+
+    def case_done(self, result: BatchItemResult, done: int, total: int) -> None:
+        print("result", result.case_id, result.status, flush=True)
 
 
 def main() -> int:
@@ -56,7 +63,7 @@ def main() -> int:
         args.source,
         model,
         args.out,
-        on_result=lambda result: print("result", result.case_id, result.status, flush=True),
+        progress=_PrintResults(),
     )
     print("finished", report.counts, flush=True)
     return 0 if report.exit_status == "ok" else 3

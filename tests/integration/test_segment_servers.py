@@ -1,9 +1,9 @@
 """``segment_archive_flow`` against real Prefect and MLflow servers: states, artifacts, ledger.
 
-The model is the closed-form oracle of ``tests/infer_models.py``, so no training is needed. It is
-registered in the MLflow server and resolved from there as ``models:/NAME@champion``. The input
-is a zip with three GeoTIFF tiles and one broken file. Run with
-``pytest -m integration tests/integration/test_segment_servers.py``. The session fixtures
+The model is the closed-form oracle of :mod:`pipelines.synthetic.models`, so no training is
+needed. It is registered in the MLflow server and resolved from there as
+``models:/NAME@champion``. The input is a zip with three GeoTIFF tiles and one broken file. Run
+with ``pytest -m integration tests/integration/test_segment_servers.py``. The session fixtures
 start both servers (about 15 s each) and stop them.
 """
 
@@ -44,7 +44,8 @@ def archive(tiles: Path, tmp_path: Path) -> Path:
 def _register_oracle(tiles: Path, workdir: Path) -> str:
     """Fit the oracle to ``tiles`` and register it in the current MLflow; its champion URI."""
     from pipelines.ingest import ingest
-    from tests.infer_models import oracle_model, register_oracle
+    from pipelines.synthetic.models import oracle_model
+    from tests.oracle_registry import register_oracle
 
     manifest = ingest(tiles, workdir=workdir)
     return register_oracle(oracle_model(manifest, patch=(32, 32)), MODEL_NAME)

@@ -1,23 +1,28 @@
-"""Deterministic "oracle" models for inference tests, fitted in closed form to synthetic data.
+"""Deterministic "oracle" models, fitted in closed form to the synthetic datasets.
 
 Synthetic datasets give every class its own intensity in every channel, so after the plan's
 normalisation a nearest-centroid classifier separates them. It is linear in the pixel values
 (``logit_k = 2 μ_k·x − |μ_k|²``), i.e. a 1×1 convolution: pointwise, so any misplaced pixel in
 inference (a flipped axis, a wrong inverse resampling, a seam between windows) shows up as
-disagreement with the source label.
+disagreement with the source label. The tests and the benchmarks segment with these models
+when they need a model without training one.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
 
 import seg_models
-from data_contracts import DatasetManifest, ModelSpec, TrainingPlan
+from data_contracts import DatasetManifest, ModelError, ModelSpec, TrainingPlan
 from pipelines.infer.loaded_model import LoadedModel
 from pipelines.plan import compute_fingerprint, make_plan
 from pipelines.preprocess.datasets import case_to_item
 from pipelines.preprocess.transforms import plan_transforms
+
+__all__ = ["centroid_network", "class_centroids", "oracle_model"]
 
 
 def class_centroids(manifest: DatasetManifest, plan: TrainingPlan) -> torch.Tensor:
@@ -38,24 +43,34 @@ def class_centroids(manifest: DatasetManifest, plan: TrainingPlan) -> torch.Tens
 
 def centroid_network(centroids: torch.Tensor, spec: ModelSpec) -> nn.Module:
     """segflow's ``pixel_linear`` (a 1×1 convolution) scoring each class by its (negated,
-    shifted) squared distance to the class centroid."""
+    shifted) squared distance to the class centroid.
+
+    Raises:
+        ModelError: ``spec`` does not build a 1×1 convolution with a bias.
+    """
     conv = seg_models.build_model(spec)
-    if not isinstance(conv, nn.Conv2d | nn.Conv3d):
-        raise TypeError("pixel_linear is expected to be a 1×1 convolution")
+    if not isinstance(conv, nn.Conv2d | nn.Conv3d) or conv.bias is None:
+        raise ModelError("pixel_linear is expected to be a 1×1 convolution with a bias")
     with torch.no_grad():
         conv.weight.copy_((2 * centroids).reshape(conv.weight.shape))
-        conv.bias.copy_(-(centroids**2).sum(dim=1))  # type: ignore[union-attr]
+        conv.bias.copy_(-(centroids**2).sum(dim=1))
     return conv.eval()
 
 
 def oracle_model(
     manifest: DatasetManifest,
     *,
-    spatial_dims: int | None = None,
+    spatial_dims: Literal[2, 3] | None = None,
     patch: tuple[int, ...] | None = None,
 ) -> LoadedModel:
-    """A :class:`LoadedModel` (plan from the manifest, centroid network) for ``manifest``."""
-    plan = make_plan(compute_fingerprint(manifest), manifest, spatial_dims=spatial_dims)  # type: ignore[arg-type]
+    """A :class:`LoadedModel` (plan from the manifest, centroid network) for ``manifest``.
+
+    Args:
+        manifest: an ingested synthetic dataset with labels.
+        spatial_dims: force a 2D or 3D plan (default: the planner's choice).
+        patch: the plan's patch size instead of the planned one.
+    """
+    plan = make_plan(compute_fingerprint(manifest), manifest, spatial_dims=spatial_dims)
     if patch is not None:
         plan = plan.model_copy(update={"patch_size": patch})
     spec = ModelSpec(
@@ -73,20 +88,3 @@ def oracle_model(
         channel_names=tuple(f"channel_{i}" for i in range(plan.in_channels)),
         uri="oracle",
     )
-
-
-def register_oracle(model: LoadedModel, name: str) -> str:
-    """Log ``model`` to MLflow, register it as ``name`` (champion); return ``models:/name@champion``."""
-    from pipelines.services.model_registry import log_segmentation_model, register_model
-    from pipelines.services.tracking import training_run
-
-    with training_run(model.plan.dataset_name, system_metrics=False):
-        uri = log_segmentation_model(
-            model.network,
-            model.spec,
-            model.plan,
-            class_names=model.class_names,
-            channel_names=model.channel_names,
-        )
-        register_model(uri, name, score=0.5, validation_key="0" * 64)
-    return f"models:/{name}@champion"

@@ -1,0 +1,251 @@
+"""The ``raster`` kind: georeferenced GeoTIFFs (COGs), read and segmented window by window.
+
+MONAI and torch are imported by the members that need them (as in :mod:`pipelines.kinds.volume`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+
+from data_contracts import (
+    Case,
+    IngestOptions,
+    LabelGeometryError,
+    NoValidPixelsError,
+    RasterGeometry,
+    TrainingPlan,
+)
+from pipelines.io import PixelStats, raster
+from pipelines.io.vector import rasterize_to_file, read_vector_labels
+from pipelines.kinds import register_kind
+from pipelines.kinds.base import AnyGeometry, GridDifference, SegmentJob, narrow
+from pipelines.kinds.planar import PlanarKind
+from pipelines.plan.fingerprint import ChannelSampler, common_channel_count
+
+if TYPE_CHECKING:
+    from monai.transforms.compose import Compose
+
+__all__ = ["RASTER", "RasterKind"]
+
+
+class RasterKind(PlanarKind):
+    """GeoTIFF rasters: bands of one file are the channels; nodata pixels are ignored."""
+
+    name = "raster"
+    suffixes: tuple[str, ...] = (".tif", ".tiff")
+    georeferenced = True
+    fixed_channels = True
+    lineage_in_outputs = True  # the mask's ``segflow_lineage`` tag
+
+    def read_channel(self, path: Path, options: IngestOptions) -> tuple[AnyGeometry, int]:
+        """Geometry (CRS required unless allowed), non-finite pixels over every band window.
+
+        Raises:
+            NoValidPixelsError: every pixel is nodata.
+        """
+        stats = PixelStats(track_values=False)
+        with raster.open_raster(path) as dataset:
+            geometry = raster.raster_geometry(
+                dataset, path, allow_ungeoreferenced=options.allow_ungeoreferenced
+            )
+            valid_pixels = 0
+            for band in range(1, dataset.count + 1):
+                for values, valid in raster.iter_band_windows(dataset, path, band):
+                    stats.update(values)
+                    valid_pixels += values.size if valid is None else int(valid.sum())
+            if valid_pixels == 0:
+                raise NoValidPixelsError(
+                    f"holds only nodata pixels (nodata={dataset.nodata}): nothing to learn from",
+                    path=path,
+                )
+        return geometry, stats.nonfinite
+
+    def read_label(
+        self, path: Path, options: IngestOptions
+    ) -> tuple[AnyGeometry, Iterable[np.ndarray]]:
+        """The label's geometry, and its first band window by window."""
+        geometry = raster.read_raster_geometry(
+            path, allow_ungeoreferenced=options.allow_ungeoreferenced
+        )
+        return geometry, _first_band(path)
+
+    def grid_differences(
+        self, reference: AnyGeometry, other: AnyGeometry, options: IngestOptions
+    ) -> list[GridDifference]:
+        """Size, CRS, and the transform within ``options.rtol_pixel`` pixels."""
+        first, second = narrow(reference, RasterGeometry), narrow(other, RasterGeometry)
+        found: list[GridDifference] = []
+        if (first.width, first.height) != (second.width, second.height):
+            found.append(("size", (first.width, first.height), (second.width, second.height)))
+        if not _same_crs(first.crs_wkt, second.crs_wkt):
+            found.append(("crs", _crs_name(first.crs_wkt), _crs_name(second.crs_wkt)))
+        pixel = min(first.resolution)
+        if not np.allclose(
+            first.transform, second.transform, rtol=0, atol=options.rtol_pixel * pixel
+        ):
+            found.append(("transform", first.transform, second.transform))
+        return found
+
+    def channels_of(self, geometry: AnyGeometry) -> int:
+        """The file's band count."""
+        return narrow(geometry, RasterGeometry).count
+
+    def is_ungeoreferenced(self, geometry: AnyGeometry) -> bool:
+        """True for a raster ingested without a CRS."""
+        return narrow(geometry, RasterGeometry).crs_wkt is None
+
+    def rasterize_vector_label(
+        self,
+        vector_path: Path,
+        grid: AnyGeometry,
+        destination: Path,
+        options: IngestOptions,
+        *,
+        instance: bool,
+    ) -> Path:
+        """Burn the polygons (reprojected to the raster's CRS) into a tiled GeoTIFF label.
+
+        Raises:
+            LabelGeometryError: the raster has no CRS.
+        """
+        raster_grid = narrow(grid, RasterGeometry)
+        if raster_grid.crs_wkt is None:
+            raise LabelGeometryError(
+                "is a vector label but its image is not a georeferenced raster", path=vector_path
+            )
+        labels = read_vector_labels(
+            vector_path,
+            raster_grid.crs_wkt,
+            attribute=options.vector_attribute,
+            label_names=options.labels,
+            instance=instance,
+            vector_crs=options.vector_crs,
+        )
+        dtype = "uint16" if instance else "uint8"
+        return rasterize_to_file(labels, raster_grid, destination, dtype=dtype)
+
+    def grid_axes(self, geometry: AnyGeometry) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """(H, W) pixels and the pixel size (y, x) in CRS units."""
+        scene = narrow(geometry, RasterGeometry)
+        res_x, res_y = scene.resolution
+        return (scene.height, scene.width), (res_y, res_x)
+
+    def input_channels(self, cases: Sequence[Case], source: str) -> int:
+        """Every case's band count, which must be the same."""
+        return common_channel_count(cases, source)
+
+    def measure_case(
+        self,
+        case: Case,
+        samplers: Sequence[ChannelSampler],
+        *,
+        ignore_value: int | None,
+        rng: np.random.Generator,
+        samples_per_case: int,
+    ) -> None:
+        """Sample the valid (non-nodata, finite) pixels of every band, window by window."""
+        scene = narrow(case.geometry, RasterGeometry)
+        keep = min(1.0, samples_per_case / (scene.width * scene.height))
+        channel = 0
+        with raster.bounded_gdal_env():
+            for record in case.channels:
+                with raster.open_raster(record.path) as dataset:
+                    for band in range(1, dataset.count + 1):
+                        _sample_band(dataset, record.path, band, samplers[channel], rng, keep)
+                        channel += 1
+
+    def transforms(self, plan: TrainingPlan, *, train: bool) -> Compose:
+        """Read bands (nodata → NaN → ignored), labels, normalise (+ chips)."""
+        from pipelines.preprocess.loaders import LoadRasterd
+        from pipelines.preprocess.transforms import planar_transforms
+
+        return planar_transforms(plan, LoadRasterd, train=train)
+
+    def read_label_map(self, path: Path) -> np.ndarray:
+        """The label's first band as stored."""
+        with raster.open_raster(path) as dataset:
+            return np.asarray(dataset.read(1))
+
+    def check_input(self, channels: Sequence[Path]) -> None:
+        """Every header valid. Rasters are segmented on their own grid: a TIFF without CRS
+        gives a mask without CRS, but a rotated or sheared transform is refused, as at ingest."""
+        for path in channels:
+            raster.read_raster_geometry(path, allow_ungeoreferenced=True)
+
+    def read_fully(self, path: Path) -> None:
+        """Decode every band."""
+        from pipelines.preprocess.loaders import read_raster_stack
+
+        read_raster_stack([path])
+
+    def segment(self, job: SegmentJob) -> dict[str, Path]:
+        """Stream the scene into a COG mask (lineage in its tags), then polygons if asked."""
+        from pipelines.infer.polygons import write_raster_polygons
+        from pipelines.infer.raster import segment_raster
+
+        written = segment_raster(
+            job.model,
+            job.channels[0],
+            job.output(".tif"),
+            probabilities_path=job.output("_prob.tif") if job.options.probabilities else None,
+            options=job.options,
+            postprocess=job.postprocess,
+            tags={"segflow_lineage": json.dumps(job.lineage, sort_keys=True, default=str)},
+            progress=job.progress,
+        )
+        outputs = {"mask": written.mask}
+        if written.probabilities is not None:
+            outputs["probabilities"] = written.probabilities
+        if job.options.polygons:
+            outputs.update(
+                write_raster_polygons(written.mask, job.model, job.out_dir / job.case_id)
+            )
+        return outputs
+
+    def geometry_cells(self, geometry: AnyGeometry) -> tuple[str, str, str]:
+        """Width × height, pixel size, EPSG code (or WKT, or none)."""
+        scene = narrow(geometry, RasterGeometry)
+        crs = f"EPSG:{scene.epsg}" if scene.epsg else ("WKT" if scene.crs_wkt else "none")
+        return f"{scene.width}×{scene.height}", f"{scene.resolution[0]:.3g}", crs
+
+
+def _first_band(path: Path) -> Iterator[np.ndarray]:
+    with raster.open_raster(path) as dataset:
+        for values, _ in raster.iter_band_windows(dataset, path, 1):
+            yield values
+
+
+def _sample_band(
+    dataset: rasterio.DatasetReader,
+    path: str,
+    band: int,
+    sampler: ChannelSampler,
+    rng: np.random.Generator,
+    keep: float,
+) -> None:
+    """Add about ``keep`` of the band's valid pixels to ``sampler``, window by window."""
+    for values, valid in raster.iter_band_windows(dataset, path, band):
+        ok = np.isfinite(values) if valid is None else valid & np.isfinite(values)
+        kept = values[ok]
+        chosen = kept[rng.random(kept.size) < keep]
+        sampler.add(chosen.astype(np.float64), nonzero=int(np.count_nonzero(kept)), total=kept.size)
+
+
+def _same_crs(first: str | None, second: str | None) -> bool:
+    if first is None or second is None:
+        return first == second
+    return first == second or CRS.from_wkt(first) == CRS.from_wkt(second)
+
+
+def _crs_name(wkt: str | None) -> str:
+    return "none" if wkt is None else CRS.from_wkt(wkt).to_string()[:60]
+
+
+RASTER = register_kind(RasterKind())

@@ -1,0 +1,178 @@
+"""Everything a training needs before its first step: cases, plan, route, split, datasets.
+
+:func:`prepare` checks the labelled cases, fingerprints the dataset, derives and saves the plan,
+picks the route (spec, module, batch size, monitored metric), splits the cases once and builds
+the datasets from that split. :func:`~pipelines.train.trainer.fit` then trains the route's
+module and :func:`~pipelines.train.validate.evaluate` scores its best checkpoint;
+:func:`pipelines.services.training.train_from_manifest` runs the three in an MLflow run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monai.data.dataset import Dataset
+
+from data_contracts import (
+    Case,
+    DatasetFingerprint,
+    DatasetManifest,
+    InputError,
+    TrainConfig,
+    TrainingPlan,
+)
+from pipelines.plan import apply_overrides, compute_fingerprint, make_plan, save_plan
+from pipelines.preprocess.datasets import build_datasets, split_cases
+from pipelines.preprocess.verify import check_training_cases
+from pipelines.train.route import TrainingRoute, route_for
+from pipelines.train.trainer import seed_everything
+
+PlanCallback = Callable[[TrainingPlan], None]
+"""Called with the plan once it is saved, before the model is built (e.g. to print it)."""
+
+#: Datasets whose labelled cases, as float32 channels plus label, fit in this many bytes are
+#: cached in memory (fastest: no re-reading); larger ones are cached on disk.
+IN_MEMORY_CACHE_BYTES = 4 * 1024**3
+
+
+@dataclass
+class PreparedTraining:
+    """A training ready to fit.
+
+    Attributes:
+        manifest: the manifest reduced to the cases that passed their check.
+        left_out: labelled cases left out because their files are missing, unreadable or
+            changed since ingest: case id → ``"ErrorClass: message"``.
+        plan: the plan (after overrides), also saved as ``<workdir>/plan.json``.
+        route: spec, module, batch size and monitored metric.
+        train_cases: the cases trained on, in case-id order.
+        val_cases: the cases validated on, in case-id order.
+        train_set: random patches of ``train_cases``.
+        val_set: whole preprocessed ``val_cases``, in the same order.
+        checkpoint_dir: where :func:`~pipelines.train.trainer.fit` keeps its checkpoints.
+    """
+
+    manifest: DatasetManifest
+    plan: TrainingPlan
+    route: TrainingRoute
+    train_cases: list[Case]
+    val_cases: list[Case]
+    train_set: Dataset
+    val_set: Dataset
+    checkpoint_dir: Path
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """Exactly one name per input channel: the manifest's, completed with ``channel_<i>``."""
+        count = self.plan.in_channels
+        names = list(self.manifest.channel_names[:count])
+        return tuple(names + [f"channel_{index}" for index in range(len(names), count)])
+
+
+def prepare(
+    manifest: DatasetManifest,
+    config: TrainConfig,
+    workdir: Path,
+    *,
+    plan_overrides: Mapping[str, Any] | None = None,
+    val_fraction: float = 0.2,
+    val_case_ids: Sequence[str] | None = None,
+    folds: int | None = None,
+    fold: int = 0,
+    on_plan: PlanCallback | None = None,
+) -> PreparedTraining:
+    """Check the cases, plan, route, split once and build the datasets of a training.
+
+    Args:
+        manifest: the validated dataset (labelled cases are used).
+        config: model, loss, budgets and hardware.
+        workdir: the plan JSON, the disk cache (large datasets) and the checkpoints go here.
+        plan_overrides: plan fields to override (flags or YAML).
+        val_fraction: share of labelled cases held out for validation.
+        val_case_ids: explicit validation cases (overrides ``val_fraction``).
+        folds: k-fold cross-validation: the labelled cases are cut into ``folds`` parts…
+        fold: …and part ``fold`` validates.
+        on_plan: called with the plan once it is saved.
+
+    Raises:
+        InputError: every labelled case failed its check.
+        ConfigError: an invalid split, or a model that does not fit the plan.
+    """
+    manifest, left_out = _checked_cases(manifest)
+    seed_everything(config.seed)
+    fingerprint, plan = fingerprint_and_plan(manifest, config, plan_overrides)
+    save_plan(plan, workdir / "plan.json")
+    if on_plan is not None:
+        on_plan(plan)
+    route = route_for(plan, config, fingerprint)
+    train_cases, val_cases = split_cases(
+        manifest,
+        val_fraction=val_fraction,
+        seed=config.seed,
+        folds=folds,
+        fold=fold,
+        val_ids=val_case_ids,
+    )
+    train_set, val_set = build_datasets(
+        train_cases,
+        val_cases,
+        plan,
+        cache_dir=None if fits_in_memory(manifest) else workdir / "cache",
+        seed=config.seed,
+        num_workers=config.num_workers,
+    )
+    return PreparedTraining(
+        manifest,
+        plan,
+        route,
+        train_cases,
+        val_cases,
+        train_set,
+        val_set,
+        checkpoint_dir=workdir / "checkpoints",
+        left_out=left_out,
+    )
+
+
+def _checked_cases(manifest: DatasetManifest) -> tuple[DatasetManifest, dict[str, str]]:
+    """The manifest without the labelled cases that fail their check, and why each failed."""
+    checked = check_training_cases(manifest)
+    left_out = {case: f"{type(e).__name__}: {e}" for case, e in checked.errors.items()}
+    if checked.errors and not checked.manifest.labelled_cases:
+        raise InputError(
+            f"no labelled case left to train on: {len(left_out)} failed their check, e.g. "
+            f"{next(iter(left_out.values()))}",
+            path=checked.manifest.source,
+            hint="restore the files or run segflow ingest again",
+        )
+    return checked.manifest, left_out
+
+
+def plan_for(
+    manifest: DatasetManifest, config: TrainConfig, overrides: Mapping[str, Any] | None = None
+) -> TrainingPlan:
+    """Fingerprint the dataset and derive its plan, then apply user overrides."""
+    return fingerprint_and_plan(manifest, config, overrides)[1]
+
+
+def fingerprint_and_plan(
+    manifest: DatasetManifest, config: TrainConfig, overrides: Mapping[str, Any] | None
+) -> tuple[DatasetFingerprint, TrainingPlan]:
+    """The dataset's fingerprint (with ``config.seed``) and its plan, overrides applied."""
+    fingerprint = compute_fingerprint(manifest, seed=config.seed)
+    plan = make_plan(fingerprint, manifest)
+    return fingerprint, apply_overrides(plan, overrides) if overrides else plan
+
+
+def fits_in_memory(manifest: DatasetManifest) -> bool:
+    """True when every labelled case, as float32 channels plus label, fits in
+    :data:`IN_MEMORY_CACHE_BYTES`."""
+    total = sum(
+        case.geometry.pixel_count * (sum(case.channel_counts) + 1) * 4
+        for case in manifest.labelled_cases
+    )
+    return total < IN_MEMORY_CACHE_BYTES
