@@ -151,3 +151,29 @@ def test_every_kind_of_import_is_seen(tmp_path: Path) -> None:
         "pipelines/io/reader.py:7 imports tests",
         "pipelines/io/reader.py:7 imports tests.helpers",
     ]
+
+
+def test_tests_mirror_the_packages() -> None:
+    """``tests/pipelines/infer/…`` tests ``pipelines/infer``: every test folder named after a
+    package mirrors a folder of that package."""
+    tests = REPO / "tests"
+    unmatched = [
+        str(folder.relative_to(REPO))
+        for top in ("data_contracts", "seg_models", "pipelines", "flows")
+        for folder in [tests / top, *(tests / top).rglob("*")]
+        if folder.is_dir()
+        and folder.name != "__pycache__"
+        and not (REPO / folder.relative_to(tests)).is_dir()
+    ]
+    assert not unmatched, f"test folders without a package folder: {unmatched}"
+    stray = sorted(p.name for p in tests.glob("test_*.py"))
+    cross_cutting = {
+        "test_architecture.py",
+        "test_docker.py",
+        "test_notebook.py",
+        "test_packaging.py",
+        "test_security.py",
+    }
+    assert set(stray) <= cross_cutting, (
+        f"put these beside their package: {set(stray) - cross_cutting}"
+    )

@@ -159,7 +159,7 @@ def test_no_credentials_in_mlflow_params_or_tags(in_mlflow_home: None, tmp_path:
     from pipelines.services.batch import BatchReport
     from pipelines.services.batch_tracking import log_batch_run
     from pipelines.services.tracking import log_plan_and_spec, training_run
-    from tests.test_tracking import make_plan, make_spec
+    from tests.pipelines.services.test_tracking import make_plan, make_spec
 
     plan, spec = make_plan(), make_spec()
     extra = {

@@ -1,6 +1,6 @@
 """Run one corpus kind through one entry point and say what was seen (the error class, or ok).
 
-Shared by ``tests/test_hardening_corpus.py`` (in process) and the unprivileged child of its
+Shared by ``tests/corpus/test_hardening_corpus.py`` (in process) and the unprivileged child of its
 slow test (``python -m tests.corpus.entry_points``, run with ``setpriv`` as ``nobody`` so that
 file permissions are real even when the tests run as root).
 

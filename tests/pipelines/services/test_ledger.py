@@ -34,7 +34,7 @@ from pipelines.services.output_lock import OutputLock, clean_partials
 from pipelines.synthetic import make_image_dataset
 from pipelines.synthetic.models import oracle_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 MODEL, CONFIG = "seg/3", "c0ffee"
 
 

@@ -23,7 +23,7 @@ from flows.cli import main
 from flows.exit_codes import ExitCode
 from pipelines.synthetic import make_raster_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = TrainConfig(
     model="unet",
     model_options={"base_features": 4, "depth": 2},

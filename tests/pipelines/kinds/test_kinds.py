@@ -38,7 +38,7 @@ from pipelines.kinds import (
 )
 from pipelines.kinds.image2d import ImageKind
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 _VOLUME = VolumeGeometry(
     shape=(4, 5, 6),
     affine=((2.0, 0, 0, 0), (0, 1.0, 0, 0), (0, 0, 3.0, 0), (0, 0, 0, 1)),

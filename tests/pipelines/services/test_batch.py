@@ -37,7 +37,7 @@ from pipelines.services.output_lock import OutputLock
 from pipelines.synthetic import make_image_dataset, pack_archive
 from pipelines.synthetic.models import oracle_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 CHILD = REPO / "tests" / "data" / "batch_child.py"
 SIZE = (32, 32)
 

@@ -276,7 +276,7 @@ def test_fixture_script_builds_every_fixture(tmp_path: Path) -> None:
         "S",
         "R",
     )
-    script = Path(__file__).parent / "data" / "make_test_data.py"
+    script = Path(__file__).resolve().parents[2] / "data" / "make_test_data.py"
     run = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "cli")], capture_output=True, text=True
     )

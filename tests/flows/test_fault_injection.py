@@ -25,7 +25,7 @@ from pipelines.services.ledger import Ledger
 from pipelines.synthetic import make_image_dataset, make_volume_dataset
 from pipelines.synthetic.models import oracle_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

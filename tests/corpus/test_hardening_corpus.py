@@ -31,7 +31,7 @@ from tests.corpus.entry_points import Outcome, run_entry_point
 from tests.corpus.make_corpus import ENTRY_POINTS, OK, Kind, make_corpus, table
 from tests.data import make_malformed as mm
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: The issue's list of bad inputs → the corpus kinds that cover each.
 REQUIRED = {

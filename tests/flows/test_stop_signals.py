@@ -26,7 +26,7 @@ from tests.oracle_registry import register_oracle
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
-SEGFLOW = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "segflow"
+SEGFLOW = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "segflow"
 _CRS = "EPSG:32633"
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCANNED = ("data_contracts", "seg_models", "pipelines", "flows")
 EXEMPT = ("pipelines/kinds/", "pipelines/synthetic/")
 
