@@ -23,6 +23,7 @@ logs stay there.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from typing import Any, cast
 
 from prefect import Flow, flow
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Completed, Failed, State
 
 from data_contracts import IngestOptions, InputError, TrainConfig, UsageError, get_settings
@@ -107,8 +109,13 @@ def run_flow(flow_to_run: Flow[..., Any], **parameters: Any) -> tuple[dict[str, 
         Exception: the exception that failed the flow (a ``SegflowError`` maps to its exit
             code in the CLI, anything else is an internal error).
     """
-    ensure_local_api()
-    state = cast("State[Any]", flow_to_run(**parameters, return_state=True))
+    own_api = ensure_local_api() is not None
+    with contextlib.ExitStack() as stack:
+        if own_api:  # no service watches heartbeats there; joining their thread costs ~1 s
+            stack.enter_context(
+                temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+            )
+        state = cast("State[Any]", flow_to_run(**parameters, return_state=True))
     data = state.result(raise_on_failure=False)
     if isinstance(data, BaseException):
         raise data

@@ -12,10 +12,6 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 from scipy import ndimage
-from skimage.feature import multiscale_basic_features, peak_local_max
-from skimage.filters import threshold_otsu
-from skimage.future import fit_segmenter, predict_segmenter
-from skimage.segmentation import watershed
 
 __all__ = ["ClassicalSegmenter", "OtsuWatershed", "RandomForestSegmenter"]
 
@@ -36,6 +32,9 @@ class ClassicalSegmenter(Protocol):
 def _features(image: np.ndarray, sigma_min: float, sigma_max: float) -> np.ndarray:
     if image.ndim not in (3, 4):
         raise ValueError(f"expected a (C, H, W) or (C, X, Y, Z) image, got shape {image.shape}")
+    # scikit-image loads in ~1 s: only these baselines need it, so only they import it.
+    from skimage.feature import multiscale_basic_features
+
     features: np.ndarray = multiscale_basic_features(  # type: ignore[no-untyped-call]
         np.moveaxis(image, 0, -1).astype(np.float32),
         sigma_min=sigma_min,
@@ -96,6 +95,8 @@ class RandomForestSegmenter:
             keep = self._sample(label)
             features.append(_features(image, self.sigma_min, self.sigma_max)[keep])
             shifted.append(label[keep].astype(np.int64) + 1)
+        from skimage.future import fit_segmenter
+
         fit_segmenter(np.concatenate(shifted), np.concatenate(features), self.classifier)  # type: ignore[no-untyped-call]
         return self
 
@@ -113,6 +114,8 @@ class RandomForestSegmenter:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Class index per pixel, ``(*spatial)`` int64."""
         features = _features(image, self.sigma_min, self.sigma_max)
+        from skimage.future import predict_segmenter
+
         return np.asarray(predict_segmenter(features, self.classifier), dtype=np.int64) - 1  # type: ignore[no-untyped-call]
 
 
@@ -166,6 +169,10 @@ class OtsuWatershed:
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Instance labels ``(*spatial)`` int32: 0 background, 1…N objects."""
+        from skimage.feature import peak_local_max
+        from skimage.filters import threshold_otsu
+        from skimage.segmentation import watershed
+
         intensity = ndimage.gaussian_filter(
             image.mean(axis=0).astype(np.float64), self.smoothing_sigma
         )

@@ -34,8 +34,6 @@ from pipelines.plan.fingerprint import (
     sample_values,
     to_channels_first,
 )
-from pipelines.postprocess.labels import postprocess_labels
-from pipelines.write.image2d import write_label_image, write_probability_image
 
 if TYPE_CHECKING:
     from monai.transforms.compose import Compose
@@ -149,6 +147,8 @@ class ImageKind(PlanarKind):
         probabilities as a float TIFF."""
         from pipelines.infer.in_memory import class_values_of, predict_image
         from pipelines.infer.maskrcnn import segment_instances
+        from pipelines.postprocess.labels import postprocess_labels
+        from pipelines.write.image2d import write_label_image, write_probability_image
 
         model = job.model
         outputs: dict[str, Path] = {}

@@ -23,7 +23,6 @@ from data_contracts import (
     TrainingPlan,
 )
 from pipelines.io import PixelStats, raster
-from pipelines.io.vector import rasterize_to_file, read_vector_labels
 from pipelines.kinds import register_kind
 from pipelines.kinds.base import AnyGeometry, GridDifference, SegmentJob, narrow
 from pipelines.kinds.planar import PlanarKind
@@ -115,6 +114,8 @@ class RasterKind(PlanarKind):
         Raises:
             LabelGeometryError: the raster has no CRS.
         """
+        from pipelines.io.vector import rasterize_to_file, read_vector_labels  # GDAL/OGR: slow
+
         raster_grid = narrow(grid, RasterGeometry)
         if raster_grid.crs_wkt is None:
             raise LabelGeometryError(

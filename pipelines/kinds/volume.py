@@ -40,8 +40,6 @@ from pipelines.plan.fingerprint import (
     ras_shape_and_spacing,
 )
 from pipelines.plan.planner import intensity_window
-from pipelines.postprocess.labels import postprocess_labels
-from pipelines.write.nifti import write_nifti_mask, write_nifti_probabilities
 
 if TYPE_CHECKING:
     from monai.transforms.compose import Compose
@@ -195,6 +193,8 @@ class VolumeKind:
     def segment(self, job: SegmentJob) -> dict[str, Path]:
         """Predict in the source grid, post-process with the source spacing, write NIfTI."""
         from pipelines.infer.in_memory import class_values_of, predict_volume
+        from pipelines.postprocess.labels import postprocess_labels
+        from pipelines.write.nifti import write_nifti_mask, write_nifti_probabilities
 
         model, source = job.model, job.channels[0]
         prediction = predict_volume(

@@ -158,6 +158,9 @@ def test_maskrcnn_route_trains_registers_and_round_trips(tmp_path: Path) -> None
     x = torch.randn(1, report.spec.in_channels, 64, 64, generator=torch.Generator().manual_seed(0))
     module.network.eval()
     champion.network.eval()
+    # Loading for inference applies the model's score threshold (processing); so must the
+    # checkpoint's network, or a low-score detection of a barely trained model differs.
+    module.network.roi_heads.score_thresh = champion.network.roi_heads.score_thresh
     with torch.inference_mode():
         ours, theirs = module.network(list(x))[0], champion.network(list(x))[0]
         features = module.network.backbone(x), champion.network.backbone(x)
