@@ -30,6 +30,7 @@ __all__ = [
     "InvalidGeometryError",
     "LabelGeometryError",
     "LabelValueError",
+    "LossError",
     "MissingFileError",
     "ModelError",
     "NoValidPixelsError",
@@ -92,6 +93,15 @@ class ConfigError(SegflowError, ValueError):
     """A configuration file or setting is invalid."""
 
     default_hint = "correct the configuration value"
+
+
+class LossError(ConfigError):
+    """A training loss cannot be built: unknown name, unknown option, missing or bad value."""
+
+    default_hint = (
+        "choose a loss and its options from the loss table in docs/models.md (`segflow train "
+        "--help` for --loss); options go under `loss_options:` in the training YAML (--config)"
+    )
 
 
 class InputError(SegflowError, ValueError):
@@ -244,19 +254,31 @@ class VectorLabelError(InputError):
 class ArchiveError(InputError):
     """A zip or tar archive cannot be read, or holds a member segflow refuses to extract."""
 
-    default_hint = "repack the archive with relative paths and regular files only"
+    default_hint = (
+        "re-download the archive, or repack it (zip or tar) with relative paths and regular "
+        "files only"
+    )
 
 
 class UnsafeArchivePathError(ArchiveError):
     """An archive member has an absolute path or `..` that would leave the extraction folder."""
 
+    default_hint = "repack the archive from inside its folder, so that no path starts with / or .."
+
 
 class ArchiveLinkError(ArchiveError):
     """An archive member is a link that points outside the archive."""
 
+    default_hint = (
+        "repack the archive with the linked files themselves (tar --dereference, zip without "
+        "--symlinks), or remove the link"
+    )
+
 
 class ArchiveSpecialFileError(ArchiveError):
     """An archive member is a device, FIFO or other special file."""
+
+    default_hint = "repack the archive without devices, FIFOs or sockets: regular files only"
 
 
 class DecompressionBombError(ArchiveError):

@@ -30,7 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -116,6 +116,22 @@ def idle_seconds() -> float:
 def installation_version() -> str:
     """What a reusable server must share with this command: segflow, Prefect, the interpreter."""
     return f"segflow {_version('segflow')}; prefect {_version('prefect')}; {sys.executable}"
+
+
+#: What the server keeps of the environment of the command that starts it: the server outlives
+#: that command and serves later ones, so it takes none of its credentials (AWS_*, MLflow,
+#: database URLs) or segflow settings, only what Python and Prefect need.
+_KEPT_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV")
+_KEPT_PREFIXES = ("LC_", "PREFECT_")
+
+
+def server_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``environ`` the shared server runs with (see :data:`_KEPT_VARIABLES`)."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in _KEPT_VARIABLES or name.startswith(_KEPT_PREFIXES)
+    }
 
 
 def _version(package: str) -> str:
@@ -229,7 +245,11 @@ def _start(installation: str) -> SharedAPI:
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
-    env = {**os.environ, **SERVER_ENV, **settings.to_environment_variables(exclude_unset=True)}
+    env = {
+        **server_environment(os.environ),
+        **SERVER_ENV,
+        **settings.to_environment_variables(exclude_unset=True),
+    }
     env.pop("PREFECT_API_URL", None)
     log_path = get_settings().home_dir / "logs" / "prefect-api.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -170,6 +170,10 @@ def train(
         **parse_override_flags(plan or []),
     }
     read_manifest(manifest)  # fail fast on a missing or invalid manifest, before Prefect starts
+    if settings.model != "maskrcnn":  # …and on an unknown loss (Mask R-CNN has its own)
+        from seg_models.losses import loss_terms
+
+        loss_terms(settings.loss)
     workdir = workdir or manifest.with_name(f"{manifest.stem}.train")
     summary, code = run_flow(
         train_flow,

@@ -142,8 +142,15 @@ def train_from_manifest(
 
 
 def _log_inputs(prepared: PreparedTraining, config: TrainConfig) -> None:
-    """Plan, spec and training config as params, the manifest as input, the cases left out."""
-    extra = {"train": config.model_dump(mode="json")}
+    """Plan, spec and training config as params, the manifest as input, the cases left out.
+
+    The loss options logged are those the module received (``weighted_ce`` weights derived
+    from the class frequencies included).
+    """
+    train = config.model_dump(mode="json")
+    if prepared.route.loss_options is not None:
+        train["loss_options"] = prepared.route.loss_options
+    extra = {"train": train}
     log_plan_and_spec(prepared.plan, prepared.route.spec, extra=extra)
     log_manifest_input(prepared.manifest)
     if prepared.left_out:

@@ -9,6 +9,7 @@ own batch size, and keeps the checkpoint of the best DSB-2018 score.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydantic import JsonValue
@@ -23,8 +24,13 @@ from pipelines.train.maskrcnn import (
     maskrcnn_spec,
 )
 from pipelines.train.module import SegmentationModule, foreground_indices
+from seg_models.losses import loss_terms
 
 logger = logging.getLogger(__name__)
+
+WEIGHTED_CE = "weighted_ce"
+MIN_CLASS_FREQUENCY = 1e-4
+"""A class rarer than this (or absent) is weighted as if this frequent: its weight stays finite."""
 
 
 @dataclass
@@ -38,6 +44,8 @@ class TrainingRoute:
         monitor: the validation metric that picks the best checkpoint (higher is better).
         class_names: one name per output class index of the logged model.
         processing: post-processing config logged with the model (Mask R-CNN thresholds).
+        loss_options: the loss options the module received (with derived ``weighted_ce``
+            weights); ``None`` when the route trains on its own losses.
     """
 
     spec: ModelSpec
@@ -46,6 +54,7 @@ class TrainingRoute:
     monitor: str
     class_names: tuple[str, ...]
     processing: dict[str, JsonValue] = field(default_factory=dict)
+    loss_options: dict[str, JsonValue] | None = None
 
 
 def spec_for(plan: TrainingPlan, config: TrainConfig) -> ModelSpec:
@@ -69,7 +78,7 @@ def route_for(
     """
     if config.model == "maskrcnn":
         return _maskrcnn_route(plan, config, fingerprint)
-    return _semantic_route(plan, config)
+    return _semantic_route(plan, config, fingerprint)
 
 
 def _maskrcnn_route(
@@ -90,12 +99,15 @@ def _maskrcnn_route(
     )
 
 
-def _semantic_route(plan: TrainingPlan, config: TrainConfig) -> TrainingRoute:
+def _semantic_route(
+    plan: TrainingPlan, config: TrainConfig, fingerprint: DatasetFingerprint
+) -> TrainingRoute:
     spec = spec_for(plan, config)
+    loss_options = loss_options_for(config.loss, config.loss_options, plan, fingerprint)
     module = SegmentationModule(
         spec.model_dump(),
         loss=config.loss,
-        loss_options=dict(config.loss_options),
+        loss_options=loss_options,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
         roi_size=plan.patch_size,
@@ -106,5 +118,76 @@ def _semantic_route(plan: TrainingPlan, config: TrainConfig) -> TrainingRoute:
     )
     # The three-class nuclei route also selects checkpoints by Dice; DSB-2018 is scored after.
     return TrainingRoute(
-        spec, module, plan.batch_size, monitor="val_dice", class_names=plan.class_names
+        spec,
+        module,
+        plan.batch_size,
+        monitor="val_dice",
+        class_names=plan.class_names,
+        loss_options=loss_options,
     )
+
+
+def loss_options_for(
+    loss: str,
+    options: Mapping[str, JsonValue],
+    plan: TrainingPlan,
+    fingerprint: DatasetFingerprint,
+) -> dict[str, JsonValue]:
+    """The loss options, with ``weighted_ce`` weights from the class frequencies when not given.
+
+    ``weighted_ce`` needs one weight per class; without an explicit ``weight`` (at the top
+    level, or in its own ``weighted_ce: {...}`` dict) it gets
+    :func:`inverse_frequency_weights` of the fingerprint, logged. Explicit weights win.
+
+    Raises:
+        LossError: the loss expression cannot be parsed or names an unknown loss.
+    """
+    chosen = dict(options)
+    terms = loss_terms(loss)
+    own = chosen.get(WEIGHTED_CE, {})
+    # A non-dict ``weighted_ce`` option is left for build_loss to report.
+    if WEIGHTED_CE not in terms or "weight" in chosen or not isinstance(own, dict):
+        return chosen
+    if "weight" in own:
+        return chosen
+    weights = inverse_frequency_weights(plan, fingerprint)
+    logger.info(
+        "%s: class weights %s (inverse class frequencies of %s, mean 1)",
+        WEIGHTED_CE,
+        ", ".join(f"{name} {w:g}" for name, w in zip(plan.class_names, weights, strict=True)),
+        fingerprint.dataset_name,
+    )
+    derived: list[JsonValue] = list(weights)
+    if terms == [WEIGHTED_CE] and WEIGHTED_CE not in chosen:
+        chosen["weight"] = derived
+    else:  # a sum (or the term's own dict): only weighted_ce gets them
+        chosen[WEIGHTED_CE] = {**own, "weight": derived}
+    return chosen
+
+
+def inverse_frequency_weights(plan: TrainingPlan, fingerprint: DatasetFingerprint) -> list[float]:
+    """One weight per class index: ``1 / max(f_k, MIN_CLASS_FREQUENCY)``, scaled to mean 1.
+
+    ``f_k`` is the fingerprint's fraction of labelled pixels of class value
+    ``plan.class_values[k]`` (0 when the value never occurs; a warning names it). Four
+    significant digits, so that the logged parameters stay readable.
+    """
+    frequencies = fingerprint.class_frequencies
+    absent = [
+        name
+        for name, value in zip(plan.class_names, plan.class_values, strict=True)
+        if frequencies.get(value, 0.0) <= 0.0
+    ]
+    if absent:
+        logger.warning(
+            "%s: no labelled pixel of class %s in %s; weighted as if %g of the pixels",
+            WEIGHTED_CE,
+            ", ".join(absent),
+            fingerprint.dataset_name,
+            MIN_CLASS_FREQUENCY,
+        )
+    raw = [
+        1.0 / max(frequencies.get(value, 0.0), MIN_CLASS_FREQUENCY) for value in plan.class_values
+    ]
+    mean = sum(raw) / len(raw)
+    return [float(f"{weight / mean:.4g}") for weight in raw]

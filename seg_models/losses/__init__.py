@@ -13,7 +13,13 @@ from seg_models.losses.cross_entropy import (
     WeightedCrossEntropyLoss,
 )
 from seg_models.losses.distance import HausdorffDTLoss, ShapeAwareLoss
-from seg_models.losses.factory import LossInfo, available_losses, build_loss, loss_info
+from seg_models.losses.factory import (
+    LossInfo,
+    available_losses,
+    build_loss,
+    loss_info,
+    loss_terms,
+)
 from seg_models.losses.overlap import (
     DiceLoss,
     ExpLogLoss,
@@ -40,5 +46,6 @@ __all__ = [
     "available_losses",
     "build_loss",
     "loss_info",
+    "loss_terms",
     "prepare",
 ]

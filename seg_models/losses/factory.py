@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from data_contracts import ModelError
+from data_contracts import LossError
 from seg_models.losses._common import SegLoss
 from seg_models.losses.compound import ComboLoss, SumLoss
 from seg_models.losses.cross_entropy import (
@@ -24,7 +24,14 @@ from seg_models.losses.overlap import (
     SensitivitySpecificityLoss,
 )
 
-__all__ = ["LOSS_ALIASES", "LossInfo", "available_losses", "build_loss", "loss_info"]
+__all__ = [
+    "LOSS_ALIASES",
+    "LossInfo",
+    "available_losses",
+    "build_loss",
+    "loss_info",
+    "loss_terms",
+]
 
 
 @dataclass(frozen=True)
@@ -75,14 +82,27 @@ def loss_info(name: str) -> LossInfo:
     """The :class:`LossInfo` of a loss name or alias.
 
     Raises:
-        ModelError: for an unknown name.
+        LossError: for an unknown name.
     """
     key = LOSS_ALIASES.get(name, name)
     if key not in _LOSSES:
-        raise ModelError(
-            f"unknown loss {name!r}", hint=f"choose from {', '.join(available_losses())}"
+        raise LossError(
+            f"unknown loss {name!r}",
+            hint=f"choose from {', '.join(available_losses())} (see docs/models.md's loss table)",
         )
     return _LOSSES[key]
+
+
+def loss_terms(name: str) -> list[str]:
+    """Canonical names of the terms of a loss expression (``"0.5*dice+bce"`` → dice, ce).
+
+    Raises:
+        LossError: for a term that cannot be parsed or an unknown loss name.
+    """
+    return [
+        loss_info(term_name).name
+        for _, term_name in (_parse_term(t, name) for t in name.split("+"))
+    ]
 
 
 def build_loss(name: str, **options: Any) -> SegLoss:
@@ -108,18 +128,19 @@ def build_loss(name: str, **options: Any) -> SegLoss:
         The loss module.
 
     Raises:
-        ModelError: for unknown names, unknown options or invalid option values.
+        LossError: for unknown names, unknown options, missing options (``weighted_ce``
+            without ``weight``) or invalid option values.
     """
     ignore_index = options.pop("ignore_index", None)
     terms = [_parse_term(term, name) for term in name.split("+")]
-    canonical = [loss_info(term_name).name for _, term_name in terms]
+    canonical = loss_terms(name)
     nested: dict[str, dict[str, Any]] = {}
     for key in [k for k in options if LOSS_ALIASES.get(k, k) in canonical]:
         value = options.pop(key)
         if not isinstance(value, dict):
-            raise ModelError(
+            raise LossError(
                 f"option {key!r} of loss {name!r} must be a dict of that term's options",
-                hint=f'e.g. {key}={{"gamma": 1.0}}',
+                hint=f"e.g. {key}: {{{_example_option(key)}}} under `loss_options:` in the YAML",
             )
         nested[LOSS_ALIASES.get(key, key)] = value
     used: set[str] = set()
@@ -132,9 +153,9 @@ def build_loss(name: str, **options: Any) -> SegLoss:
         kwargs |= nested.get(key, {})
         losses.append(_construct(key, cls, kwargs, ignore_index))
     if unused := sorted(options.keys() - used):
-        raise ModelError(
+        raise LossError(
             f"loss {name!r} accepts no option {', '.join(unused)}",
-            hint="check the option names in docs/models.md",
+            hint=_options_hint(canonical),
         )
     if len(losses) == 1 and terms[0][0] == 1.0:
         return losses[0]
@@ -144,7 +165,7 @@ def build_loss(name: str, **options: Any) -> SegLoss:
 def _parse_term(term: str, expression: str) -> tuple[float, str]:
     match = _TERM.match(term)
     if match is None:
-        raise ModelError(
+        raise LossError(
             f"cannot parse loss term {term!r} in {expression!r}",
             hint='write losses as "name" or "weight*name" joined by "+", e.g. "0.5*dice+focal"',
         )
@@ -157,15 +178,36 @@ def _keywords(cls: type[SegLoss]) -> set[str]:
     return {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY} - {"ignore_index"}
 
 
+def _required(cls: type[SegLoss]) -> set[str]:
+    params = inspect.signature(cls.__init__).parameters
+    return {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and p.default is p.empty}
+
+
+def _options_hint(names: list[str]) -> str:
+    """``"dice takes batch, …; focal takes alpha, gamma: set them under …"`` (the hint)."""
+    accepted = "; ".join(
+        f"{name} takes {', '.join(sorted(_keywords(_LOSSES[name].cls))) or 'no option'}"
+        for name in dict.fromkeys(names)
+    )
+    return f"{accepted}: set options under `loss_options:` in the training YAML (docs/models.md)"
+
+
+def _example_option(name: str) -> str:
+    options = sorted(_keywords(_LOSSES[LOSS_ALIASES.get(name, name)].cls))
+    return f"{options[0]}: ..." if options else ""
+
+
 def _construct(
     name: str, cls: type[SegLoss], kwargs: dict[str, Any], ignore_index: int | None
 ) -> SegLoss:
+    hint = _options_hint([name])
     if bad := sorted(kwargs.keys() - _keywords(cls)):
-        raise ModelError(
-            f"loss {name!r} accepts no option {', '.join(bad)}",
-            hint=f"its options are {', '.join(sorted(_keywords(cls))) or 'none'}",
-        )
+        raise LossError(f"loss {name!r} accepts no option {', '.join(bad)}", hint=hint)
     try:
         return cls(**kwargs, ignore_index=ignore_index)
     except (TypeError, ValueError) as exc:
-        raise ModelError(f"invalid options for loss {name!r}: {exc}") from exc
+        if missing := sorted(_required(cls) - kwargs.keys()):
+            reason = f"loss {name!r} needs the option {', '.join(missing)}"
+        else:
+            reason = f"invalid options for loss {name!r}: {exc}"
+        raise LossError(reason, hint=hint) from exc

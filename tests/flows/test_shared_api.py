@@ -48,8 +48,25 @@ def marked(marker: str) -> dict[int, str]:
     return found
 
 
-def servers(marker: str) -> dict[int, str]:
-    return {pid: cmd for pid, cmd in marked(marker).items() if "flows.api_server" in cmd}
+def servers(home: str) -> list[int]:
+    """Live shared-API servers of ``home``: they run with a minimal environment of their own
+    (no marker, no SEGFLOW_HOME), so they are found by their command line."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            zombie = (proc / "stat").read_text().split()[2] == "Z"
+        except OSError:
+            continue
+        if (
+            not zombie
+            and b"flows.api_server" in cmdline
+            and any(part.startswith(f"{home}/server/".encode()) for part in cmdline)
+        ):
+            found.append(int(proc.name))
+    return found
 
 
 @pytest.fixture
@@ -59,7 +76,7 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     variables = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SEGFLOW_"))}
     variables.update({"SEGFLOW_HOME": str(tmp_path / "home"), MARKER: marker})
     yield variables
-    for pid in marked(marker):
+    for pid in [*marked(marker), *servers(variables["SEGFLOW_HOME"])]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
 
@@ -113,7 +130,8 @@ def test_commands_share_one_server_their_flows_run_on(env: dict[str, str], tmp_p
     second = segflow("ingest", str(source), "--out", str(tmp_path / "b.json"), env=env)
     assert second.returncode == 0, second.stdout + second.stderr
     assert state(env)["pid"] == started["pid"]
-    assert list(servers(env[MARKER])) == [started["pid"]]
+    assert servers(env["SEGFLOW_HOME"]) == [started["pid"]]
+    assert not marked(env[MARKER])  # the server takes none of the command's environment
     assert flow_run_count(str(started["url"])) == 2  # both ingests ran as Prefect flows there
     status = segflow("server", "status", "--json", env=env)
     assert status.returncode == 0 and json.loads(status.stdout)["url"] == started["url"]
@@ -142,7 +160,7 @@ def test_a_server_of_another_version_is_replaced(env: dict[str, str]) -> None:
     assert segflow("server", "start", env=env).returncode == 0
     assert state(env)["pid"] != old["pid"]
     assert wait_until_gone(int(str(old["pid"])), 15), "the unused old server was not stopped"
-    assert list(servers(env[MARKER])) == [state(env)["pid"]]
+    assert servers(env["SEGFLOW_HOME"]) == [state(env)["pid"]]
 
 
 def test_commands_started_together_start_one_server(env: dict[str, str]) -> None:
@@ -153,7 +171,7 @@ def test_commands_started_together_start_one_server(env: dict[str, str]) -> None
     ]
     outputs = [run.communicate(timeout=240)[0].decode() for run in runs]
     assert all(run.returncode == 0 for run in runs), outputs
-    assert len(servers(env[MARKER])) == 1
+    assert len(servers(env["SEGFLOW_HOME"])) == 1
     assert len({line.split()[3] for line in outputs}) == 1  # "Prefect API at <url> …"
 
 
@@ -169,19 +187,38 @@ def test_a_killed_command_leaves_only_the_server_and_frees_the_pipes(
         stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 180
-    while (
-        not servers(env[MARKER])
-        or not (Path(env["SEGFLOW_HOME"]) / "server" / "state.json").exists()
-    ):
+    while not (Path(env["SEGFLOW_HOME"]) / "server" / "state.json").exists():
         assert time.monotonic() < deadline and command.poll() is None
         time.sleep(0.1)
     command.send_signal(signal.SIGKILL)
     command.communicate(timeout=10)  # end-of-file on the pipes: the server does not hold them
     time.sleep(1)
-    left = marked(env[MARKER])
-    assert set(left) == set(servers(env[MARKER])), left
+    assert not marked(env[MARKER])  # the command and every child of it are gone
+    assert servers(env["SEGFLOW_HOME"]) == [state(env)["pid"]]  # only the shared server stays
     assert segflow("server", "stop", env=env).returncode == 0
     deadline = time.monotonic() + 15
-    while marked(env[MARKER]) and time.monotonic() < deadline:
+    while servers(env["SEGFLOW_HOME"]) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not marked(env[MARKER])
+    assert not servers(env["SEGFLOW_HOME"])
+
+
+def test_the_server_takes_no_credentials_or_settings_of_the_command() -> None:
+    from flows.shared_api import server_environment
+
+    kept = server_environment(
+        {
+            "PATH": "/usr/bin",
+            "HOME": "/root",
+            "LC_ALL": "C.UTF-8",
+            "PREFECT_HOME": "/h/prefect",
+            "SEGFLOW_HOME": "/h",
+            "AWS_SECRET_ACCESS_KEY": "secret",
+            "MLFLOW_TRACKING_URI": "postgresql://u:p@db/mlflow",
+        }
+    )
+    assert kept == {
+        "PATH": "/usr/bin",
+        "HOME": "/root",
+        "LC_ALL": "C.UTF-8",
+        "PREFECT_HOME": "/h/prefect",
+    }

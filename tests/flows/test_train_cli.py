@@ -71,3 +71,60 @@ def test_bad_training_options_are_usage_errors(
 
 def test_missing_manifest_exits_1(tmp_path: Path) -> None:
     assert main(["train", str(tmp_path / "none.json")]) == ExitCode.NOTHING_DONE
+
+
+def _loss_yaml(tmp_path: Path, loss_options: str = "{}") -> Path:
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        "model: unet\nmodel_options: {base_features: 4, depth: 2}\nmax_epochs: 1\n"
+        f"steps_per_epoch: 1\naccelerator: cpu\nloss_options: {loss_options}\n"
+        "plan:\n  batch_size: 2\n  patch_size: [32, 32]\n"
+    )
+    return config
+
+
+def test_weighted_ce_without_weights_trains_on_the_class_frequencies(
+    manifest_path: Path, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from data_contracts import TrainingPlan
+
+    argv = ["train", str(manifest_path), "--config", str(_loss_yaml(tmp_path))]
+    argv += ["--loss", "weighted_ce", "--workdir", str(tmp_path / "work")]
+    assert main(argv) == ExitCode.OK
+    plan = TrainingPlan.model_validate_json((tmp_path / "work" / "plan.json").read_text())
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    weights = [float(w) for w in run.data.params["train.loss_options.weight"].split(",")]
+    assert len(weights) == plan.num_classes
+    assert sum(weights) / len(weights) == pytest.approx(1.0, rel=1e-3)
+    assert weights[0] < weights[-1]  # the background is the most frequent class
+
+
+@pytest.mark.parametrize(
+    ("loss", "options", "reason", "hint"),
+    [
+        (
+            "weighted_ce",
+            "{weight: [1, 2], gamma: 2}",
+            "loss 'weighted_ce' accepts no option gamma",
+            "weighted_ce takes weight: set options under `loss_options:`",
+        ),
+        ("dice+tversky", "{}", "unknown loss 'tversky'", "choose from balanced_ce, ce"),
+    ],
+)
+def test_a_bad_loss_exits_2_with_the_loss_hint(
+    manifest_path: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    loss: str,
+    options: str,
+    reason: str,
+    hint: str,
+) -> None:
+    argv = ["train", str(manifest_path), "--config", str(_loss_yaml(tmp_path, options))]
+    argv += ["--loss", loss, "--workdir", str(tmp_path / "work")]
+    assert main(argv) == ExitCode.USAGE
+    err = " ".join(capsys.readouterr().err.split())
+    assert reason in err and hint in err and "docs/models.md" in err
+    assert "model name/URI" not in err

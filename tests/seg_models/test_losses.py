@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_contracts import ModelError
+from data_contracts import LossError, ModelError
 from seg_models import available_losses, build_loss
 
 IGNORE = 255
@@ -159,13 +159,35 @@ def test_sums_by_name() -> None:
         ("dice", {"gamma": 2.0}, "no option gamma"),
         ("dice+focal", {"focal": 2.0}, "must be a dict"),
         ("focal", {"focal": {"smooth": 1.0}}, "no option smooth"),
-        ("weighted_ce", {}, "invalid options"),
+        ("weighted_ce", {}, "needs the option weight"),
         ("combo", {"alpha": 2.0}, "invalid options"),
     ],
 )
-def test_bad_loss_requests_raise_model_error(name: str, options: dict, match: str) -> None:
-    with pytest.raises(ModelError, match=match):
+def test_bad_loss_requests_raise_loss_error(name: str, options: dict, match: str) -> None:
+    with pytest.raises(LossError, match=match) as caught:
         build_loss(name, **options)
+    assert not isinstance(caught.value, ModelError)
+    assert caught.value.hint and caught.value.hint != ModelError.default_hint
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "reason", "hint"),
+    [
+        ("tversky", {}, "unknown loss 'tversky'", "choose from balanced_ce, ce, combo"),
+        ("dice", {"gamma": 2.0}, "accepts no option gamma", "dice takes batch, include_back"),
+        ("weighted_ce", {}, "'weighted_ce' needs the option weight", "weighted_ce takes weight"),
+        ("dice+weighted_ce", {}, "needs the option weight", "loss_options:"),
+        ("weighted_ce", {"weight": None}, "invalid options for loss", "weighted_ce takes weight"),
+    ],
+)
+def test_loss_errors_name_the_loss_and_hint_at_its_options(
+    name: str, options: dict, reason: str, hint: str
+) -> None:
+    with pytest.raises(LossError) as caught:
+        build_loss(name, **options)
+    assert reason in caught.value.reason
+    assert hint in caught.value.hint
+    assert "model name/URI" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
