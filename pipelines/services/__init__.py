@@ -2,7 +2,9 @@
 
 - :mod:`~pipelines.services.ledger` (with :mod:`~pipelines.services.ledger_schema`): the SQLite
   resume ledger of an output folder; :mod:`~pipelines.services.output_lock`: its ``flock``.
-- :mod:`~pipelines.services.batch`: the resumable batch loop over the inference steps;
+- :mod:`~pipelines.services.batch`: the resumable batch run over the inference steps (its
+  items and per-case processing in :mod:`~pipelines.services.batch_items`, the progress it
+  reports through :mod:`~pipelines.services.batch_progress`);
   :mod:`~pipelines.services.case_workers` runs its cases in worker processes
   (:mod:`~pipelines.services.process_guard` keeps children from outliving segflow).
 - :mod:`~pipelines.services.tracking`, :mod:`~pipelines.services.batch_tracking`: MLflow runs.
