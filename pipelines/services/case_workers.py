@@ -15,6 +15,8 @@ see the parent's stop request at their next batch of windows (:mod:`pipelines.in
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -298,10 +300,30 @@ def start_forkserver_early(*, wait: bool = False) -> None:
         probe.start()  # returns once the forkserver has imported its preload and forked
         probe.join()
 
+    global _stop_registered
+    if not _stop_registered:
+        atexit.register(_stop_forkserver)
+        _stop_registered = True
     if wait:
         start()
     else:
         threading.Thread(target=start, name="segflow-forkserver", daemon=True).start()
+
+
+_stop_registered = False
+
+
+def _stop_forkserver() -> None:
+    """At exit, end the forkserver: one still importing its preload (a command that had nothing
+    to segment ends first) would notice this process's end only when done, seconds later."""
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if not pid:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError, ChildProcessError):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def _ready() -> None:
