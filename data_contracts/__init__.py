@@ -19,6 +19,7 @@ from data_contracts.plan import (
     ChannelNormalization,
     ChannelStats,
     DatasetFingerprint,
+    NetworkChoice,
     NormalizationScheme,
     TrainingPlan,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "ChannelStats",
     "DatasetFingerprint",
     "DatasetManifest",
+    "NetworkChoice",
     "FileRecord",
     "Geometry",
     "ImageGeometry",

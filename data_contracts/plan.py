@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, JsonValue, model_validator
 
 from data_contracts._base import Contract
 from data_contracts.dataset import CaseKind, LabelKind
@@ -84,6 +84,38 @@ class ChannelNormalization(Contract):
     upper: float | None = None
 
 
+class NetworkChoice(Contract):
+    """The network the plan chose for ``--model auto``, and why (see :mod:`pipelines.plan.network`).
+
+    Attributes:
+        model: model name in the factory (``dynunet``).
+        options: its keyword options (depth, filters, normalisation).
+        depth: poolings; the deepest feature map of a patch stays at least 8 px.
+        base_width: features of the first level (doubled per level, capped).
+        budget_minutes: the training budget the width was fitted to (``--max-minutes``, or the
+            default budget when none was given).
+        train_seconds: seconds of that budget left for optimiser steps (probe, validation,
+            final evaluation and registering set aside).
+        seconds_per_step: probe: measured seconds per training step, by base width.
+        planned_steps: optimiser steps the chosen width is expected to reach.
+        min_steps: the fewest steps a width had to reach to be chosen.
+        device: where the probe ran (``cpu``, ``cuda``).
+        rule: one sentence a person reads: budget, probe, steps, network, patch, batch.
+    """
+
+    model: str
+    options: dict[str, JsonValue] = Field(default_factory=dict)
+    depth: int = Field(ge=1)
+    base_width: int = Field(ge=1)
+    budget_minutes: float = Field(gt=0)
+    train_seconds: float = Field(ge=0)
+    seconds_per_step: dict[str, float] = Field(default_factory=dict)
+    planned_steps: int = Field(ge=0)
+    min_steps: int = Field(ge=0)
+    device: str = "cpu"
+    rule: str = ""
+
+
 class TrainingPlan(Contract):
     """Everything training and inference need to treat the data identically.
 
@@ -105,6 +137,7 @@ class TrainingPlan(Contract):
         min_instance_seed: instance plans: interior regions with fewer pixels are noise, not
             objects (they join their neighbour or vanish); about a tenth of the median object.
         overrides: fields the user set explicitly (flag or YAML), for the record.
+        network: the network chosen for ``--model auto`` (``None`` when the user named one).
     """
 
     dataset_name: str
@@ -123,6 +156,7 @@ class TrainingPlan(Contract):
     memory_budget_mb: int = Field(default=2048, ge=64)
     min_instance_seed: int = Field(default=0, ge=0)
     overrides: tuple[str, ...] = ()
+    network: NetworkChoice | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingPlan:

@@ -13,12 +13,16 @@ class TrainConfig(Contract):
     """Options of ``segflow train`` (the CLI flags and the YAML config map onto these fields).
 
     Attributes:
-        model: model name in the factory (``unet``, ``dynunet``, ``fcn8s``…).
-        model_options: keyword options of the model (widths, backbone…).
+        model: ``auto`` (the plan chooses the network for the data, the budget and the
+            device; see :mod:`pipelines.plan.network`) or a model name in the factory (``unet``,
+            ``dynunet``, ``fcn8s``…).
+        model_options: keyword options of the model (widths, backbone…); with ``auto`` they
+            override the plan's choice.
         loss: loss name or sum of names (``dice+ce``).
         loss_options: keyword options of the loss.
         max_epochs: epochs at most.
-        max_minutes: wall-clock budget; training stops cleanly when it is spent.
+        max_minutes: wall-clock budget of the whole command (planning, training, the final
+            evaluation and registering); training stops early enough for it.
         steps_per_epoch: training batches per epoch (patches are sampled, so an epoch is a
             number of steps, not a pass over the files).
         learning_rate: AdamW learning rate.
@@ -32,9 +36,11 @@ class TrainConfig(Contract):
         strategy: ``auto`` or ``ddp`` (several GPUs).
         precision: ``auto`` (bf16/16 mixed on CUDA, 32 on CPU) or a Lightning precision string.
         num_workers: data loader worker processes.
+        budget_started_at: Unix time the budget counts from (the CLI passes its own start);
+            ``None``: when training starts.
     """
 
-    model: str = "unet"
+    model: str = "auto"
     model_options: dict[str, JsonValue] = Field(default_factory=dict)
     loss: str = "dice+ce"
     loss_options: dict[str, JsonValue] = Field(default_factory=dict)
@@ -52,3 +58,4 @@ class TrainConfig(Contract):
     strategy: Literal["auto", "ddp"] = "auto"
     precision: str = "auto"
     num_workers: int = Field(default=0, ge=0)
+    budget_started_at: float | None = Field(default=None, gt=0)

@@ -64,8 +64,10 @@ def train(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Model name: unet, dynunet, fcn8s, deeplabv3, pspnet… (see docs/models.md), "
-            "or maskrcnn on instance labels."
+            help="auto (default): the plan chooses the network for the data, the budget and "
+            "this device (a short probe times a few steps; the rule is in plan.json). Or a "
+            "model name: unet, dynunet, fcn8s, deeplabv3, pspnet… (see docs/models.md), or "
+            "maskrcnn on instance labels."
         ),
     ] = None,
     model_option: Annotated[
@@ -83,7 +85,11 @@ def train(
     ] = None,
     max_minutes: Annotated[
         float | None,
-        typer.Option(help="Wall-clock budget; training stops cleanly when it is spent."),
+        typer.Option(
+            help="Wall-clock budget of the whole command, in minutes: the network, the "
+            "validation cadence and the epochs are fitted to it, and training stops early "
+            "enough for the final evaluation and registering."
+        ),
     ] = None,
     max_epochs: Annotated[int | None, typer.Option(help="Epochs at most.")] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(help="Training batches per epoch.")] = None,
@@ -136,7 +142,9 @@ def train(
 
     Examples:
 
-        segflow train brats.json --model unet --loss dice+ce --max-minutes 20 --register brats
+        segflow train brats.json --max-minutes 20 --register brats
+
+        segflow train brats.json --model unet --loss dice+focal --max-minutes 20
 
         segflow train tiles.json --model fcn8s --plan patch_size=256,256 --config train.yaml
 
@@ -157,6 +165,7 @@ def train(
         "accelerator": accelerator,
         "strategy": strategy,
         "devices": int(devices) if devices and devices.isdigit() else devices,
+        "budget_started_at": process_started_at(),
     }
     yaml_fields = load_train_yaml(config)
     if model_option:
@@ -213,3 +222,10 @@ def result_table(summary: Mapping[str, Any]) -> Table:
     if registration is not None:
         table.caption += f" · registered {registration['name']} v{registration['version']}: {registration['reason']}"
     return table
+
+
+def process_started_at() -> float:
+    """When this process started (Unix time): ``--max-minutes`` counts from there."""
+    import psutil
+
+    return float(psutil.Process().create_time())

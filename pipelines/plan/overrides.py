@@ -180,6 +180,13 @@ def plan_table(plan: TrainingPlan) -> list[tuple[str, str]]:
         (f"normalization[{c}]", _norm_text(n.scheme, n.mean, n.std, n.lower, n.upper))
         for c, n in enumerate(plan.normalization)
     ]
+    if plan.network is not None:
+        filters = plan.network.options.get("filters") or []
+        width = "-".join(str(f) for f in filters) if isinstance(filters, list) else str(filters)
+        rows += [
+            ("network", f"{plan.network.model} {width} (chosen by the plan)"),
+            ("network_rule", plan.network.rule),
+        ]
     marked = set(plan.overrides)
     if "class_names" in marked:
         marked.add("class_values")

@@ -120,8 +120,11 @@ def train_from_manifest(
         on_plan=on_plan,
     )
     name = prepared.manifest.name
-    tags = {"segflow.dataset": name, "segflow.seed": config.seed, "segflow.model": config.model}
-    with training_run(name, run_name=f"{config.model}-{name}", tags=tags) as run:
+    model = prepared.route.spec.name
+    tags = {"segflow.dataset": name, "segflow.seed": config.seed, "segflow.model": model}
+    if prepared.plan.network is not None:
+        tags["segflow.network_rule"] = prepared.plan.network.rule
+    with training_run(name, run_name=f"{model}-{name}", tags=tags) as run:
         _log_inputs(prepared, config)
         result = _fit(prepared, config, progress_bar)
         evaluation = evaluate(prepared, result, keep_predictions=keep_predictions)

@@ -9,6 +9,7 @@ module and :func:`~pipelines.train.validate.evaluate` scores its best checkpoint
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,15 @@ from data_contracts import (
     TrainingPlan,
 )
 from pipelines.plan import apply_overrides, compute_fingerprint, make_plan, save_plan
+from pipelines.plan.network import AUTO_MODEL, choose_network
 from pipelines.preprocess.datasets import build_datasets, split_cases
 from pipelines.preprocess.verify import check_training_cases
+from pipelines.train.budget import training_budget
+from pipelines.train.probe import probe_device, step_probe
 from pipelines.train.route import TrainingRoute, route_for
 from pipelines.train.trainer import seed_everything
+
+logger = logging.getLogger(__name__)
 
 PlanCallback = Callable[[TrainingPlan], None]
 """Called with the plan once it is saved, before the model is built (e.g. to print it)."""
@@ -165,7 +171,20 @@ def fingerprint_and_plan(
     """The dataset's fingerprint (with ``config.seed``) and its plan, overrides applied."""
     fingerprint = compute_fingerprint(manifest, seed=config.seed)
     plan = make_plan(fingerprint, manifest)
-    return fingerprint, apply_overrides(plan, overrides) if overrides else plan
+    plan = apply_overrides(plan, overrides) if overrides else plan
+    if config.model == AUTO_MODEL:
+        plan = plan_network(plan, config)
+    return fingerprint, plan
+
+
+def plan_network(plan: TrainingPlan, config: TrainConfig) -> TrainingPlan:
+    """``--model auto``: the plan with the network that this device trains within the budget
+    (a probe times a few steps per width; see :mod:`pipelines.plan.network`)."""
+    device = probe_device(config.accelerator)
+    budget = training_budget(config, plan.spatial_dims)
+    planned, choice = choose_network(plan, budget, step_probe(plan, device), device=device)
+    logger.info("network: %s", choice.rule)
+    return planned
 
 
 def fits_in_memory(manifest: DatasetManifest) -> bool:

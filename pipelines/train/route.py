@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 from pydantic import JsonValue
 
-from data_contracts import DatasetFingerprint, ModelSpec, TrainConfig, TrainingPlan
+from data_contracts import ConfigError, DatasetFingerprint, ModelSpec, TrainConfig, TrainingPlan
+from pipelines.plan.network import AUTO_MODEL
+from pipelines.train.budget import horizon_epochs
 from pipelines.train.maskrcnn import (
     MASK_THRESHOLD,
     SCORE_THRESHOLD,
@@ -58,13 +60,28 @@ class TrainingRoute:
 
 
 def spec_for(plan: TrainingPlan, config: TrainConfig) -> ModelSpec:
-    """The model spec that fits ``plan`` (channels, classes, dimensions)."""
+    """The model spec that fits ``plan`` (channels, classes, dimensions).
+
+    ``--model auto`` takes the plan's network choice; ``--model-option`` values override its
+    options one by one.
+
+    Raises:
+        ConfigError: ``auto`` on a plan that chose no network.
+    """
+    name, options = config.model, dict(config.model_options)
+    if name == AUTO_MODEL:
+        if plan.network is None:
+            raise ConfigError(
+                "--model auto needs a plan that chose the network",
+                hint="plan with segflow train (it probes this device), or name a model",
+            )
+        name, options = plan.network.model, {**plan.network.options, **options}
     return ModelSpec(
-        name=config.model,
+        name=name,
         spatial_dims=plan.spatial_dims,
         in_channels=plan.in_channels,
         num_classes=plan.num_classes,
-        options=dict(config.model_options),
+        options=options,
     )
 
 
@@ -112,7 +129,7 @@ def _semantic_route(
         weight_decay=config.weight_decay,
         roi_size=plan.patch_size,
         class_names=plan.class_names,
-        max_epochs=config.max_epochs,
+        max_epochs=horizon_epochs(config, plan.network.planned_steps if plan.network else None),
         seed=config.seed,
         foreground=foreground_indices(plan.class_values),
     )

@@ -8,7 +8,6 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     ModelCheckpoint,
     RichProgressBar,
-    Timer,
 )
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from monai.data.utils import worker_init_fn as monai_worker_init
@@ -27,9 +25,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from data_contracts import TrainConfig
 from pipelines.interrupts import TrainingInterrupted
+from pipelines.train.budget import TimeBudget, budget_sets_epochs, deadline_of
 from pipelines.train.sampler import EpochSeededSampler
 
 logger = logging.getLogger(__name__)
+
+#: The trainer's last epoch when the budget sets it (adjusted from the first epoch on).
+_UNBOUNDED_EPOCHS = 100_000
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 """Called as ``on_epoch(epoch, metrics)`` after each validated epoch (e.g. to log to MLflow)."""
@@ -147,17 +149,20 @@ def fit(
         dirpath=checkpoint_dir, filename="best", monitor=monitor, mode="max", save_last=True
     )
     stopper = EarlyStopping(
-        monitor=monitor, mode="max", patience=config.patience, check_on_train_epoch_end=False
+        monitor=monitor, mode="max", patience=_patience(config), check_on_train_epoch_end=False
     )
     history = _History(on_epoch)
     callbacks: list[Callback] = [checkpoints, stopper, history, *(extra_callbacks or [])]
-    timer = Timer(duration=timedelta(minutes=config.max_minutes)) if config.max_minutes else None
-    if timer is not None:
+    deadline = deadline_of(config)
+    timer = None
+    if deadline is not None:
+        seconds = (config.max_minutes or 0.0) * 60
+        timer = TimeBudget(deadline, seconds, sets_epochs=budget_sets_epochs(config))
         callbacks.append(timer)
     if progress_bar:
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(
-        max_epochs=config.max_epochs,
+        max_epochs=_UNBOUNDED_EPOCHS if timer and timer.sets_epochs else config.max_epochs,
         accelerator=config.accelerator,
         devices=config.devices,
         strategy=config.strategy,
@@ -182,6 +187,14 @@ def fit(
         except SIGTERMException as error:
             raise _interrupted(trainer, last) from error
     return _result(trainer, checkpoints, stopper, timer, history)
+
+
+def _patience(config: TrainConfig) -> int:
+    """``config.patience``; unbounded when the budget sets the epochs and no patience was given:
+    the learning rate then decays over the whole budget and the best checkpoint is kept."""
+    if budget_sets_epochs(config) and "patience" not in config.model_fields_set:
+        return _UNBOUNDED_EPOCHS
+    return config.patience
 
 
 @contextlib.contextmanager
@@ -221,17 +234,13 @@ def _result(
     trainer: L.Trainer,
     checkpoints: ModelCheckpoint,
     stopper: EarlyStopping,
-    timer: Timer | None,
+    timer: TimeBudget | None,
     history: _History,
 ) -> TrainResult:
     stopped_by = "epochs"
     if stopper.stopped_epoch > 0:
         stopped_by = "early_stopping"
-    elif (
-        timer is not None
-        and timer.time_remaining() is not None
-        and (timer.time_remaining() or 0) <= 0
-    ):
+    elif timer is not None and (timer.expired or timer.sets_epochs):
         stopped_by = "time_budget"
     best = checkpoints.best_model_score
     return TrainResult(
