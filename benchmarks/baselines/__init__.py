@@ -10,6 +10,7 @@ Each task has a fixed yardstick, trained in the same run as segflow, on the same
 | ``nuclei`` | ``monai-unet2d-3class``, ``otsu-watershed``, ``maskrcnn-r50-scratch`` | DSB-2018 |
 | ``buildings`` | ``monai-unet2d`` | building IoU |
 | ``landcover`` | ``random-forest-multiscale`` | mIoU |
+| ``spinalcord`` | ``monai-unet3d-dicece-ras1mm-64`` | spinal-cord Dice (label 1) |
 
 Design rule: this package may use ``pipelines.metrics``, ``pipelines.instance_targets``, the readers
 in ``pipelines.io`` and manifests' case lists, but never ``pipelines.train``,
@@ -41,15 +42,23 @@ METHODS: dict[str, tuple[str, ...]] = {
     "nuclei": ("monai-unet2d-3class", "otsu-watershed", "maskrcnn-r50-scratch"),
     "buildings": ("monai-unet2d",),
     "landcover": ("random-forest-multiscale",),
+    "spinalcord": ("monai-unet3d-dicece-ras1mm-64",),
 }
 METRICS = {
     "brats": "whole_tumour_dice",
     "nuclei": "dsb2018",
     "buildings": "building_iou",
     "landcover": "miou",
+    "spinalcord": "cord_dice",
 }
 #: The issue's budgets (minutes, each side).
-DEFAULT_BUDGET_MINUTES = {"brats": 20.0, "nuclei": 20.0, "buildings": 10.0, "landcover": 10.0}
+DEFAULT_BUDGET_MINUTES = {
+    "brats": 20.0,
+    "nuclei": 20.0,
+    "buildings": 10.0,
+    "landcover": 10.0,
+    "spinalcord": 10.0,
+}
 
 
 def run_baseline(
@@ -64,7 +73,7 @@ def run_baseline(
     """Train the pinned baseline ``method`` of ``task`` and score it on ``val_cases``.
 
     Args:
-        task: ``"brats"``, ``"nuclei"``, ``"buildings"`` or ``"landcover"``.
+        task: ``"brats"``, ``"nuclei"``, ``"buildings"``, ``"landcover"`` or ``"spinalcord"``.
         train_cases: labelled training cases (from the task's manifest).
         val_cases: labelled held-out cases.
         budget_minutes: wall-clock training budget (recorded only for the random forest, which
@@ -99,6 +108,12 @@ def run_baseline(
         from benchmarks.baselines import buildings_unet2d
 
         return buildings_unet2d.run(
+            train_cases, val_cases, budget_minutes=budget_minutes, seed=seed
+        )
+    if task == "spinalcord":
+        from benchmarks.baselines import spinalcord_unet3d
+
+        return spinalcord_unet3d.run(
             train_cases, val_cases, budget_minutes=budget_minutes, seed=seed
         )
     from benchmarks.baselines import landcover_rf

@@ -50,7 +50,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Task = Literal["brats", "nuclei", "buildings", "landcover"]
+Task = Literal["brats", "nuclei", "buildings", "landcover", "spinalcord"]
 
 
 @dataclass(frozen=True)

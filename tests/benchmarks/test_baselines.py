@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -25,6 +26,7 @@ from benchmarks.baselines import (
     landcover_rf,
     nuclei,
     run_baseline,
+    spinalcord_unet3d,
     split_cases,
 )
 from benchmarks.baselines.common import (
@@ -244,3 +246,58 @@ def test_pinned_maskrcnn_runs_through_run_baseline(cells: tuple[Case, ...]) -> N
         "nuclei", train, val, budget_minutes=BUDGET_MINUTES, method="maskrcnn-r50-scratch"
     )
     _check(result, "nuclei", "maskrcnn-r50-scratch", BUDGET_MINUTES)
+
+
+# --- spinal cord: cases on different grids -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cords(tmp_path_factory: pytest.TempPathFactory) -> tuple[tuple[Case, ...], tuple[Case, ...]]:
+    """Two one-channel training cases on an LAS 0.5 × 0.5 × 3 mm grid, one held-out case on a
+    PSR 1 mm grid (as the real set mixes RAS, PSR and LAS, isotropic and 7.5 mm slices)."""
+    base = tmp_path_factory.mktemp("spinalcord")
+    grids = {
+        "train": (("L", "A", "S"), (0.5, 0.5, 3.0), 2),
+        "val": (("P", "S", "R"), (1.0,) * 3, 1),
+    }
+    found = {}
+    for name, (axcodes, spacing, n_cases) in grids.items():
+        root = make_volume_dataset(
+            base / name,
+            n_cases=n_cases,
+            shape=(32, 28, 12),
+            spacing=spacing,
+            axcodes=axcodes,
+            n_channels=1,
+            n_classes=1,
+            layout="images_labels",
+            seed=len(name),
+        )
+        found[name] = _manifest(root).cases
+    return found["train"], found["val"]
+
+
+def test_spinalcord_unet3d_predicts_onto_each_label_grid(
+    cords: tuple[tuple[Case, ...], tuple[Case, ...]],
+) -> None:
+    train, val = cords
+    config = spinalcord_unet3d.SpinalCordConfig(patch=(32, 32, 32))
+    result = spinalcord_unet3d.run(train, val, budget_minutes=BUDGET_MINUTES, config=config)
+    _check(result, "spinalcord", METHODS["spinalcord"][0], BUDGET_MINUTES)
+    assert result.metric == "cord_dice" and result.details["steps"] >= 1
+    common = spinalcord_unet3d.load_case(val[0], config)["image"]
+    assert common.shape[1:] == (12, 32, 28)  # PSR 1 mm brought to RAS 1 mm
+    model = spinalcord_unet3d.build_model().eval()
+    for case in (*train, *val):
+        assert case.label is not None
+        label_shape = nib.load(case.label.path).shape  # type: ignore[attr-defined]
+        assert spinalcord_unet3d.segment(model, case, config).shape == label_shape
+
+
+def test_pinned_spinalcord_baseline_runs_through_run_baseline(
+    cords: tuple[tuple[Case, ...], tuple[Case, ...]],
+) -> None:
+    train, val = cords
+    result = run_baseline("spinalcord", train, val, budget_minutes=BUDGET_MINUTES)
+    _check(result, "spinalcord", METHODS["spinalcord"][0], BUDGET_MINUTES)
+    assert result.details["config"]["patch"] == (64, 64, 64)

@@ -72,7 +72,11 @@ def test_the_widest_width_that_reaches_the_steps_is_chosen_and_wider_ones_are_no
     assert choice.base_width == 16  # 500 / 0.4 = 1250 steps; 24 gives 555
     assert probe.calls == [8, 16, 24]
     assert choice.planned_steps == 1250
-    assert choice.options == {"depth": 5, "filters": [16, 32, 64, 128, 256, 512], "norm": "instance"}
+    assert choice.options == {
+        "depth": 5,
+        "filters": [16, 32, 64, 128, 256, 512],
+        "norm": "instance",
+    }
     assert planned.network == choice and planned.patch_size == (256, 256)
     for text in ("budget 10 min", "1,250 steps", "U-Net 16-32-64-128-256-512", "patch 256×256"):
         assert text in choice.rule

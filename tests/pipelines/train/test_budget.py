@@ -114,7 +114,9 @@ def test_auto_training_fits_the_whole_budget_and_states_its_choice(tmp_path: Pat
     manifest = ingest(tmp_path / "data", workdir=tmp_path / "ingest")
     budget_seconds = 36.0
     started = time.time()
-    config = TrainConfig(max_minutes=budget_seconds / 60, accelerator="cpu", budget_started_at=started)
+    config = TrainConfig(
+        max_minutes=budget_seconds / 60, accelerator="cpu", budget_started_at=started
+    )
     report = train_from_manifest(manifest, config, tmp_path / "train", progress_bar=False)
     elapsed = time.time() - started
     assert report.plan.network is not None
