@@ -76,8 +76,12 @@ def _pip_requirements() -> list[str]:
 
 
 def _example_input(spec: ModelSpec, plan: TrainingPlan) -> np.ndarray:
-    # Small, so that input_example.json stays small and MLflow's validation forward is cheap.
+    # Small, so that input_example.json stays small and MLflow's validation forward is cheap,
+    # but with at least 2 px per axis at the deepest level: instance norm needs more than one.
     side = 32 if spec.spatial_dims == 2 else 16
+    depth = spec.options.get("depth")
+    if isinstance(depth, int):
+        side = max(side, 2 ** (depth + 1))
     shape = (1, spec.in_channels, *(min(int(s), side) for s in plan.patch_size))
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 

@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sized
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
     ModelCheckpoint,
+    ProgressBar,
     RichProgressBar,
 )
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -35,6 +37,13 @@ _UNBOUNDED_EPOCHS = 100_000
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 """Called as ``on_epoch(epoch, metrics)`` after each validated epoch (e.g. to log to MLflow)."""
+
+#: Makes the progress display of ``fit(progress_bar=True)``: Lightning's rich bar, unless the
+#: caller (the command line, for its console modes) sets another, or one that returns ``None``
+#: for no display.
+progress_display: ContextVar[Callable[[], ProgressBar | None]] = ContextVar(
+    "progress_display", default=RichProgressBar
+)
 
 
 @dataclass
@@ -159,8 +168,9 @@ def fit(
         seconds = (config.max_minutes or 0.0) * 60
         timer = TimeBudget(deadline, seconds, sets_epochs=budget_sets_epochs(config))
         callbacks.append(timer)
-    if progress_bar:
-        callbacks.append(RichProgressBar())
+    bar = progress_display.get()() if progress_bar else None
+    if bar is not None:
+        callbacks.append(bar)
     trainer = L.Trainer(
         max_epochs=_UNBOUNDED_EPOCHS if timer and timer.sets_epochs else config.max_epochs,
         accelerator=config.accelerator,
@@ -172,7 +182,7 @@ def fit(
         callbacks=callbacks,
         default_root_dir=checkpoint_dir,
         logger=False,
-        enable_progress_bar=progress_bar,
+        enable_progress_bar=bar is not None,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=1.0 if val_loader is not None else 0,

@@ -289,3 +289,24 @@ def test_paint_instances_keeps_the_most_confident_mask_on_overlaps() -> None:
     labels = paint_instances(detections, (4, 4))
     expected = np.array([[2, 2, 0, 0], [2, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]], np.int32)
     np.testing.assert_array_equal(labels, expected)
+
+
+def test_a_deep_instance_norm_network_logs_with_an_example_it_can_take() -> None:
+    """The plan's 5-pooling DynUNet on 256² patches: a 32² example would reach its bottleneck at
+    1×1, where instance norm has a single value and fails."""
+    spec = ModelSpec(
+        name="dynunet",
+        in_channels=1,
+        num_classes=2,
+        options={"depth": 5, "filters": [2, 2, 2, 2, 2, 2], "norm": "instance"},
+    )
+    plan = PLAN.model_copy(update={"patch_size": (256, 256)})
+    with training_run("toy", system_metrics=False):
+        uri = log_segmentation_model(
+            seg_models.build_model(spec).eval(),
+            spec,
+            plan,
+            class_names=plan.class_names,
+            channel_names=("dapi",),
+        )
+    assert load_model(uri).spec.options["depth"] == 5
