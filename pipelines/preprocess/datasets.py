@@ -24,6 +24,7 @@ from monai.transforms.transform import Randomizable
 from monai.transforms.utility.dictionary import EnsureTyped
 
 from data_contracts import Case, ConfigError, DatasetManifest, TrainingPlan
+from pipelines.preprocess.region import HeldOutRegion, HoldOutRegiond
 from pipelines.preprocess.transforms import IMAGE_KEY, INSTANCE_KEY, LABEL_KEY, plan_transforms
 
 __all__ = ["build_datasets", "cache_key", "case_to_item", "seed_augmentation", "split_cases"]
@@ -150,13 +151,33 @@ def _plain_tensors_before_random(transform: Compose) -> Compose:
     return Compose([*steps[:cut], strip, *steps[cut:]])
 
 
+def _before_random(transform: Compose, step: Any) -> Compose:
+    """``transform`` with ``step`` inserted just before its first random step (so it is cached)."""
+    steps = list(transform.transforms)
+    first = transform.get_index_of_first(  # type: ignore[no-untyped-call]
+        lambda t: isinstance(t, RandomizableTrait)
+    )
+    cut = len(steps) if first is None else first
+    return Compose([*steps[:cut], step, *steps[cut:]])
+
+
 def _dataset(
-    cases: list[Case], plan: TrainingPlan, train: bool, cache_dir: Path | None, num_workers: int
+    cases: list[Case],
+    plan: TrainingPlan,
+    train: bool,
+    cache_dir: Path | None,
+    num_workers: int,
+    held_out: HeldOutRegion | None = None,
 ) -> Dataset:
     items = [case_to_item(case) for case in cases]
     transform = plan_transforms(plan, train=train)
+    if held_out is not None:
+        transform = _before_random(
+            transform, HoldOutRegiond(held_out, "ignore" if train else "crop")
+        )
     if cache_dir is not None:
-        folder = cache_dir / cache_key(plan, cases) / ("train" if train else "val")
+        part = ("train" if train else "val") + (f"-held-{held_out.fraction:g}" if held_out else "")
+        folder = cache_dir / cache_key(plan, cases) / part
         folder.mkdir(parents=True, exist_ok=True)
         transform = _plain_tensors_before_random(transform)
         return PersistentDataset(items, transform, cache_dir=folder, track_meta=False)
@@ -173,6 +194,7 @@ def build_datasets(
     cache_dir: Path | None = None,
     seed: int = 0,
     num_workers: int = 0,
+    held_out: HeldOutRegion | None = None,
 ) -> tuple[Dataset, Dataset]:
     """Training and validation datasets of split cases, the deterministic preprocessing cached.
 
@@ -189,15 +211,17 @@ def build_datasets(
             ``None`` caches every case in memory (``CacheDataset``).
         seed: augmentation seed.
         num_workers: threads that fill the in-memory cache.
+        held_out: a region of a case validated on and not trained on (the dataset's only
+            labelled case is then in both ``train_cases`` and ``val_cases``).
 
     Returns:
         ``(train, val)``.
     """
     logger.info("%d training and %d validation cases", len(train_cases), len(val_cases))
     cache = Path(cache_dir) if cache_dir is not None else None
-    train = _dataset(list(train_cases), plan, True, cache, num_workers)
+    train = _dataset(list(train_cases), plan, True, cache, num_workers, held_out)
     seed_augmentation(train, seed)
-    val = _dataset(list(val_cases), plan, False, cache, num_workers)
+    val = _dataset(list(val_cases), plan, False, cache, num_workers, held_out)
     return train, val
 
 

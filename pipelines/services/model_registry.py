@@ -174,10 +174,11 @@ def log_segmentation_model(
     return str(info.model_uri)
 
 
-def validation_key(cases: Sequence[Case]) -> str:
+def validation_key(cases: Sequence[Case], region: str | None = None) -> str:
     """A hash of the validation cases (ids and file hashes): equal keys mean equal data.
 
-    Independent of case order.
+    Independent of case order. ``region`` names the part of the cases validated on, when it is
+    not all of them (a held-out region of the only labelled case).
 
     Raises:
         UsageError: no cases.
@@ -194,6 +195,8 @@ def validation_key(cases: Sequence[Case]) -> str:
         )
         for case in cases
     )
+    if region:
+        lines.append(f"region|{region}")
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 

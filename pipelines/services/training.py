@@ -16,7 +16,7 @@ from typing import Any
 
 import mlflow
 
-from data_contracts import DatasetManifest, ModelSpec, TrainConfig, TrainingPlan
+from data_contracts import ConfigError, DatasetManifest, ModelSpec, TrainConfig, TrainingPlan
 from pipelines.services.model_registry import (
     RegistrationResult,
     load_model,
@@ -119,6 +119,13 @@ def train_from_manifest(
         fold=fold,
         on_plan=on_plan,
     )
+    if register and not prepared.val_cases:
+        raise ConfigError(
+            "no validation case to score the model on, so it cannot be registered",
+            path=manifest.source,
+            hint="label a second case (one semantic case is validated on a held-out region) "
+            "and keep --val-fraction above 0, or train without --register",
+        )
     name = prepared.manifest.name
     model = prepared.route.spec.name
     tags = {"segflow.dataset": name, "segflow.seed": config.seed, "segflow.model": model}
@@ -206,7 +213,9 @@ def _publish(
         model_uri,
         register,
         score=evaluation.score,
-        validation_key=validation_key(prepared.val_cases),
+        validation_key=validation_key(
+            prepared.val_cases, prepared.held_out.description if prepared.held_out else None
+        ),
         metric=evaluation.metric,
         evaluate_champion=lambda uri: score_loaded(prepared, load_model(uri)),
     )

@@ -28,6 +28,7 @@ from data_contracts import (
 from pipelines.plan import apply_overrides, compute_fingerprint, make_plan, save_plan
 from pipelines.plan.network import AUTO_MODEL, choose_network
 from pipelines.preprocess.datasets import build_datasets, split_cases
+from pipelines.preprocess.region import HeldOutRegion
 from pipelines.preprocess.verify import check_training_cases
 from pipelines.train.budget import training_budget
 from pipelines.train.probe import probe_device, step_probe
@@ -59,6 +60,8 @@ class PreparedTraining:
         train_set: random patches of ``train_cases``.
         val_set: whole preprocessed ``val_cases``, in the same order.
         checkpoint_dir: where :func:`~pipelines.train.trainer.fit` keeps its checkpoints.
+        held_out: with a single labelled case, the region of it validated on and not trained
+            on (``val_cases`` is then that case).
     """
 
     manifest: DatasetManifest
@@ -70,6 +73,7 @@ class PreparedTraining:
     val_set: Dataset
     checkpoint_dir: Path
     left_out: dict[str, str] = field(default_factory=dict)
+    held_out: HeldOutRegion | None = None
 
     @property
     def channel_names(self) -> tuple[str, ...]:
@@ -123,6 +127,9 @@ def prepare(
         fold=fold,
         val_ids=val_case_ids,
     )
+    held_out = None
+    if not val_cases and val_case_ids is None and folds is None:
+        train_cases, val_cases, held_out = hold_out_region(train_cases, plan, val_fraction)
     train_set, val_set = build_datasets(
         train_cases,
         val_cases,
@@ -130,6 +137,7 @@ def prepare(
         cache_dir=None if fits_in_memory(manifest) else workdir / "cache",
         seed=config.seed,
         num_workers=config.num_workers,
+        held_out=held_out,
     )
     return PreparedTraining(
         manifest,
@@ -141,7 +149,29 @@ def prepare(
         val_set,
         checkpoint_dir=workdir / "checkpoints",
         left_out=left_out,
+        held_out=held_out,
     )
+
+
+def hold_out_region(
+    train_cases: list[Case], plan: TrainingPlan, fraction: float
+) -> tuple[list[Case], list[Case], HeldOutRegion | None]:
+    """With one labelled case and semantic labels, validate on its end (see
+    :mod:`pipelines.preprocess.region`); otherwise keep the split as it is (no validation).
+
+    Returns:
+        ``(train_cases, val_cases, held_out)``.
+    """
+    if len(train_cases) != 1 or plan.label_kind != "semantic" or not 0 < fraction < 1:
+        if not train_cases[1:]:
+            logger.warning("one labelled case and no validation: the last checkpoint is kept")
+        return train_cases, [], None
+    region = HeldOutRegion(train_cases[0].case_id, fraction, plan.spatial_dims)
+    logger.warning(
+        "one labelled case: validating on %s, training on the rest (--val-fraction sets the share)",
+        region.description,
+    )
+    return train_cases, list(train_cases), region
 
 
 def _checked_cases(manifest: DatasetManifest) -> tuple[DatasetManifest, dict[str, str]]:

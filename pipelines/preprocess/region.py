@@ -1,0 +1,86 @@
+"""Validation on a region of the one labelled case, when a dataset has only one.
+
+A single scene or volume (one SpaceNet tile, one land-cover raster, one annotated scan) leaves
+no case to validate on, so there would be no best checkpoint and no score to register. Its end
+along one axis is held out instead: the last ``fraction`` of the rows (2D) or of the S axis (3D
+volumes, after orientation and resampling). Training reads the whole case with the held-out
+labels set to :data:`~pipelines.preprocess.array.IGNORE_INDEX` (no loss there); validation reads
+only the held-out part. The image of the held-out part is seen in training context, its labels
+never.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from monai.transforms.transform import MapTransform
+
+from pipelines.preprocess.array import IGNORE_INDEX
+from pipelines.preprocess.transforms import IMAGE_KEY, LABEL_KEY
+
+__all__ = ["HeldOutRegion", "HoldOutRegiond"]
+
+
+@dataclass(frozen=True)
+class HeldOutRegion:
+    """The end of one case held out for validation.
+
+    Attributes:
+        case_id: the case.
+        fraction: share of the axis held out, at its end.
+        spatial_dims: 2 (rows held out) or 3 (the S axis).
+    """
+
+    case_id: str
+    fraction: float
+    spatial_dims: int
+
+    @property
+    def axis(self) -> int:
+        """The held-out axis of a channel-first array: rows (2D) or S (3D)."""
+        return -2 if self.spatial_dims == 2 else -1
+
+    @property
+    def description(self) -> str:
+        """E.g. ``"the last 20 % of the rows of sn4_atl_nw"``."""
+        what = "rows" if self.spatial_dims == 2 else "slices (S axis)"
+        return f"the last {self.fraction:.0%} of the {what} of {self.case_id}"
+
+    def start(self, length: int) -> int:
+        """First held-out index along an axis of ``length`` (at least one index each side)."""
+        held = max(1, round(length * self.fraction))
+        return max(1, min(length - 1, length - held))
+
+
+class HoldOutRegiond(MapTransform):
+    """Ignore the held-out labels (training) or keep only the held-out part (validation).
+
+    Args:
+        region: what is held out.
+        mode: ``"ignore"`` sets the label's held-out part to ``IGNORE_INDEX``; ``"crop"`` keeps
+            only the held-out part of the image and the label.
+    """
+
+    def __init__(self, region: HeldOutRegion, mode: Literal["ignore", "crop"]) -> None:
+        super().__init__([IMAGE_KEY, LABEL_KEY], allow_missing_keys=True)
+        self.region = region
+        self.mode = mode
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        item = dict(data)
+        if item.get("case_id") != self.region.case_id or LABEL_KEY not in item:
+            return item
+        axis = self.region.axis
+        start = self.region.start(item[LABEL_KEY].shape[axis])
+        if self.mode == "ignore":
+            label = torch.as_tensor(item[LABEL_KEY]).clone()
+            label.narrow(axis % label.ndim, start, label.shape[axis] - start).fill_(IGNORE_INDEX)
+            item[LABEL_KEY] = label
+            return item
+        for key in (IMAGE_KEY, LABEL_KEY):
+            array = item[key]
+            item[key] = array.narrow(axis % array.ndim, start, array.shape[axis] - start).clone()
+        return item

@@ -1,0 +1,76 @@
+"""One labelled case: its end is validated on and never trained on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_contracts import TrainConfig
+from pipelines.ingest import ingest
+from pipelines.preprocess.array import IGNORE_INDEX
+from pipelines.preprocess.region import HeldOutRegion, HoldOutRegiond
+from pipelines.preprocess.transforms import IMAGE_KEY, LABEL_KEY
+from pipelines.services.model_registry import validation_key
+from pipelines.synthetic import make_raster_dataset
+from pipelines.train.prepare import prepare
+
+CONFIG = TrainConfig(
+    model="unet", model_options={"features": [4, 8]}, max_epochs=1, accelerator="cpu"
+)
+
+
+def _item(case_id: str = "scene") -> dict[str, object]:
+    return {
+        "case_id": case_id,
+        IMAGE_KEY: torch.arange(2 * 10 * 4, dtype=torch.float32).reshape(2, 10, 4),
+        LABEL_KEY: torch.ones(1, 10, 4, dtype=torch.int64),
+    }
+
+
+def test_training_ignores_the_held_out_rows_and_validation_reads_only_them() -> None:
+    region = HeldOutRegion("scene", 0.2, spatial_dims=2)
+    trained = HoldOutRegiond(region, "ignore")(_item())
+    label = trained[LABEL_KEY]
+    assert isinstance(label, torch.Tensor)
+    assert (label[:, :8] == 1).all() and (label[:, 8:] == IGNORE_INDEX).all()
+    validated = HoldOutRegiond(region, "crop")(_item())
+    image = validated[IMAGE_KEY]
+    assert isinstance(image, torch.Tensor) and image.shape == (2, 2, 4)
+    assert torch.equal(image, _item()[IMAGE_KEY][:, 8:])  # type: ignore[index]
+    assert HoldOutRegiond(region, "crop")(_item("other"))[IMAGE_KEY].shape == (2, 10, 4)  # type: ignore[union-attr]
+
+
+def test_volumes_hold_out_the_end_of_the_s_axis_and_both_sides_keep_an_index() -> None:
+    region = HeldOutRegion("scan", 0.5, spatial_dims=3)
+    assert region.axis == -1 and "slices" in region.description
+    assert region.start(3) == 1 and HeldOutRegion("scan", 0.01, 3).start(3) == 2
+    assert HeldOutRegion("scan", 0.99, 3).start(3) == 1
+
+
+def test_a_single_semantic_case_is_validated_on_its_held_out_rows(tmp_path: Path) -> None:
+    make_raster_dataset(tmp_path / "data", n_tiles=1, size=(64, 48), seed=4)
+    manifest = ingest(tmp_path / "data", workdir=tmp_path / "work")
+    (case,) = manifest.labelled_cases
+    prepared = prepare(manifest, CONFIG, tmp_path / "run", plan_overrides={"patch_size": [32, 32]})
+    assert prepared.held_out == HeldOutRegion(case.case_id, 0.2, 2)
+    assert prepared.train_cases == prepared.val_cases == [case]
+    validation = prepared.val_set[0]
+    assert validation[IMAGE_KEY].shape[-2:] == (13, 48)  # the last 20 % of 64 rows
+    full = validation_key([case])
+    assert validation_key([case], prepared.held_out.description) != full
+
+
+@pytest.mark.parametrize("fraction", [0.0])
+def test_without_a_validation_share_there_is_no_region(tmp_path: Path, fraction: float) -> None:
+    make_raster_dataset(tmp_path / "data", n_tiles=1, size=(48, 48), seed=4)
+    manifest = ingest(tmp_path / "data", workdir=tmp_path / "work")
+    prepared = prepare(
+        manifest,
+        CONFIG,
+        tmp_path / "run",
+        plan_overrides={"patch_size": [32, 32]},
+        val_fraction=fraction,
+    )
+    assert prepared.held_out is None and prepared.val_cases == []
