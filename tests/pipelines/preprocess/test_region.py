@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_contracts import TrainConfig
+from data_contracts import ConfigError, TrainConfig
 from pipelines.ingest import ingest
 from pipelines.preprocess.array import IGNORE_INDEX
 from pipelines.preprocess.region import HeldOutRegion, HoldOutRegiond
 from pipelines.preprocess.transforms import IMAGE_KEY, LABEL_KEY
 from pipelines.services.model_registry import validation_key
+from pipelines.services.training import train_from_manifest
 from pipelines.synthetic import make_raster_dataset
 from pipelines.train.prepare import prepare
 
@@ -62,15 +63,16 @@ def test_a_single_semantic_case_is_validated_on_its_held_out_rows(tmp_path: Path
     assert validation_key([case], prepared.held_out.description) != full
 
 
-@pytest.mark.parametrize("fraction", [0.0])
-def test_without_a_validation_share_there_is_no_region(tmp_path: Path, fraction: float) -> None:
+def test_without_a_validation_share_there_is_no_region_and_no_registering(
+    tmp_path: Path,
+) -> None:
     make_raster_dataset(tmp_path / "data", n_tiles=1, size=(48, 48), seed=4)
     manifest = ingest(tmp_path / "data", workdir=tmp_path / "work")
-    prepared = prepare(
-        manifest,
-        CONFIG,
-        tmp_path / "run",
-        plan_overrides={"patch_size": [32, 32]},
-        val_fraction=fraction,
-    )
+    patch = {"patch_size": [32, 32]}
+    prepared = prepare(manifest, CONFIG, tmp_path / "run", plan_overrides=patch, val_fraction=0)
     assert prepared.held_out is None and prepared.val_cases == []
+    with pytest.raises(ConfigError, match="cannot be registered"):
+        train_from_manifest(
+            manifest, CONFIG, tmp_path / "again", plan_overrides=patch, register="x", val_fraction=0
+        )
+    assert not (tmp_path / "again" / "checkpoints").exists()  # refused before training
