@@ -37,9 +37,10 @@ VALIDATION_SHARE = 0.10
 #: Share of what is left of the budget at plan time that optimiser steps get: the rest goes to
 #: validations (:data:`VALIDATION_SHARE`) and to the final evaluation and registering.
 TRAIN_SHARE = 0.85
-#: Passes over the validation cases after the last step: the budget's last validation, the final
-#: evaluation of the best checkpoint, and the current champion's on registering.
-_CLOSING_PASSES = 3
+#: Passes over the validation cases after the last step: the budget's last validation and the
+#: final evaluation of the best checkpoint (a champion is re-scored only when its validation
+#: cases differ, which the registering's share covers).
+_CLOSING_PASSES = 2
 _PUBLISH_SECONDS = 10.0
 _PUBLISH_SHARE = 0.02
 
@@ -132,7 +133,9 @@ class TimeBudget(Callback):
         every = trainer.check_val_every_n_epoch or 1
         per_epoch = self.epoch_seconds + self.validation_seconds / every
         left = self.deadline - time.time() - self.reserve_seconds
-        horizon = trainer.current_epoch + 1 + max(0, int(left // per_epoch))
+        # Rounded up: the stop before the closing passes cuts the last epoch short instead of
+        # leaving most of an epoch's time unused.
+        horizon = trainer.current_epoch + 1 + max(0, math.ceil(left / per_epoch))
         trainer.fit_loop.max_epochs = horizon
         for config in trainer.lr_scheduler_configs:
             if hasattr(config.scheduler, "total_iters"):
