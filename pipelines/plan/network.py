@@ -8,7 +8,8 @@ The rules, nnU-Net's where it has one (each stays overridable with ``--model``,
   better instance route on a CPU (``BENCHMARKS.md`` A3 vs A3m: 0.318 vs 0.166); Mask R-CNN was
   never measured better on CUDA, so it is chosen only by name.
 - **Depth.** Pool while the deepest feature map of a patch keeps at least
-  :data:`MIN_FEATURE_MAP` pixels on its shortest axis (at most 5 poolings in 2D, 4 in 3D).
+  :data:`MIN_FEATURE_MAP` pixels on its shortest axis (at least 2 poolings, at most 5 in 2D and
+  4 in 3D).
 - **Normalisation.** Instance norm: with a few patches per step batch statistics are noisy,
   and images of different modalities (fluorescence and bright-field) get their own statistics.
 - **Width from a budget.** A probe times a few training steps per candidate width on this
@@ -50,6 +51,7 @@ WIDTHS = (8, 16, 24, 32)
 #: Feature maps are capped here (nnU-Net's caps: 320 in 3D, 512 in 2D).
 MAX_FEATURES = {2: 512, 3: 320}
 MAX_DEPTH = {2: 5, 3: 4}
+MIN_DEPTH = 2
 MIN_FEATURE_MAP = 8
 #: Fewest optimiser steps a width must reach within the budget: a 3D patch holds ~100× the
 #: voxels of a 2D one, so it teaches more per step.
@@ -80,10 +82,11 @@ class Budget:
 
 
 def network_depth(patch_size: Sequence[int], spatial_dims: int) -> int:
-    """Poolings while the shortest patch axis stays ≥ :data:`MIN_FEATURE_MAP` (at least 1)."""
+    """Poolings while the shortest patch axis stays ≥ :data:`MIN_FEATURE_MAP`, at least
+    :data:`MIN_DEPTH` (MONAI's DynUNet needs two; plan patches are multiples of 16 or 32)."""
     shortest = min(patch_size)
     depth = math.floor(math.log2(max(shortest, 1) / MIN_FEATURE_MAP))
-    return max(1, min(MAX_DEPTH[spatial_dims], depth))
+    return max(MIN_DEPTH, min(MAX_DEPTH[spatial_dims], depth))
 
 
 def filters_for(base_width: int, depth: int, spatial_dims: int) -> list[int]:

@@ -50,7 +50,13 @@ class LinearProbe:
 
 @pytest.mark.parametrize(
     ("patch", "dims", "depth"),
-    [((256, 256), 2, 5), ((128, 128), 2, 4), ((96, 96), 2, 3), ((64, 64, 32), 3, 2)],
+    [
+        ((256, 256), 2, 5),
+        ((128, 128), 2, 4),
+        ((96, 96), 2, 3),
+        ((64, 64, 32), 3, 2),
+        ((32, 32, 16), 3, 2),  # DynUNet's least: 2 poolings, even below 8 px
+    ],
 )
 def test_depth_pools_while_the_shortest_axis_keeps_eight_pixels(
     patch: tuple[int, ...], dims: int, depth: int
