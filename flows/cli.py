@@ -6,26 +6,32 @@ import atexit
 import contextlib
 import os
 import sys
-import traceback
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from typer.exceptions import Abort, TyperException
 
 from data_contracts import (
-    ConfigError,
     IngestOptions,
     MissingFileError,
-    SegflowError,
     UsageError,
     apply_environment,
-    get_settings,
 )
-from flows.console import console, error_console, manifest_table, rejected_table
+from flows.console import (
+    begin_session,
+    close_routing,
+    console,
+    end_session,
+    manifest_table,
+    rejected_table,
+    short_path,
+    show_summary,
+)
+from flows.console_display import StageDisplay
+from flows.console_errors import run_reporting_errors
 from flows.evaluate_cli import evaluate as evaluate_command
 from flows.exit_codes import ExitCode
+from flows.log_routing import console_mode
 from flows.segment_cli import segment as segment_command
 from flows.serve import serve as serve_command
 from flows.server_cli import server_app
@@ -33,10 +39,6 @@ from flows.train_cli import train as train_command
 from pipelines.interrupts import (
     SIGINT_EXIT_CODE,
     SIGTERM_EXIT_CODE,
-    BatchInterrupted,
-    StopSignal,
-    TrainingInterrupted,
-    exit_code_for,
     install_stop_handlers,
 )
 from pipelines.kinds import registered_kinds
@@ -186,12 +188,17 @@ def run_ingest_flow(
     from pipelines.ingest import read_manifest
 
     workdir = workdir or out.with_name(f"{out.stem}.files")
-    summary, code = run_flow(ingest_flow, source=source, out=out, options=options, workdir=workdir)
+    with StageDisplay("ingest", f"validating {short_path(source)}"):
+        summary, code = run_flow(
+            ingest_flow, source=source, out=out, options=options, workdir=workdir
+        )
     manifest = read_manifest(summary["manifest"])
-    console.print(manifest_table(manifest))
-    if manifest.rejected:
-        console.print(rejected_table(manifest))
-    console.print(f"Manifest written to [bold]{out}[/bold]")
+    tables = [manifest_table(manifest), *([rejected_table(manifest)] if manifest.rejected else [])]
+    show_summary(
+        *tables,
+        f"Manifest written to [bold]{short_path(out, 60)}[/bold]",
+        data={**summary, "rejected_inputs": manifest.rejected},
+    )
     return code
 
 
@@ -212,23 +219,16 @@ def demo(
     case with models:/demo-<kind>@champion, and scores the masks against the labels. Uses
     Prefect's local API and MLflow on a sqlite file under SEGFLOW_HOME: no server to start.
     """
-    from rich.table import Table
-
-    from flows.demo import demo_flow
+    from flows.console_display import SegmentProgress
+    from flows.console_train import training_stage
+    from flows.demo import demo_flow, show_demo_summary
 
     if minutes_scale <= 0:
         raise UsageError(f"--minutes-scale must be positive, not {minutes_scale}")
-    summary = demo_flow(out, seed=seed, minutes_scale=minutes_scale)
-    table = Table(title="segflow demo: Dice per case (mean over foreground classes)")
-    for column in ("kind", "case", "split", "Dice", "mask"):
-        table.add_column(column)
-    for row in summary["rows"]:
-        table.add_row(row["kind"], row["case"], row["split"], f"{row['dice']:.3f}", row["mask"])
-    console.print(table)
-    console.print(f"Masks:          [bold]{summary['masks']}[/bold]")
-    console.print(f"MLflow runs:    [bold]{summary['tracking_uri']}[/bold]")
-    console.print(f"MLflow UI:      [bold]{summary['mlflow_ui']}[/bold]")
-    console.print(f"Archive:        {summary['archive']}")
+    with training_stage("demo", "building the sample archive") as display:
+        progress = SegmentProgress(display)
+        summary = demo_flow(out, seed=seed, minutes_scale=minutes_scale, progress=progress)
+    show_demo_summary(summary)
     raise typer.Exit(0)
 
 
@@ -255,7 +255,10 @@ def export(
     from pipelines.services.model_registry import export_model
 
     folder = export_model(model, destination)
-    console.print(f"Exported {model} to [bold]{folder}[/bold]")
+    show_summary(
+        f"Exported {model} to [bold]{short_path(folder, 60)}[/bold]",
+        data={"model": model, "folder": folder},
+    )
 
 
 def _version_callback(value: bool) -> None:
@@ -268,6 +271,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -277,19 +281,31 @@ def _root(
             help="Print the version and exit.",
         ),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Show every line, other libraries' too (each once)."),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Show only errors and the summary (for cron).")
+    ] = False,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the summary as one JSON object on stdout, nothing else there."
+        ),
+    ] = False,
 ) -> None:
-    """Segment medical volumes and georeferenced rasters; see each command's --help."""
+    """Segment medical volumes and georeferenced rasters; see each command's --help.
 
-
-def _save_crash(error: BaseException) -> Path | None:
-    try:
-        crash_dir = get_settings().home_dir / "crashes"
-        crash_dir.mkdir(parents=True, exist_ok=True)
-        path = crash_dir / f"crash-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.txt"
-        path.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
-        return path
-    except OSError:
-        return None
+    Other libraries' lines (Prefect, Lightning, MLflow, warnings) go to a log file under
+    SEGFLOW_HOME/logs, named on the command's last line. SEGFLOW_CONSOLE=quiet|json|verbose
+    sets the mode without a flag (cron).
+    """
+    mode = console_mode(verbose, quiet, json_output)
+    if ctx.invoked_subcommand is None or (ctx.obj or {}).get("help"):
+        return  # the command's help prints before it runs: nothing to route
+    begin_session(mode, ctx.invoked_subcommand)
+    ctx.call_on_close(close_routing)  # also when the command fails: errors print after it
 
 
 def _exit_now(code: int) -> NoReturn:
@@ -313,42 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     from flows import local_api
 
     local_api.enable()  # flows run on a temporary Prefect API that cannot outlive segflow
-    try:
-        result = app(args=argv, standalone_mode=False)
-        code = result if isinstance(result, int) else ExitCode.OK
-    except (UsageError, ConfigError) as error:
-        error_console.print(f"[red]usage error:[/red] {error}")
-        code = ExitCode.USAGE
-    except TrainingInterrupted as error:
-        error_console.print(f"[yellow]interrupted:[/yellow] {error}")
-        code = SIGTERM_EXIT_CODE
-    except BatchInterrupted as error:
-        error_console.print(f"[yellow]interrupted:[/yellow] {error}")
-        code = exit_code_for(error.signal_name)
-    except StopSignal as stop:
-        error_console.print(
-            f"[yellow]interrupted by {stop.signal_name}[/yellow]: run the same command again "
-            "to start over (its outputs are written atomically: nothing half-written is kept)"
-        )
-        code = exit_code_for(stop.signal_name)
-    except SegflowError as error:
-        error_console.print(f"[red]error:[/red] {error}")
-        code = ExitCode.NOTHING_DONE
-    except TyperException as error:  # click's usage errors, re-exported by Typer
-        show = getattr(error, "show", None)
-        if callable(show):
-            show()
-        else:
-            error_console.print(f"[red]error:[/red] {error}")
-        code = int(getattr(error, "exit_code", ExitCode.USAGE))
-    except (Abort, KeyboardInterrupt):
-        error_console.print("[yellow]interrupted[/yellow]")
-        code = 130
-    except Exception as error:  # a bug: keep the traceback, show a short message
-        saved = _save_crash(error)
-        where = f" (traceback saved to {saved})" if saved else ""
-        error_console.print(f"[red]internal error:[/red] {type(error).__name__}: {error}{where}")
-        code = ExitCode.INTERNAL
+    args = sys.argv[1:] if argv is None else argv
+    asks_help = "--help" in args or "-h" in args  # the callback cannot see the command's args
+    code, error = run_reporting_errors(
+        lambda: app(args=argv, standalone_mode=False, obj={"help": asks_help})
+    )
+    end_session(code, error)  # the last line: "log: …" (or the JSON object)
     if __name__ == "__main__" or argv is None:
         if code in (SIGTERM_EXIT_CODE, SIGINT_EXIT_CODE):
             _exit_now(code)  # a stop signal: within its time budget

@@ -15,14 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from rich.table import Table
 
 from data_contracts import IngestOptions, TrainConfig, get_settings
 from flows.artifacts import publish_summary, publish_table
+from flows.console import short_path, show_summary
+from flows.console_display import SegmentProgress
 from flows.dataset_flows import evaluate_flow, ingest_flow, train_flow
 from flows.local_api import ensure_local_api
 from flows.segment_flow import segment_archive_flow
 
-__all__ = ["DEMO_TRAINING", "demo_flow", "demo_job"]
+__all__ = ["DEMO_TRAINING", "demo_flow", "demo_job", "demo_table", "show_demo_summary"]
 
 #: Small networks and budgets that fit the demo's five minutes on two CPU cores.
 DEMO_TRAINING: dict[str, dict[str, Any]] = {
@@ -45,10 +48,21 @@ def _labels_folder(manifest_path: Path) -> Path:
 
 
 def _run_kind(
-    kind: str, archive: Path, out: Path, minutes_scale: float, seed: int
+    kind: str,
+    archive: Path,
+    out: Path,
+    minutes_scale: float,
+    seed: int,
+    progress: SegmentProgress | None,
 ) -> list[dict[str, Any]]:
     """Ingest → train + register → segment → evaluate one kind; rows for the results table."""
+
+    def stage(detail: str) -> None:
+        if progress is not None:
+            progress.display.restart(f"demo {kind}", detail)
+
     manifest = out / f"{kind}_manifest.json"
+    stage("ingest")
     ingest_flow(archive, manifest, IngestOptions(subdir=kind), out / f"{kind}.files")
     settings = DEMO_TRAINING[kind]
     config = TrainConfig(
@@ -61,12 +75,21 @@ def _run_kind(
         val_every=2,
         seed=seed,
     )
+    stage("training")
     trained = train_flow(
-        manifest=manifest, config=config, register=f"demo-{kind}", workdir=out / f"{kind}.train"
+        manifest=manifest,
+        config=config,
+        register=f"demo-{kind}",
+        workdir=out / f"{kind}.train",
+        progress_bar=progress is not None,  # the command line's display (or none)
     )
     masks = out / "masks" / kind
-    segment_archive_flow(str(manifest), f"models:/demo-{kind}@champion", str(masks))
+    stage("segmenting")
+    segment_archive_flow(
+        str(manifest), f"models:/demo-{kind}@champion", str(masks), progress=progress
+    )
     metrics = out / f"{kind}_metrics.json"
+    stage("scoring")
     report = evaluate_flow(masks, _labels_folder(manifest), metrics)
     held_out = set(trained["validation_cases"])
     rows = []
@@ -84,7 +107,12 @@ def _run_kind(
     return rows
 
 
-def demo_flow(out: Path, seed: int = 0, minutes_scale: float = 1.0) -> dict[str, Any]:
+def demo_flow(
+    out: Path,
+    seed: int = 0,
+    minutes_scale: float = 1.0,
+    progress: SegmentProgress | None = None,
+) -> dict[str, Any]:
     """Run the ``demo`` flow (:func:`demo_job`) into ``out``, on segflow's temporary Prefect API
     in the command line (:func:`flows.local_api.ensure_local_api`).
 
@@ -92,16 +120,22 @@ def demo_flow(out: Path, seed: int = 0, minutes_scale: float = 1.0) -> dict[str,
         out: folder for the archive, manifests, masks and metrics.
         seed: seed of the sample data and of training.
         minutes_scale: multiplies the training budgets (tests run a reduced demo).
+        progress: the command line's display, told of each stage and of segmenting.
 
     Returns:
         The per-case Dice rows and where everything is.
     """
     ensure_local_api()
-    return demo_job(out, seed=seed, minutes_scale=minutes_scale)
+    return demo_job(out, seed=seed, minutes_scale=minutes_scale, progress=progress)
 
 
 @flow(name="demo", flow_run_name="demo")
-def demo_job(out: Path, seed: int = 0, minutes_scale: float = 1.0) -> dict[str, Any]:
+def demo_job(
+    out: Path,
+    seed: int = 0,
+    minutes_scale: float = 1.0,
+    progress: SegmentProgress | None = None,
+) -> dict[str, Any]:
     """The demo flow: run the demo into ``out``; return the per-case Dice rows and where
     everything is.
 
@@ -109,6 +143,7 @@ def demo_job(out: Path, seed: int = 0, minutes_scale: float = 1.0) -> dict[str, 
         out: folder for the archive, manifests, masks and metrics.
         seed: seed of the sample data and of training.
         minutes_scale: multiplies the training budgets (tests run a reduced demo).
+        progress: the command line's display, told of each stage and of segmenting.
     """
     from pipelines.synthetic import make_sample_archive
 
@@ -117,7 +152,7 @@ def demo_job(out: Path, seed: int = 0, minutes_scale: float = 1.0) -> dict[str, 
     rows = [
         row
         for kind in ("volumes", "rasters")
-        for row in _run_kind(kind, archive, out, minutes_scale, seed)
+        for row in _run_kind(kind, archive, out, minutes_scale, seed, progress)
     ]
     settings = get_settings()
     summary = {
@@ -134,3 +169,27 @@ def demo_job(out: Path, seed: int = 0, minutes_scale: float = 1.0) -> dict[str, 
         key="demo-summary",
     )
     return summary
+
+
+def demo_table(summary: dict[str, Any]) -> Table:
+    """The demo's closing table: Dice per case, its split, and its mask (relative, shortened)."""
+    table = Table(title="segflow demo: Dice per case (mean over foreground classes)")
+    for column in ("kind", "case", "split", "Dice"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("mask", no_wrap=True)
+    for row in summary["rows"]:
+        dice = f"{row['dice']:.3f}"
+        table.add_row(row["kind"], row["case"], row["split"], dice, short_path(row["mask"]))
+    return table
+
+
+def show_demo_summary(summary: dict[str, Any]) -> None:
+    """The demo's closing summary: the table, then where the masks and the MLflow runs are."""
+    show_summary(
+        demo_table(summary),
+        f"Masks:          [bold]{short_path(summary['masks'], 60)}[/bold]",
+        f"MLflow runs:    [bold]{summary['tracking_uri']}[/bold]",
+        f"MLflow UI:      [bold]{summary['mlflow_ui']}[/bold]",
+        f"Archive:        {short_path(summary['archive'], 60)}",
+        data=summary,
+    )

@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from data_contracts import MissingFileError
-from flows.console import console
+from flows.console import short_path, show_summary
+from flows.console_display import StageDisplay
 
 
 def _number(value: float | None) -> str:
@@ -131,12 +132,11 @@ def evaluate(
     for role, path in (("prediction", prediction), ("truth", truth)):
         if not path.exists():  # fail fast, before a Prefect API is started for the flow
             raise MissingFileError(f"{role} does not exist", path=path)
-    report, code = run_flow(
-        evaluate_flow, prediction=prediction, truth=truth, out=out, instance=instance
-    )
-    for table in (semantic_table(report), instance_table(report), problems_table(report)):
-        if table is not None:
-            console.print(table)
-    if out is not None:
-        console.print(f"Metrics written to [bold]{out}[/bold]")
+    with StageDisplay("evaluate", f"scoring {short_path(prediction)}"):
+        report, code = run_flow(
+            evaluate_flow, prediction=prediction, truth=truth, out=out, instance=instance
+        )
+    tables = (semantic_table(report), instance_table(report), problems_table(report))
+    written = [f"Metrics written to [bold]{short_path(out, 60)}[/bold]"] if out else []
+    show_summary(*(table for table in tables if table is not None), *written, data=report)
     raise typer.Exit(int(code))

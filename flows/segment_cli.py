@@ -2,48 +2,33 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
-from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from data_contracts import InferenceOptions, UsageError
-from flows.console import console, error_console, progress_bar
+from flows.console import error_console, short_path, shorten, show_summary
+from flows.console_display import SegmentProgress, StageDisplay
 from pipelines.interrupts import cooperative_stop
-from pipelines.services.batch_progress import BatchProgress
-
-if TYPE_CHECKING:
-    from pipelines.services.batch_items import BatchItemResult
 
 _MAX_TABLE_ROWS = 40
 
 
-class FilesBar(BatchProgress):
-    """The ``files`` bar of ``segflow segment``: moved by every finished case, which it names;
-    a failed case is also printed with its error."""
-
-    def __init__(self, bar: Progress) -> None:
-        self._bar = bar
-        self._files: TaskID = bar.add_task("files", total=None, current="")
-
-    def case_done(self, result: BatchItemResult, done: int, total: int) -> None:
-        """Move the bar to ``done`` of ``total``; print the error of a failed case."""
-        self._bar.update(self._files, completed=done, total=total, current=result.case_id[:30])
-        if result.status == "failed":
-            error_console.print(f"[red]failed[/red] {result.case_id}: {result.error}")
-
-
 def summary_table(summary: dict[str, Any]) -> Table:
-    """Per-file results (failed first, then at most 40 others) and the counts as a caption."""
+    """Per-file results (failed first, then at most 40 others) and the counts as a caption;
+    one line per file in 80 columns (the case name shortened in the middle, errors folded)."""
     table = Table(title="segflow segment")
-    for column in ("case", "status", "seconds", "outputs / error"):
-        table.add_column(column)
+    table.add_column("case", no_wrap=True, max_width=24)
+    table.add_column("status", no_wrap=True)
+    table.add_column("seconds", no_wrap=True, justify="right")
+    table.add_column("outputs / error", overflow="fold")
     items = sorted(summary.get("items", []), key=lambda row: row["status"] != "failed")
     for row in items[:_MAX_TABLE_ROWS]:
         style = {"failed": "red", "done": "green"}.get(row["status"], "dim")
         detail = row["error"] or row["outputs"]
-        table.add_row(row["case"], f"[{style}]{row['status']}", f"{row['seconds']:.1f}", detail)
+        case = shorten(row["case"], 24)
+        table.add_row(case, f"[{style}]{row['status']}", f"{row['seconds']:.1f}", detail)
     left_out = len(items) - _MAX_TABLE_ROWS
     table.caption = (
         f"done {summary['done']}, skipped {summary['skipped']} (done before), failed "
@@ -187,7 +172,7 @@ def segment(
         from pipelines.services.case_workers import start_forkserver_early
 
         start_forkserver_early()  # its imports overlap with the Prefect API's start-up
-    with cooperative_stop(), progress_bar() as bar:
+    with cooperative_stop(), StageDisplay("segment", "loading the model") as display:
         summary, code = run_flow(
             segment_archive_flow.with_options(task_runner=runner),
             source=source,
@@ -198,10 +183,13 @@ def segment(
             verify=verify,
             files_per_task=files_per_task,
             retry_crashed=retry_crashed,
-            progress=FilesBar(bar),
+            progress=SegmentProgress(display),
         )
-    console.print(summary_table(summary))
-    console.print(f"Outputs in [bold]{out}[/bold] (model {summary['model']})")
+    show_summary(
+        summary_table(summary),
+        f"Outputs in [bold]{short_path(out, 40)}[/bold] (model {summary['model']})",
+        data=summary,
+    )
     if summary.get("not_logged"):
         error_console.print(f"[yellow]not logged to MLflow:[/yellow] {summary['not_logged']}")
     raise typer.Exit(int(code))

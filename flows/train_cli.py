@@ -11,9 +11,10 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.table import Table
+from rich.text import Text
 
 from data_contracts import ConfigError, TrainConfig, TrainingPlan
-from flows.console import console
+from flows.console import shorten, show_detail, show_summary
 
 
 def load_train_yaml(path: Path | None) -> dict[str, Any]:
@@ -183,45 +184,58 @@ def train(
         from seg_models.losses import loss_terms
 
         loss_terms(settings.loss)
+    from flows.console_train import training_stage
+    from pipelines.train.budget import deadline_of
+
     workdir = workdir or manifest.with_name(f"{manifest.stem}.train")
-    summary, code = run_flow(
-        train_flow,
-        manifest=manifest,
-        config=settings,
-        register=register,
-        plan_overrides=overrides,
-        workdir=workdir,
-        val_fraction=val_fraction,
-        folds=folds,
-        fold=fold,
-        progress_bar=True,
-    )
-    console.print(plan_rich_table(summary["plan"]))
-    console.print(result_table(summary))
+    title = f"train {settings.model}"
+    with training_stage(title, "checking files, planning", deadline=deadline_of(settings)):
+        summary, code = run_flow(
+            train_flow,
+            manifest=manifest,
+            config=settings,
+            register=register,
+            plan_overrides=overrides,
+            workdir=workdir,
+            val_fraction=val_fraction,
+            folds=folds,
+            fold=fold,
+            progress_bar=True,
+        )
+    show_detail(plan_rich_table(summary["plan"]))
+    show_summary(result_table(summary), *result_lines(summary), data=summary)
     raise typer.Exit(int(code))
 
 
 def result_table(summary: Mapping[str, Any]) -> Table:
-    """Validation scores per case and class; the caption holds score, run, model, registry."""
-    table = Table(
-        title=f"Training result ({summary['metric']} on {len(summary['validation_cases'])} validation cases)"
-    )
-    table.add_column("case")
-    table.add_column("class")
+    """Validation scores per case and class (the case shortened to fit 80 columns)."""
+    cases = len(summary["validation_cases"])
+    table = Table(title=f"Training result ({summary['metric']} on {cases} validation cases)")
+    table.add_column("case", no_wrap=True, max_width=24)
+    table.add_column("class", no_wrap=True, max_width=16)
     table.add_column("scores")
     for case_id, per_class in summary["per_case"].items():
         for class_name, metrics in per_class.items():
-            table.add_row(
-                case_id, class_name, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-            )
-    table.caption = (
-        f"score {summary['score']:.3f} · epochs {summary['epochs']} (stopped by {summary['stopped_by']}) · "
-        f"MLflow run {summary['run_id']} · model {summary['model_uri']}"
-    )
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            table.add_row(shorten(case_id, 24), class_name, scores)
+    return table
+
+
+def result_lines(summary: Mapping[str, Any]) -> list[Text]:
+    """Score, epochs, MLflow run, model and registry decision: one short line each."""
+    lines = [
+        f"score {summary['score']:.3f} · epochs {summary['epochs']} "
+        f"(stopped by {summary['stopped_by']})",
+        f"MLflow run {summary['run_id']}",
+        f"model {summary['model_uri']}",
+    ]
     registration = summary["registration"]
     if registration is not None:
-        table.caption += f" · registered {registration['name']} v{registration['version']}: {registration['reason']}"
-    return table
+        lines.append(
+            f"registered {registration['name']} v{registration['version']}: "
+            f"{registration['reason']}"
+        )
+    return [Text(line) for line in lines]
 
 
 def process_started_at() -> float:

@@ -149,12 +149,17 @@ def marker() -> Iterator[str]:
 
 @pytest.fixture
 def env(marker: str, tmp_path: Path) -> dict[str, str]:
-    """segflow's environment: its own SEGFLOW_HOME, no Prefect API configured, the marker, and
-    a temporary API per command (the shared one, meant to outlive commands, has its own tests in
-    ``test_shared_api.py``)."""
+    """segflow's environment: its own SEGFLOW_HOME, no Prefect API configured, the marker, a
+    temporary API per command (the shared one, meant to outlive commands, has its own tests in
+    ``test_shared_api.py``), and the verbose console, whose flow lines tell when a flow runs."""
     variables = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SEGFLOW_"))}
     variables.update(
-        {"SEGFLOW_HOME": str(tmp_path / "home"), MARKER: marker, "SEGFLOW_API": "per-command"}
+        {
+            "SEGFLOW_HOME": str(tmp_path / "home"),
+            MARKER: marker,
+            "SEGFLOW_API": "per-command",
+            "SEGFLOW_CONSOLE": "verbose",
+        }
     )
     return variables
 
