@@ -88,9 +88,12 @@ def config_hash(options: InferenceOptions, model: LoadedModel) -> str:
         for name in _BLENDING_OPTIONS
         if getattr(options, name) != defaults[name].default
     )
+    plan = model.plan.model_dump(mode="json")
+    if plan.get("network") is None:  # plans before ``--model auto`` hashed without the field
+        plan.pop("network", None)
     settings = {
         "options": hashed,
-        "plan": model.plan.model_dump(mode="json"),
+        "plan": plan,
         "spec": model.spec.model_dump(mode="json"),
         "classes": list(model.class_names),
         "processing": model.processing,

@@ -112,7 +112,7 @@ def test_the_schedule_and_last_epoch_follow_the_measured_pace() -> None:
 def test_auto_training_fits_the_whole_budget_and_states_its_choice(tmp_path: Path) -> None:
     make_raster_dataset(tmp_path / "data", n_tiles=4, size=(64, 64), seed=5)
     manifest = ingest(tmp_path / "data", workdir=tmp_path / "ingest")
-    budget_seconds = 36.0
+    budget_seconds = 48.0
     started = time.time()
     config = TrainConfig(
         max_minutes=budget_seconds / 60, accelerator="cpu", budget_started_at=started
@@ -129,4 +129,6 @@ def test_auto_training_fits_the_whole_budget_and_states_its_choice(tmp_path: Pat
     assert run.data.tags["segflow.network_rule"] == report.plan.network.rule
     assert run.data.params["plan.network.model"] == "dynunet"
     assert report.result.stopped_by == "time_budget"
-    assert 0.75 * budget_seconds <= elapsed <= 1.05 * budget_seconds + 2.0
+    # A short budget keeps ~12 s for registering and two closing passes, and the actual
+    # closing is quicker; a 10-minute budget ended at −1.2 % on the real sets (BENCHMARKS.md).
+    assert 0.65 * budget_seconds <= elapsed <= 1.05 * budget_seconds + 2.0
