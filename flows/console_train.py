@@ -22,12 +22,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from flows.console import settle_logging, shows_live_displays
 from flows.console_display import StageDisplay
 from pipelines.train.budget import TimeBudget
-from pipelines.train.trainer import progress_display
+from pipelines.train.trainer import UNBOUNDED_EPOCHS, progress_display
 
 __all__ = ["TrainingDisplay", "training_stage"]
-
-#: Above this, the trainer's epoch limit is a placeholder (the time budget sets the epochs).
-_SHOWN_EPOCH_LIMIT = 10_000
 
 
 class TrainingDisplay(ProgressBar):
@@ -91,7 +88,7 @@ class TrainingDisplay(ProgressBar):
         if not self._enabled:
             return
         epoch = f"epoch {trainer.current_epoch + 1}"
-        if trainer.max_epochs and 0 < trainer.max_epochs < _SHOWN_EPOCH_LIMIT:
+        if trainer.max_epochs and 0 < trainer.max_epochs != UNBOUNDED_EPOCHS:
             epoch += f"/{trainer.max_epochs}"
         total = self.total_train_batches
         parts = [epoch, f"step {self._step}/{total}"]

@@ -103,9 +103,34 @@ def train(
     cases: Sequence[dict[str, torch.Tensor]], config: UNet3DConfig, budget: Budget, seed: int
 ) -> tuple[UNet, TrainLog]:
     """Train on positive/negative patches of the loaded cases until the budget is spent."""
+    model = build_model()
+    log = train_on_patches(
+        cases,
+        model,
+        patch=config.patch,
+        num_samples=config.num_samples,
+        learning_rate=config.learning_rate,
+        budget=budget,
+        seed=seed,
+    )
+    return model.eval(), log
+
+
+def train_on_patches(
+    cases: Sequence[dict[str, torch.Tensor]],
+    model: UNet,
+    *,
+    patch: tuple[int, int, int],
+    num_samples: int,
+    learning_rate: float,
+    budget: Budget,
+    seed: int,
+) -> TrainLog:
+    """Adam + DiceCE on positive/negative ``patch`` crops of the cases until ``budget`` is spent
+    (shared with the spinal-cord baseline)."""
     prepare = Compose(
         [
-            SpatialPadd(keys=["image", "label"], spatial_size=config.patch),
+            SpatialPadd(keys=["image", "label"], spatial_size=patch),
             FgBgToIndicesd(keys="label"),
         ]
     )
@@ -113,18 +138,17 @@ def train(
     sampler = RandCropByPosNegLabeld(
         keys=["image", "label"],
         label_key="label",
-        spatial_size=config.patch,
+        spatial_size=patch,
         pos=1,
         neg=1,
-        num_samples=config.num_samples,
+        num_samples=num_samples,
         fg_indices_key="label_fg_indices",
         bg_indices_key="label_bg_indices",
     )
     sampler.set_random_state(seed=seed)
     rng = np.random.default_rng(seed)
-    model = build_model()
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimizer = torch.optim.Adam(model.parameters(), config.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), learning_rate)
 
     def step() -> float:
         patches = sampler(prepared[int(rng.integers(len(prepared)))])
@@ -139,8 +163,7 @@ def train(
         optimizer.step()
         return float(loss.detach())
 
-    log = train_until(budget, step)
-    return model.eval(), log
+    return train_until(budget, step)
 
 
 def segment(model: UNet, image: torch.Tensor, config: UNet3DConfig) -> np.ndarray:

@@ -31,29 +31,25 @@ from typing import Any
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
 from monai.networks.layers import Norm
 from monai.networks.nets import UNet
 from monai.transforms import (
     CastToTyped,
     Compose,
-    FgBgToIndicesd,
     Invertd,
     LoadImaged,
     NormalizeIntensityd,
     Orientationd,
-    RandCropByPosNegLabeld,
     Spacingd,
-    SpatialPadd,
 )
 
+from benchmarks.baselines.brats_unet3d import train_on_patches
 from benchmarks.baselines.common import (
     BaselineResult,
     Budget,
     TrainLog,
     configure_torch,
     mean_score,
-    train_until,
 )
 from data_contracts import Case
 from data_contracts.errors import GeometryMismatchError, UsageError
@@ -132,43 +128,16 @@ def train(
     cases: Sequence[dict[str, torch.Tensor]], config: SpinalCordConfig, budget: Budget, seed: int
 ) -> tuple[UNet, TrainLog]:
     """Train on positive/negative patches of the loaded cases until the budget is spent."""
-    prepare = Compose(
-        [
-            SpatialPadd(keys=["image", "label"], spatial_size=config.patch),
-            FgBgToIndicesd(keys="label"),
-        ]
-    )
-    prepared = [prepare(dict(case)) for case in cases]
-    sampler = RandCropByPosNegLabeld(
-        keys=["image", "label"],
-        label_key="label",
-        spatial_size=config.patch,
-        pos=1,
-        neg=1,
-        num_samples=config.num_samples,
-        fg_indices_key="label_fg_indices",
-        bg_indices_key="label_bg_indices",
-    )
-    sampler.set_random_state(seed=seed)
-    rng = np.random.default_rng(seed)
     model = build_model()
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimizer = torch.optim.Adam(model.parameters(), config.learning_rate)
-
-    def step() -> float:
-        patches = sampler(prepared[int(rng.integers(len(prepared)))])
-        x = torch.stack([torch.as_tensor(p["image"]) for p in patches])
-        y = torch.stack([torch.as_tensor(p["label"]) for p in patches])
-        model.train()
-        optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
-        if not torch.isfinite(loss):
-            return float("nan")
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
-
-    log = train_until(budget, step)
+    log = train_on_patches(
+        cases,
+        model,
+        patch=config.patch,
+        num_samples=config.num_samples,
+        learning_rate=config.learning_rate,
+        budget=budget,
+        seed=seed,
+    )
     return model.eval(), log
 
 

@@ -33,7 +33,7 @@ from pipelines.train.sampler import EpochSeededSampler
 logger = logging.getLogger(__name__)
 
 #: The trainer's last epoch when the budget sets it (adjusted from the first epoch on).
-_UNBOUNDED_EPOCHS = 100_000
+UNBOUNDED_EPOCHS = 100_000
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 """Called as ``on_epoch(epoch, metrics)`` after each validated epoch (e.g. to log to MLflow)."""
@@ -172,7 +172,7 @@ def fit(
     if bar is not None:
         callbacks.append(bar)
     trainer = L.Trainer(
-        max_epochs=_UNBOUNDED_EPOCHS if timer and timer.sets_epochs else config.max_epochs,
+        max_epochs=UNBOUNDED_EPOCHS if timer and timer.sets_epochs else config.max_epochs,
         accelerator=config.accelerator,
         devices=config.devices,
         strategy=config.strategy,
@@ -203,7 +203,7 @@ def _patience(config: TrainConfig) -> int:
     """``config.patience``; unbounded when the budget sets the epochs and no patience was given:
     the learning rate then decays over the whole budget and the best checkpoint is kept."""
     if budget_sets_epochs(config) and "patience" not in config.model_fields_set:
-        return _UNBOUNDED_EPOCHS
+        return UNBOUNDED_EPOCHS
     return config.patience
 
 
