@@ -1,10 +1,13 @@
-"""``segflow server status|start|stop``: the shared local Prefect API of this ``SEGFLOW_HOME``."""
+"""``segflow server status|start|stop``: the background processes of this ``SEGFLOW_HOME``: the
+shared local Prefect API and the warm process that runs commands (:mod:`flows.warm_server`)."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -17,6 +20,7 @@ from flows.shared_api import (
     running_shared_api,
     stop_shared_api,
 )
+from flows.warm_protocol import ask, home_sockets
 
 __all__ = ["server_app"]
 
@@ -25,11 +29,13 @@ console = Console()
 server_app = typer.Typer(
     name="server",
     help=(
-        "The local Prefect API that segflow commands share (one per SEGFLOW_HOME).\n\n"
-        "Without PREFECT_API_URL, the first command starts it in the background and the next "
-        "ones reuse it, so they start in about a second. It exits by itself after "
-        "SEGFLOW_API_IDLE_MINUTES (default 30) without a command; SEGFLOW_API=per-command "
-        "gives each command its own server instead."
+        "The background processes that segflow commands share (one set per SEGFLOW_HOME).\n\n"
+        "The warm process has torch, MLflow and Prefect imported: the first command starts it "
+        "(seconds) and the next ones run in a fork of it, so they start at once. It exits after "
+        "SEGFLOW_WARM_IDLE_MINUTES (default 15) without a command; SEGFLOW_WARM=0 runs each "
+        "command in its own process. Without PREFECT_API_URL, the first command also starts a "
+        "local Prefect API that the next ones reuse; it exits after SEGFLOW_API_IDLE_MINUTES "
+        "(default 30) without a command; SEGFLOW_API=per-command gives each command its own."
     ),
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -51,6 +57,16 @@ def _describe(state: SharedAPI) -> dict[str, object]:
     }
 
 
+def _warm_processes() -> list[dict[str, object]]:
+    """What each warm process of this ``SEGFLOW_HOME`` says of itself."""
+    found = []
+    for path in home_sockets(os.environ):
+        answer = ask(path, "status")
+        if answer is not None:
+            found.append({**answer, "socket": str(path)})
+    return found
+
+
 def _print(info: dict[str, object]) -> None:
     for key, value in info.items():
         console.print(f"{key.replace('_', ' '):<12} {value}")
@@ -69,6 +85,15 @@ def status(
         _describe(state)
         if state is not None
         else {"running": False, "database": str(get_settings().prefect_home_dir)}
+    )
+    warm = _warm_processes()
+    info["warm_processes"] = (
+        [process["pid"] for process in warm]
+        if as_json
+        else ", ".join(
+            f"{process['pid']} ({process['running_commands']} running)" for process in warm
+        )
+        or "none"
     )
     if as_json:
         typer.echo(json.dumps(info))
@@ -93,7 +118,11 @@ def start() -> None:
 
 @server_app.command()
 def stop() -> None:
-    """Stop the shared API (a running command loses its API: stop it between commands)."""
+    """Stop the shared API (a running command loses its API: stop it between commands) and the
+    warm processes (each once its running commands end)."""
+    for process in _warm_processes():
+        ask(Path(str(process["socket"])), "retire")
+        console.print(f"The warm process {process['pid']} exits once its commands end.")
     stopped = stop_shared_api()
     if stopped is None:
         console.print("No shared Prefect API was running.")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -239,7 +240,13 @@ def result_lines(summary: Mapping[str, Any]) -> list[Text]:
 
 
 def process_started_at() -> float:
-    """When this process started (Unix time): ``--max-minutes`` counts from there."""
+    """When the user's ``segflow`` process started (Unix time): ``--max-minutes`` counts from
+    there (in a warm process's child, the command's start, which it sent)."""
+    from flows.warm_server import STARTED_AT_VARIABLE
+
+    sent = os.environ.get(STARTED_AT_VARIABLE)
+    if sent:
+        return float(sent)
     import psutil
 
     return float(psutil.Process().create_time())

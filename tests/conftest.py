@@ -33,6 +33,8 @@ def _isolated_home(
     # Every test has its own SEGFLOW_HOME: a shared background API per home would outlive the
     # test. The shared API has tests of its own (tests/flows/test_shared_api.py).
     monkeypatch.setenv("SEGFLOW_API", "per-command")
+    # Likewise the warm process of a home (tests/flows/test_warm_process.py has its own tests).
+    monkeypatch.setenv("SEGFLOW_WARM", "0")
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()

@@ -54,8 +54,10 @@ __all__ = [
     "CaseWorkers",
     "ModelFolder",
     "WorkerSettings",
+    "adopt_inherited_forkserver",
     "default_worker_count",
     "describe_exit",
+    "launch_forkserver",
     "start_forkserver_early",
 ]
 
@@ -311,6 +313,59 @@ def start_forkserver_early(*, wait: bool = False) -> None:
 
 
 _stop_registered = False
+
+
+def launch_forkserver() -> None:
+    """Start the forkserver without waiting for its imports and without a thread: for a warm
+    process that forks commands (:mod:`flows.warm_server`), whose children adopt it."""
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
+    forkserver.ensure_running()
+
+
+def adopt_inherited_forkserver() -> None:
+    """In a process forked from the one that launched the forkserver: use that forkserver.
+
+    ``multiprocessing`` checks that its forkserver lives with ``waitpid``, which only its parent
+    may call; here that check becomes "the process exists". The forkserver is shared, so this
+    process never stops it at exit; one that died is replaced as usual.
+    """
+    from multiprocessing import forkserver
+
+    server: Any = forkserver._forkserver  # its state is private: read and reset it by name
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None or pid == os.getpid():
+        return
+    start_own = server.ensure_running
+
+    def ensure_running() -> None:
+        if server._forkserver_pid is not None and _process_exists(server._forkserver_pid):
+            from multiprocessing import resource_tracker
+
+            resource_tracker.ensure_running()
+            return
+        with contextlib.suppress(OSError, TypeError):
+            os.close(server._forkserver_alive_fd)
+        server._forkserver_pid = server._forkserver_address = None
+        server._forkserver_alive_fd = None
+        server.ensure_running = start_own
+        start_own()
+
+    server.ensure_running = ensure_running
+    forkserver.ensure_running = ensure_running
+    global _stop_registered
+    _stop_registered = True  # the shared forkserver outlives this process
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _stop_forkserver() -> None:

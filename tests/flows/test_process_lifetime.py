@@ -151,7 +151,8 @@ def marker() -> Iterator[str]:
 def env(marker: str, tmp_path: Path) -> dict[str, str]:
     """segflow's environment: its own SEGFLOW_HOME, no Prefect API configured, the marker, a
     temporary API per command (the shared one, meant to outlive commands, has its own tests in
-    ``test_shared_api.py``), and the verbose console, whose flow lines tell when a flow runs."""
+    ``test_shared_api.py``), no warm process (``test_warm_process.py``), and the verbose
+    console, whose flow lines tell when a flow runs."""
     variables = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SEGFLOW_"))}
     variables.update(
         {
@@ -159,6 +160,7 @@ def env(marker: str, tmp_path: Path) -> dict[str, str]:
             MARKER: marker,
             "SEGFLOW_API": "per-command",
             "SEGFLOW_CONSOLE": "verbose",
+            "SEGFLOW_WARM": "0",  # the process tree of a command run on its own
         }
     )
     return variables

@@ -74,7 +74,8 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A shared-API environment of its own; whatever it leaves running is killed afterwards."""
     marker = uuid.uuid4().hex
     variables = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SEGFLOW_"))}
-    variables.update({"SEGFLOW_HOME": str(tmp_path / "home"), MARKER: marker})
+    # The warm process has tests of its own (test_warm_process.py): these look at the API alone.
+    variables.update({"SEGFLOW_HOME": str(tmp_path / "home"), MARKER: marker, "SEGFLOW_WARM": "0"})
     yield variables
     for pid in [*marked(marker), *servers(variables["SEGFLOW_HOME"])]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
