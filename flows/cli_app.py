@@ -188,9 +188,22 @@ def run_ingest_flow(
     from pipelines.ingest import read_manifest
 
     workdir = workdir or out.with_name(f"{out.stem}.files")
-    with StageDisplay("ingest", f"validating {short_path(source)}"):
+    with StageDisplay("ingest", f"validating {short_path(source)}") as display:
+
+        def on_case(done: int, total: int, rejected: int) -> None:
+            display.update(
+                f"{done} of {total} files checked, {rejected} rejected so far",
+                completed=done,
+                total=total,
+            )
+
         summary, code = run_flow(
-            ingest_flow, source=source, out=out, options=options, workdir=workdir
+            ingest_flow,
+            source=source,
+            out=out,
+            options=options,
+            workdir=workdir,
+            on_case=on_case,
         )
     manifest = read_manifest(summary["manifest"])
     tables = [manifest_table(manifest), *([rejected_table(manifest)] if manifest.rejected else [])]

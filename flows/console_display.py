@@ -28,7 +28,7 @@ from flows.console import error_console, shows_live_displays
 from pipelines.services.batch_progress import BatchProgress
 
 if TYPE_CHECKING:
-    from pipelines.infer.loaded_model import LoadedModel
+    from pipelines.infer.loaded_model import LoadedModel, ModelCard
     from pipelines.services.batch_items import BatchItemResult
 
 __all__ = ["SegmentProgress", "StageDisplay", "clock"]
@@ -128,7 +128,7 @@ class SegmentProgress(BatchProgress):
         self._skipped = 0
         self._started = time.monotonic()
 
-    def model_ready(self, model: LoadedModel) -> None:
+    def model_ready(self, model: LoadedModel | ModelCard) -> None:
         """The model is loaded: the ledger is read next."""
         self.display.update("reading the ledger, finding the files")
 

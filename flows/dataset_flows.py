@@ -40,7 +40,13 @@ from flows.artifacts import publish_summary
 from flows.exit_codes import ExitCode, outcome
 from flows.local_api import ensure_local_api
 from flows.storage_tasks import stage_source
-from flows.tasks import evaluate_task, evaluation_counts, ingest_task, train_task
+from flows.tasks import (
+    IngestProgress,
+    evaluate_task,
+    evaluation_counts,
+    ingest_task,
+    train_task,
+)
 from pipelines.services.object_store import is_s3_uri
 
 # Prefect validates parameters through a pydantic model whose base class (an ABC) has a
@@ -163,6 +169,7 @@ def ingest_flow(
     out: Path | None = None,
     options: IngestOptions | None = None,
     workdir: Path | None = None,
+    on_case: IngestProgress | None = None,
 ) -> dict[str, Any]:
     """Validate a dataset into a manifest (what ``segflow ingest`` does).
 
@@ -174,13 +181,15 @@ def ingest_flow(
             ``<case>_0001``… files into one case, otherwise every file is a case named by its
             full stem), label and tolerance options (``IngestOptions`` fields).
         workdir: extracted archives and rasterised labels (default ``<out>.files/``).
+        on_case: told ``(done, total, rejected so far)`` after each case (the CLI's display;
+            it stays in this process).
 
     Returns:
         A state whose data is ``{"manifest", "name", "valid", "labelled", "rejected",
         "rejected_errors", "outcome", "exit_code"}``; partial when inputs were rejected.
     """
     out = out or get_settings().home_dir / "manifests" / f"{_stem(Path(str(source)))}.json"
-    summary = ingest_task(_local(source), out, options, workdir)
+    summary = ingest_task(_local(source), out, options, workdir, on_case)
     state = outcome_state(summary, summary["valid"], summary["rejected"], verb="rejected")
     lines = [
         f"outcome: **{state.message}**",

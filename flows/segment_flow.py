@@ -66,7 +66,7 @@ from pipelines.services.case_workers import (
     start_forkserver_early,
 )
 from pipelines.services.ledger import Ledger
-from pipelines.services.model_loading import load_model, resolve_model_uri
+from pipelines.services.model_loading import describe_model, load_model, resolve_model_uri
 from pipelines.services.object_store import is_s3_uri, staged_output_dir
 
 __all__ = ["files_per_task_for", "reset_process_caches", "segment_archive_flow"]
@@ -178,14 +178,15 @@ def _cores_shared(workers: int) -> Iterator[None]:
 
 
 def _run_as_tasks(
-    batch: BatchRun, model: ModelFolder, files_per_task: int | None, isolated: bool
+    batch: BatchRun,
+    items: list[BatchItem],
+    model: ModelFolder,
+    files_per_task: int | None,
+    isolated: bool,
 ) -> None:
-    """Plan the batch, then segment its cases as Prefect tasks of ``files_per_task`` cases
-    each on the flow's task runner, handing every task's results back to the batch."""
-    items = batch.plan()
+    """Segment the planned ``items`` as Prefect tasks of ``files_per_task`` cases each on the
+    flow's task runner, handing every task's results back to the batch."""
     workers, threads = _workers()
-    if not items:
-        return
     with contextlib.ExitStack() as stack:
         pool: CaseWorkers | None = None
         if threads and isolated:
@@ -220,7 +221,9 @@ def _case_workers(batch: BatchRun, model: ModelFolder, workers: int) -> Iterator
     model; ended when the batch ends (given a few seconds to reach a boundary when a stop was
     asked for)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
-    settings = WorkerSettings.of(batch.model, model.path, batch.out_dir, batch.options, threads)
+    settings = WorkerSettings.of(
+        batch.loaded_model, model.path, batch.out_dir, batch.options, threads
+    )
     pool = CaseWorkers(settings, workers)
     try:
         yield pool
@@ -305,13 +308,14 @@ def segment_archive_flow(
     pinned = resolve_model_uri(model)
     with tempfile.TemporaryDirectory(prefix="segflow-model-") as scratch:
         model_files = ModelFolder(pinned, scratch)  # downloaded once, for this process and workers
-        loaded = _model(pinned, options.device, model_files)
-        progress.model_ready(loaded)
+        # The card decides from the ledger; a batch with nothing left never loads the weights.
+        known = describe_model(pinned) or _model(pinned, options.device, model_files)
+        progress.model_ready(known)
         local_out = str(staged_output_dir(out))
         with stop_signals_handled():  # SIGTERM/SIGINT: stop at a window batch or file
             batch = BatchRun(
                 stage_source(source) if is_s3_uri(source) else source,
-                loaded,
+                known,
                 local_out,
                 options,
                 verify=verify,
@@ -320,7 +324,10 @@ def segment_archive_flow(
                 progress=progress,
             )
             with batch:
-                _run_as_tasks(batch, model_files, files_per_task, isolated)
+                items = batch.plan()
+                if items:
+                    batch.use_model(_model(pinned, options.device, model_files))
+                    _run_as_tasks(batch, items, model_files, files_per_task, isolated)
     report = batch.report()
     if stop_requested() or report.counts["interrupted"]:
         raise _interrupted(report, local_out)

@@ -18,7 +18,7 @@ Policies:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from prefect.states import State
 from data_contracts import DatasetManifest, IngestOptions, SegflowError, TrainConfig
 from flows.artifacts import ProgressArtifact, publish_summary, publish_table
 
+#: Told ``(done, total, rejected so far)`` after each case of an ingest.
+IngestProgress = Callable[[int, int, int], None]
 IO_RETRIES = 2
 IO_RETRY_DELAYS: list[float] = [5.0, 30.0]
 
@@ -93,7 +95,11 @@ def manifest_rows(manifest: DatasetManifest) -> Iterator[dict[str, Any]]:
     retry_condition_fn=transient_io,
 )
 def ingest_task(
-    source: Path, out: Path, options: IngestOptions | None = None, workdir: Path | None = None
+    source: Path,
+    out: Path,
+    options: IngestOptions | None = None,
+    workdir: Path | None = None,
+    on_case: IngestProgress | None = None,
 ) -> dict[str, Any]:
     """Ingest ``source`` into the manifest ``out``; publish one table row per case.
 
@@ -102,6 +108,7 @@ def ingest_task(
         out: manifest JSON to write.
         options: pairing and validation options.
         workdir: extracted archives and rasterised labels (default ``<out>.files/``).
+        on_case: told ``(done, total, rejected so far)`` after each case (the CLI's display).
 
     Returns:
         :func:`ingest_summary` of the manifest.
@@ -110,10 +117,16 @@ def ingest_task(
 
     source, out = Path(source), Path(out)
     workdir = Path(workdir) if workdir else out.with_name(f"{out.stem}.files")
-    progress = ProgressArtifact("ingest-progress", f"ingest of {source.name}")
-    manifest = ingest(source, options=options, workdir=workdir, progress=progress.callback)
+    artifact = ProgressArtifact("ingest-progress", f"ingest of {source.name}")
+
+    def progress(done: int, total: int, case_id: str, rejected: int) -> None:
+        artifact.callback(done, total, case_id)
+        if on_case is not None:
+            on_case(done, total, rejected)
+
+    manifest = ingest(source, options=options, workdir=workdir, progress=progress)
     write_manifest(manifest, out)
-    progress.update(1.0)
+    artifact.update(1.0)
     publish_table("ingest-cases", manifest_rows(manifest), description=f"cases of {source.name}")
     return ingest_summary(manifest, out)
 

@@ -21,7 +21,7 @@ from data_contracts import ModelSpec, TrainingPlan
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LoadedModel", "network_on", "prepare_for_inference"]
+__all__ = ["LoadedModel", "ModelCard", "network_on", "prepare_for_inference"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,24 @@ class LoadedModel:
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities ``(B, K, *spatial)`` for a preprocessed ``(B, C, *spatial)`` batch."""
         return seg_models.predict(self.network, x, self.spec)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model is, without its network: what a batch needs to decide from its ledger
+    which cases the model must segment (identity, spec, plan, classes, processing).
+
+    Attributes are those of :class:`LoadedModel` of the same name.
+    """
+
+    spec: ModelSpec
+    plan: TrainingPlan
+    class_names: tuple[str, ...]
+    channel_names: tuple[str, ...]
+    processing: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    version: str | None = None
+    uri: str = ""
 
 
 def prepare_for_inference(model: LoadedModel, device: str | None = None) -> LoadedModel:

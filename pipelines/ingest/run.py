@@ -35,8 +35,9 @@ from pipelines.kinds import kind_adapter, registered_adapters
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int, str], None]
-"""Called as ``progress(done, total, case_id)`` after each case."""
+ProgressCallback = Callable[[int, int, str, int], None]
+"""Called as ``progress(done, total, case_id, rejected)`` after each case, with the number of
+inputs rejected so far."""
 
 
 def ingest(
@@ -56,7 +57,7 @@ def ingest(
         options: pairing (``label_suffix``, ``channel_suffix``), label and tolerance options.
         workdir: folder for what ingestion derives: the extracted archive and rasterised vector
             labels (the manifest's paths point into it, so keep it with the manifest).
-        progress: optional callback after each case.
+        progress: optional callback after each case (see :data:`ProgressCallback`).
 
     Returns:
         The manifest: valid cases, rejected inputs with their reasons, labels and channels.
@@ -94,7 +95,7 @@ def ingest(
                 )
                 rejected.append(_rejection(unreadable, candidate.case_id))
             if progress is not None:
-                progress(done, total, candidate.case_id)
+                progress(done, total, candidate.case_id, len(rejected))
     cases = _drop_inconsistent(cases, declaration, rejected)
     return DatasetManifest(
         name=declaration.name,

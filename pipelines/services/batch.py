@@ -24,9 +24,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-from data_contracts import InferenceOptions, OutputError
+from data_contracts import InferenceOptions, ModelError, OutputError
 from pipelines.infer.inputs import channel_suffix_for, discover_inputs
-from pipelines.infer.loaded_model import LoadedModel
+from pipelines.infer.loaded_model import LoadedModel, ModelCard
 from pipelines.services.batch_items import (
     BatchItem,
     BatchItemResult,
@@ -65,7 +65,7 @@ logger = logging.getLogger(__name__)
 def plan_batch(
     source: str | Path,
     out_dir: str | Path,
-    model: LoadedModel,
+    model: LoadedModel | ModelCard,
     options: InferenceOptions | None = None,
     *,
     verify: bool = False,
@@ -150,7 +150,9 @@ class BatchRun:
 
     Args:
         source: an image file, a folder, a zip/tar archive, or a manifest JSON.
-        model: from :func:`pipelines.services.model_loading.load_model`.
+        model: from :func:`pipelines.services.model_loading.load_model`; or its card
+            (:func:`~pipelines.services.model_loading.describe_model`), enough to
+            :meth:`plan`, and replaced by the model (:meth:`use_model`) before cases run.
         out_dir: the output folder (created); its ledger is ``.segflow/ledger.sqlite``.
         options: extra outputs and window settings.
         verify: re-hash inputs and outputs instead of trusting size and mtime.
@@ -162,7 +164,7 @@ class BatchRun:
     def __init__(
         self,
         source: str | Path,
-        model: LoadedModel,
+        model: LoadedModel | ModelCard,
         out_dir: str | Path,
         options: InferenceOptions | None = None,
         *,
@@ -254,6 +256,34 @@ class BatchRun:
         self._progress.planned(len(to_run), self._settled)
         return to_run
 
+    def use_model(self, model: LoadedModel) -> None:
+        """Run the cases with ``model``, the loaded model of the card the run was planned with.
+
+        Raises:
+            ModelError: ``model`` is another model, or has other settings, than the card.
+        """
+        if (model_identity(model), config_hash(self.options, model)) != (
+            model_identity(self.model),
+            config_hash(self.options, self.model),
+        ):
+            raise ModelError(
+                "differs from the model card the batch was planned with",
+                path=model.uri,
+                hint="the model changed while the batch started: run the batch again",
+            )
+        self.model = model
+
+    @property
+    def loaded_model(self) -> LoadedModel:
+        """The loaded model the cases run with.
+
+        Raises:
+            ModelError: the run has only the model's card (see :meth:`use_model`).
+        """
+        if not isinstance(self.model, LoadedModel):
+            raise ModelError("is not loaded: the batch has only its card", path=self.model.uri)
+        return self.model
+
     def process(
         self, items: Iterable[BatchItem], *, segment: SegmentOne | None = None
     ) -> list[BatchItemResult]:
@@ -262,7 +292,7 @@ class BatchRun:
         results = []
         for item in items:
             result = process_item(
-                self.model, item, self.out_dir, self.options, self.ledger, segment=segment
+                self.loaded_model, item, self.out_dir, self.options, self.ledger, segment=segment
             )
             self.add_results([result])
             results.append(result)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipelines.infer.loaded_model import LoadedModel
+    from pipelines.infer.loaded_model import LoadedModel, ModelCard
     from pipelines.services.batch_items import BatchItemResult
 
 __all__ = ["BatchProgress"]
@@ -24,8 +24,9 @@ class BatchProgress:
     never in a worker process.
     """
 
-    def model_ready(self, model: LoadedModel) -> None:
-        """The batch's model is loaded in this process (worker processes load their own)."""
+    def model_ready(self, model: LoadedModel | ModelCard) -> None:
+        """The batch knows its model: its card (what the ledger needs to decide) or the model
+        itself, loaded in this process (worker processes load their own)."""
 
     def planned(self, to_run: int, settled: Sequence[BatchItemResult]) -> None:
         """The ledger has decided: ``to_run`` cases will run; ``settled`` are the others

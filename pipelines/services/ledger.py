@@ -47,7 +47,7 @@ from pipelines.services.ledger_schema import SCHEMA_VERSION, UPSERT, prepare_con
 if TYPE_CHECKING:
     from data_contracts import InferenceOptions
     from pipelines.infer.inputs import InferenceInput
-    from pipelines.infer.loaded_model import LoadedModel
+    from pipelines.infer.loaded_model import LoadedModel, ModelCard
 
 __all__ = [
     "LEDGER_JSON",
@@ -73,7 +73,7 @@ _OUTPUT_OPTIONS = ("polygons", "probabilities", "tta", "overlap")
 _BLENDING_OPTIONS = ("mode", "sigma_scale")
 
 
-def config_hash(options: InferenceOptions, model: LoadedModel) -> str:
+def config_hash(options: InferenceOptions, model: LoadedModel | ModelCard) -> str:
     """16 hex characters of SHA-256 over the settings that change a case's outputs.
 
     The output options (polygons, probabilities, TTA, overlap — as given, so an explicit
@@ -102,7 +102,7 @@ def config_hash(options: InferenceOptions, model: LoadedModel) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def model_identity(model: LoadedModel) -> str:
+def model_identity(model: LoadedModel | ModelCard) -> str:
     """``"name/version"`` for a registered model, else the URI or folder it was loaded from."""
     if model.name and model.version:
         return f"{model.name}/{model.version}"

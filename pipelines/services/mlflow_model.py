@@ -39,6 +39,9 @@ __all__ = ["ARTIFACT_FILES", "SegflowModel", "paint_instances"]
 
 _ContractT = TypeVar("_ContractT", ModelSpec, TrainingPlan)
 
+#: The artifacts that describe a model (all but its weights).
+DESCRIPTION_ARTIFACTS = ("model_spec", "plan", "classes")
+
 ARTIFACT_FILES = {
     "weights": "weights.pt",
     "model_spec": "model_spec.json",
@@ -90,6 +93,16 @@ class SegflowModel(PythonModel):
                 f"the model lacks the artifacts {missing}",
                 hint="log it with pipelines.services.model_registry.log_segmentation_model",
             )
+        self.read_description(artifacts)
+        if self.spec is not None:
+            self.network = _load_network(self.spec, Path(artifacts["weights"]))
+
+    def read_description(self, artifacts: Mapping[str, str | Path]) -> None:
+        """Read the JSON files only (spec, plan, names, processing): no network, no weights.
+
+        Raises:
+            ModelError: a file is missing or invalid.
+        """
         self.spec = _read_contract(ModelSpec, artifacts["model_spec"])
         self.plan = _read_contract(TrainingPlan, artifacts["plan"])
         classes_path = Path(artifacts["classes"])
@@ -100,7 +113,6 @@ class SegflowModel(PythonModel):
             self.processing = dict(classes.get("processing") or {})
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ModelError(f"is not a valid classes file ({error})", path=classes_path) from error
-        self.network = _load_network(self.spec, Path(artifacts["weights"]))
 
     def predict(
         self,

@@ -11,6 +11,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,9 +22,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from data_contracts import ModelError, OutputError
-from pipelines.infer.loaded_model import LoadedModel, prepare_for_inference
+from pipelines.infer.loaded_model import LoadedModel, ModelCard, prepare_for_inference
 from pipelines.redaction import redact
-from pipelines.services.mlflow_model import SegflowModel
+from pipelines.services.mlflow_model import DESCRIPTION_ARTIFACTS, SegflowModel
 from pipelines.services.tracking import configure_mlflow
 
 logger = logging.getLogger(__name__)
@@ -191,6 +192,55 @@ def load_model(uri: str | Path, *, device: str | None = None) -> LoadedModel:
         uri=text,
     )
     return prepare_for_inference(loaded, device)
+
+
+def describe_model(uri: str) -> ModelCard | None:
+    """The card of a pinned model (``models:/NAME/VERSION``, ``runs:/…``, a folder), read from
+    its small files alone: a batch whose ledger says that nothing is left to do never fetches
+    or loads the weights.
+
+    Returns:
+        The card, or ``None`` when the files cannot be read this way (the caller loads the
+        whole model, which reports what is wrong).
+    """
+    folder = local_model_path(uri)
+    try:
+        with tempfile.TemporaryDirectory(prefix="segflow-card-") as scratch:
+            if folder is not None:
+                name, number = _registered_meta(folder)
+                fetch: Callable[[str], Path] = lambda relative: folder / relative  # noqa: E731
+            else:
+                configure_mlflow()
+                _, name, number = _resolve(uri)
+                if name is None or number is None:
+                    return None
+                root = mlflow.MlflowClient().get_model_version_download_uri(name, number)
+                fetch = partial(_download_one, root.rstrip("/"), scratch)
+            flavor = Model.load(str(fetch("MLmodel"))).flavors.get("python_function", {})
+            entries = flavor.get("artifacts", {})
+            described = SegflowModel()
+            described.read_description(
+                {key: fetch(entries[key]["path"]) for key in DESCRIPTION_ARTIFACTS}
+            )
+    except (MlflowException, ModelError, OSError, KeyError, TypeError, ValueError) as error:
+        logger.debug("no card for %s (%s): the model is loaded whole", uri, error)
+        return None
+    if described.spec is None or described.plan is None:
+        return None
+    return ModelCard(
+        spec=described.spec,
+        plan=described.plan,
+        class_names=described.class_names,
+        channel_names=described.channel_names,
+        processing=described.processing,
+        name=name,
+        version=number,
+        uri=uri,
+    )
+
+
+def _download_one(root: str, scratch: str, relative: str) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(f"{root}/{relative}", dst_path=scratch))
 
 
 def _registered_meta(folder: Path) -> tuple[str | None, str | None]:

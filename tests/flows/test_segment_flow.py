@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from data_contracts import InferenceOptions, get_settings
 from flows.cli import app
-from pipelines.infer.loaded_model import LoadedModel
+from pipelines.infer.loaded_model import LoadedModel, ModelCard
 from pipelines.ingest import ingest
 from pipelines.services.batch import BatchItemResult, BatchProgress
 from pipelines.synthetic import custom_albers_wkt, make_raster_dataset, pack_archive
@@ -162,10 +162,10 @@ class _Recorder(BatchProgress):
     """Keeps what the flow tells its progress."""
 
     def __init__(self) -> None:
-        self.models: list[LoadedModel] = []
+        self.models: list[LoadedModel | ModelCard] = []
         self.done: list[tuple[str, int, int]] = []
 
-    def model_ready(self, model: LoadedModel) -> None:
+    def model_ready(self, model: LoadedModel | ModelCard) -> None:
         self.models.append(model)
 
     def case_done(self, result: BatchItemResult, done: int, total: int) -> None:
@@ -175,8 +175,9 @@ class _Recorder(BatchProgress):
 def test_the_model_is_downloaded_once_and_progress_is_passed_down(
     scenes: Path, champion: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One download per batch (this process and the worker processes load the same copy), the
-    parent's model under the registry identity, and every case told to the progress object."""
+    """One download of the whole model per batch (this process and the worker processes load
+    the same copy; before it, only the card's small files), the parent's model under the
+    registry identity, and every case told to the progress object."""
     from flows.dataset_flows import run_flow
     from flows.segment_flow import reset_process_caches, segment_archive_flow
 
@@ -200,9 +201,41 @@ def test_the_model_is_downloaded_once_and_progress_is_passed_down(
         track=False,
     )
     assert int(code) == 0 and summary["done"] == 4, summary
-    assert downloads == ["models:/scenes/1"]
+    card_files = [uri for uri in downloads if uri.endswith(("/MLmodel", ".json"))]
+    assert len(card_files) == 4 and not any(uri.endswith(".pt") for uri in downloads)
+    assert [uri for uri in downloads if uri not in card_files] == ["models:/scenes/1"]
     [model] = progress.models
     assert (model.uri, model.name, model.version) == ("models:/scenes/1", "scenes", "1")
     assert sorted(done for _, done, _ in progress.done) == [1, 2, 3, 4]
     assert {total for _, _, total in progress.done} == {4}
     assert len(list((tmp_path / "out").glob("*_prob.tif"))) == 4  # the options went down
+
+
+def test_a_rerun_with_nothing_left_decides_without_the_weights(
+    scenes: Path, champion: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished batch run again reads the model's card (identity, plan, classes) and the
+    ledger: it never downloads nor loads the weights, and skips every case."""
+    import flows.segment_flow as segment_flow
+    from flows.dataset_flows import run_flow
+
+    def run() -> dict[str, Any]:
+        segment_flow.reset_process_caches()  # as in a new `segflow segment` process
+        summary, code = run_flow(
+            segment_flow.segment_archive_flow,
+            source=str(scenes / "images"),
+            model=champion,
+            out=str(tmp_path / "out"),
+            track=False,
+        )
+        assert int(code) == 0, summary
+        return dict(summary)
+
+    assert run()["done"] == 4
+
+    def no_weights(*args: Any, **kwargs: Any) -> LoadedModel:
+        raise AssertionError("the weights were loaded for a finished batch")
+
+    monkeypatch.setattr(segment_flow, "_model", no_weights)
+    again = run()
+    assert (again["done"], again["skipped"]) == (0, 4)

@@ -121,3 +121,22 @@ def test_sha256_matches_file_content(fixtures: dict[str, Path], tmp_path: Path) 
         for record in (*case.channels, case.label):
             assert record is not None
             assert record.sha256 == hashlib.sha256(Path(record.path).read_bytes()).hexdigest()
+
+
+def test_progress_counts_checked_and_rejected_files(tmp_path: Path) -> None:
+    """The callback hears of every file, with the rejections so far (the CLI's live line)."""
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(2):
+        Image.fromarray(np.full((8, 8), index * 50, dtype=np.uint8)).save(folder / f"c{index}.png")
+    (folder / "c2.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    calls: list[tuple[int, int, str, int]] = []
+    manifest = ingest(
+        folder,
+        workdir=tmp_path / "work",
+        progress=lambda done, total, case, rejected: calls.append((done, total, case, rejected)),
+    )
+    assert [call[:2] for call in calls] == [(1, 3), (2, 3), (3, 3)]
+    assert calls[-1][3] == len(manifest.rejected) == 1
