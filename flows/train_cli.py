@@ -244,8 +244,8 @@ def process_started_at() -> float:
     there (in a warm process's child, the command's start, which it sent)."""
     from flows.warm_server import STARTED_AT_VARIABLE
 
-    sent = os.environ.get(STARTED_AT_VARIABLE)
-    if sent:
+    pid, _, sent = os.environ.get(STARTED_AT_VARIABLE, "").partition(":")
+    if sent and pid == str(os.getpid()):
         return float(sent)
     import psutil
 

@@ -38,7 +38,8 @@ from flows.warm_protocol import ask, receive_message, send_message
 
 __all__ = ["STARTED_AT_VARIABLE", "main", "run_command"]
 
-#: Set in a command's environment: when the user's ``segflow`` process started (Unix time).
+#: Set in a command's environment, ``"<pid>:<Unix time>"``: when the user's ``segflow`` process
+#: that the child with that pid serves started.
 STARTED_AT_VARIABLE = "_SEGFLOW_COMMAND_STARTED_AT"
 #: Third-party modules the commands import; each costs a fresh process up to seconds.
 _LIBRARIES = (
@@ -291,7 +292,8 @@ def run_command(request: dict[str, Any], fds: list[int]) -> int:
     _take_streams(fds)
     os.environ.clear()
     os.environ.update({str(k): str(v) for k, v in request["env"].items()})
-    os.environ[STARTED_AT_VARIABLE] = repr(float(request["started_at"]))
+    # "pid:time": a process this command starts inherits the variable, not its start time.
+    os.environ[STARTED_AT_VARIABLE] = f"{os.getpid()}:{float(request['started_at'])!r}"
     os.chdir(request["cwd"])
     sys.argv = [str(argument) for argument in request["argv"]]
     _become_main_script(sys.argv[0])
