@@ -237,6 +237,8 @@ def _rows(report: BatchReport) -> list[dict[str, Any]]:
             "seconds": item.seconds,
             "outputs": ", ".join(path.name for path in item.outputs.values()),
             "error": item.error or "",
+            "confidence": item.quality.confidence if item.quality else None,
+            "drift": item.quality.drift_text() if item.quality else "",
         }
         for item in report.items
     ]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_contracts import (
+    FileQuality,
     InferenceOptions,
     PostprocessConfig,
     SegflowError,
@@ -43,11 +44,13 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class CaseResult:
-    """One segmented case: its outputs by role (mask, probabilities, polygons, lineage)."""
+    """One segmented case: its outputs by role (mask, probabilities, polygons, lineage) and
+    its quality record (confidence, drift)."""
 
     case_id: str
     outputs: dict[str, Path]
     seconds: float
+    quality: FileQuality | None = None
 
 
 def postprocess_config(model: LoadedModel) -> PostprocessConfig:
@@ -109,6 +112,8 @@ _OUTPUT_SUFFIXES = (
     ".png",
     "_prob.nii.gz",
     "_prob.tif",
+    "_entropy.nii.gz",
+    "_entropy.tif",
     ".gpkg",
     ".geojson",
     ".lineage.json",
@@ -199,6 +204,7 @@ def _segment_checked(
     progress: Progress | None,
 ) -> CaseResult:
     started = time.monotonic()
+    base_quality = FileQuality()
     lineage = lineage_record(
         source=case.channels[0],
         source_sha256=case.checksum(),
@@ -212,6 +218,8 @@ def _segment_checked(
             "channels": [str(p) for p in case.channels],
         },
     )
+    lineage["quality"] = base_quality.model_dump(mode="json")
+    measured: list[FileQuality] = []
     adapter = kind_adapter(model.plan.kind)
     job = SegmentJob(
         model=model,
@@ -222,9 +230,23 @@ def _segment_checked(
         postprocess=postprocess_config(model),
         lineage=lineage,
         progress=progress,
+        on_quality=measured.append,
     )
     outputs = adapter.segment(job)
+    quality = _with_measures(base_quality, measured[-1] if measured else None)
     if not adapter.lineage_in_outputs:
-        record = {**lineage, "outputs": {role: str(path) for role, path in outputs.items()}}
+        record = {
+            **lineage,
+            "outputs": {role: str(path) for role, path in outputs.items()},
+            "quality": quality.model_dump(mode="json"),
+        }
         outputs["lineage"] = write_lineage(out / f"{case.case_id}.lineage.json", record)
-    return CaseResult(case.case_id, outputs, round(time.monotonic() - started, 2))
+    return CaseResult(case.case_id, outputs, round(time.monotonic() - started, 2), quality)
+
+
+def _with_measures(base: FileQuality, measured: FileQuality | None) -> FileQuality:
+    """``base`` (the drift check's record) with the confidence measures of ``measured``."""
+    if measured is None:
+        return base
+    measures = measured.model_dump(exclude={"drift_status", "drift"})
+    return base.model_copy(update=measures)

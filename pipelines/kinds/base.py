@@ -22,6 +22,7 @@ from data_contracts import (
     Case,
     ChannelNormalization,
     ChannelStats,
+    FileQuality,
     ImageGeometry,
     InferenceOptions,
     IngestOptions,
@@ -98,6 +99,7 @@ class SegmentJob:
         postprocess: the model's post-processing.
         lineage: the lineage record, for kinds whose outputs carry it in a tag.
         progress: called with (windows done, in total).
+        on_quality: told the case's confidence measures once its probabilities are known.
     """
 
     model: LoadedModel
@@ -108,6 +110,12 @@ class SegmentJob:
     postprocess: PostprocessConfig
     lineage: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[int, int], None] | None = None
+    on_quality: Callable[[FileQuality], None] | None = None
+
+    def report_quality(self, quality: FileQuality | None) -> None:
+        """Hand the case's confidence measures to ``on_quality`` (when both are there)."""
+        if quality is not None and self.on_quality is not None:
+            self.on_quality(quality)
 
     def output(self, suffix: str) -> Path:
         """The output path ``<out_dir>/<case_id><suffix>`` (``suffix`` such as ``"_prob.tif"``)."""
@@ -265,7 +273,8 @@ class KindAdapter(Protocol):
 
     def segment(self, job: SegmentJob) -> dict[str, Path]:
         """Segment one case and write its outputs; returns them by role (``mask``,
-        ``probabilities``, ``polygons_gpkg``…), without the lineage sidecar."""
+        ``probabilities``, ``uncertainty``, ``polygons_gpkg``…), without the lineage sidecar.
+        Reports the case's confidence measures through :meth:`SegmentJob.report_quality`."""
         ...
 
     # --- display ----------------------------------------------------------------------------

@@ -145,8 +145,9 @@ class ImageKind(PlanarKind):
     def segment(self, job: SegmentJob) -> dict[str, Path]:
         """Semantic or instance labels (U-Net with boundary, or tiled Mask R-CNN) as a PNG,
         probabilities as a float TIFF."""
+        from pipelines.infer.confidence import ConfidenceAccumulator
         from pipelines.infer.in_memory import class_values_of, predict_image
-        from pipelines.infer.maskrcnn import segment_instances
+        from pipelines.infer.maskrcnn import scored_instances
         from pipelines.postprocess.labels import postprocess_labels
         from pipelines.write.image2d import write_label_image, write_probability_image
 
@@ -154,9 +155,10 @@ class ImageKind(PlanarKind):
         outputs: dict[str, Path] = {}
         instance = model.spec.task == "instance" or model.plan.label_kind == "instance"
         if model.spec.task == "instance":
-            labels = segment_instances(
+            labels, scores = scored_instances(
                 model, job.channels[0], device=job.options.device, progress=job.progress
             )
+            job.report_quality(ConfidenceAccumulator().quality(scores=scores))
         else:
             prediction = predict_image(
                 model, job.channels[0], job.options, keep_probabilities=job.options.probabilities
@@ -168,6 +170,11 @@ class ImageKind(PlanarKind):
                     class_values_of(prediction.classes, model.plan),
                     job.postprocess,
                     spacing=(1.0, 1.0),
+                )
+            job.report_quality(prediction.quality)
+            if prediction.entropy is not None:
+                outputs["uncertainty"] = write_probability_image(
+                    prediction.entropy[None], job.output("_entropy.tif")
                 )
             if prediction.probabilities is not None:
                 outputs["probabilities"] = write_probability_image(

@@ -196,14 +196,18 @@ class RasterKind(PlanarKind):
             job.channels[0],
             job.output(".tif"),
             probabilities_path=job.output("_prob.tif") if job.options.probabilities else None,
+            uncertainty_path=job.output("_entropy.tif") if job.options.uncertainty else None,
             options=job.options,
             postprocess=job.postprocess,
             tags={"segflow_lineage": json.dumps(job.lineage, sort_keys=True, default=str)},
             progress=job.progress,
         )
         outputs = {"mask": written.mask}
+        job.report_quality(written.quality)
         if written.probabilities is not None:
             outputs["probabilities"] = written.probabilities
+        if written.uncertainty is not None:
+            outputs["uncertainty"] = written.uncertainty
         if job.options.polygons:
             outputs.update(
                 write_raster_polygons(written.mask, job.model, job.out_dir / job.case_id)

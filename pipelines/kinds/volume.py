@@ -205,6 +205,11 @@ class VolumeKind:
             class_values_of(prediction.classes, model.plan), job.postprocess, spacing=spacing
         )
         outputs = {"mask": write_nifti_mask(labels, source, job.output(".nii.gz"))}
+        job.report_quality(prediction.quality)
+        if prediction.entropy is not None:
+            outputs["uncertainty"] = write_nifti_probabilities(
+                prediction.entropy[None], source, job.output("_entropy.nii.gz")
+            )
         if prediction.probabilities is not None:
             outputs["probabilities"] = write_nifti_probabilities(
                 prediction.probabilities, source, job.output("_prob.nii.gz")

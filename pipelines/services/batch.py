@@ -118,7 +118,10 @@ def plan_batch(
                 settled.append(_quarantined(case.case_id, entry.error if entry else None))
                 continue
             outputs = {role: record.path for role, record in entry.outputs.items()} if entry else {}
-            settled.append(BatchItemResult(case.case_id, "skipped", decision.reason, outputs))
+            quality = entry.quality if entry else None
+            settled.append(
+                BatchItemResult(case.case_id, "skipped", decision.reason, outputs, quality=quality)
+            )
     return to_run, settled
 
 

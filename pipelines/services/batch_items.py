@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from data_contracts import InferenceOptions, SegflowError
+from data_contracts import FileQuality, InferenceOptions, SegflowError
 from pipelines.infer.inputs import InferenceInput
 from pipelines.infer.loaded_model import LoadedModel
 from pipelines.infer.run import CaseResult, remove_case_outputs, segment_case
@@ -66,6 +66,7 @@ class BatchItemResult:
         outputs: output files by role (for skipped cases, those recorded).
         seconds: time spent on it.
         error: ``"ClassName: message"`` when it failed.
+        quality: its confidence and drift flags (for skipped cases, those recorded).
     """
 
     case_id: str
@@ -74,6 +75,7 @@ class BatchItemResult:
     outputs: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    quality: FileQuality | None = None
 
 
 @dataclass
@@ -143,7 +145,7 @@ def process_item(
         key = key.hashed()
         ledger.record_running(case, key)
         result = _with_crash_retry(run, case, key, Path(out_dir), ledger)
-        ledger.record_done(case, key, result.outputs, result.seconds)
+        ledger.record_done(case, key, result.outputs, result.seconds, result.quality)
     except StopRequested:
         return BatchItemResult(
             case.case_id, "interrupted", decision.reason, seconds=_since(started)
@@ -163,7 +165,12 @@ def process_item(
         ledger.record_failed(case, key, error, seconds=round(time.monotonic() - started, 2))
         raise
     return BatchItemResult(
-        case.case_id, "done", decision.reason, dict(result.outputs), result.seconds
+        case.case_id,
+        "done",
+        decision.reason,
+        dict(result.outputs),
+        result.seconds,
+        quality=result.quality,
     )
 
 
