@@ -26,8 +26,10 @@ from data_contracts.plan import (
 from data_contracts.postprocess import PostprocessConfig
 from data_contracts.quality import (
     LOW_PROBABILITY,
+    ChannelRange,
     DriftFlag,
     DriftPolicy,
+    DriftReference,
     DriftStatus,
     FileQuality,
     confidence_score,
@@ -37,7 +39,9 @@ from data_contracts.train_config import TrainConfig
 
 __all__ = [
     "LOW_PROBABILITY",
+    "ChannelRange",
     "DriftFlag",
+    "DriftReference",
     "DriftPolicy",
     "DriftStatus",
     "FileQuality",

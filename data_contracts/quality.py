@@ -17,8 +17,10 @@ from data_contracts._base import Contract
 
 __all__ = [
     "LOW_PROBABILITY",
+    "ChannelRange",
     "DriftFlag",
     "DriftPolicy",
+    "DriftReference",
     "DriftStatus",
     "FileQuality",
     "confidence_score",
@@ -48,6 +50,52 @@ class DriftFlag(Contract):
 
     check: str
     message: str
+
+
+class ChannelRange(Contract):
+    """Intensities of one channel over the training files' non-zero valid pixels.
+
+    Attributes:
+        name: the channel's name.
+        p01: 1st percentile.
+        p50: median.
+        p99: 99th percentile.
+    """
+
+    name: str
+    p01: float
+    p50: float
+    p99: float
+
+
+class DriftReference(Contract):
+    """What the training files looked like, measured as each input is measured before it is
+    segmented (its header and a sample of its pixels), so that the two compare directly.
+
+    Travels with the model (``processing["drift_reference"]``). Shapes and spacings are in the
+    axis order the network sees (volumes: RAS; 2D: H, W).
+
+    Attributes:
+        kind: the data kind.
+        n_cases: training files measured.
+        channels: intensity range per input channel.
+        spacing_min: smallest spacing per axis (mm; CRS units for rasters; 1 for images).
+        spacing_max: largest spacing per axis.
+        shape_min: smallest size per axis (voxels/pixels).
+        shape_max: largest size per axis.
+        crs_units: linear units of the training rasters' CRSs (``metre``, ``degree``…).
+        nodata_fraction_max: largest share of nodata pixels in a training file.
+    """
+
+    kind: str
+    n_cases: int = Field(ge=1)
+    channels: tuple[ChannelRange, ...]
+    spacing_min: tuple[float, ...]
+    spacing_max: tuple[float, ...]
+    shape_min: tuple[int, ...]
+    shape_max: tuple[int, ...]
+    crs_units: tuple[str, ...] = ()
+    nodata_fraction_max: float = Field(default=0.0, ge=0, le=1)
 
 
 class FileQuality(Contract):

@@ -25,6 +25,7 @@ from data_contracts import (
     SegflowError,
     UnsupportedFormatError,
 )
+from pipelines.infer.drift_check import drift_quality
 from pipelines.infer.inputs import InferenceInput
 from pipelines.infer.loaded_model import LoadedModel
 from pipelines.infer.sliding import window_options
@@ -177,6 +178,8 @@ def segment_case(
 
     Raises:
         InputError: the input cannot be read, has the wrong channels, or is the wrong kind.
+        InputDriftError: the input lies outside the model's training data and
+            ``options.on_drift`` is ``skip`` or ``fail`` (checked before any compute).
         OutputError: an output cannot be written or fails its post-write check.
         StopRequested: a stop was asked for (SIGTERM): before the case, or at a batch of
             windows, after which nothing of the case is left.
@@ -186,9 +189,10 @@ def segment_case(
     check_stop()
     _check_kind(case, model)
     check_input(case, model)
+    drift = drift_quality(case, model, options)
     with _no_partial_outputs(out, case.case_id):
         try:
-            return _segment_checked(model, case, out, options, progress)
+            return _segment_checked(model, case, out, options, progress, drift)
         except RuntimeError as error:  # MONAI wraps a reader's error in RuntimeError
             cause = _segflow_cause(error) or _damaged_file(case, model)
             if cause is None:
@@ -202,9 +206,9 @@ def _segment_checked(
     out: Path,
     options: InferenceOptions,
     progress: Progress | None,
+    base_quality: FileQuality,
 ) -> CaseResult:
     started = time.monotonic()
-    base_quality = FileQuality()
     lineage = lineage_record(
         source=case.channels[0],
         source_sha256=case.checksum(),

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AnyGeometry",
     "GridDifference",
+    "InputSample",
     "KindAdapter",
     "ModalityHint",
     "SegmentJob",
@@ -83,6 +84,25 @@ def refuse_vector_label(vector_path: Path) -> NoReturn:
     raise LabelGeometryError(
         "is a vector label but its image is not a georeferenced raster", path=vector_path
     )
+
+
+@dataclass(frozen=True)
+class InputSample:
+    """An input's header and a cheap sample of its pixels, for the drift check.
+
+    Attributes:
+        shape: size per axis in the network's axis order (volumes: RAS; 2D: H, W).
+        spacing: spacing per axis, same order (mm; CRS units for rasters; 1 for images).
+        values: per channel, a sample of the finite, valid, non-zero pixel values.
+        crs_units: the CRS's linear unit (rasters with a CRS), else ``None``.
+        nodata_fraction: share of pixels that are nodata/masked in some channel.
+    """
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    values: tuple[np.ndarray, ...]
+    crs_units: str | None = None
+    nodata_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -260,6 +280,17 @@ class KindAdapter(Protocol):
 
         Raises:
             InputError: a broken header, or channel files on different grids.
+        """
+        ...
+
+    def sample_input(
+        self, channels: Sequence[Path], *, rng: np.random.Generator, count: int
+    ) -> InputSample:
+        """The case's header and at most ``count`` pixel values per channel, cheaply (a
+        decimated read where the format allows), for the drift check and its reference.
+
+        Raises:
+            InputError: a file cannot be read.
         """
         ...
 

@@ -23,11 +23,13 @@ from pipelines.kinds import register_kind
 from pipelines.kinds.base import (
     AnyGeometry,
     GridDifference,
+    InputSample,
     SegmentJob,
     narrow,
     refuse_vector_label,
 )
 from pipelines.kinds.planar import PlanarKind
+from pipelines.plan.drift import nonzero_sample
 from pipelines.plan.fingerprint import (
     ChannelSampler,
     image_channels_after_alpha,
@@ -137,6 +139,17 @@ class ImageKind(PlanarKind):
         """Every header valid."""
         for path in channels:
             image2d.read_image_geometry(path)
+
+    def sample_input(
+        self, channels: Sequence[Path], *, rng: np.random.Generator, count: int
+    ) -> InputSample:
+        """Size (H, W), a nominal spacing of 1, and the non-zero values of each channel
+        (alpha dropped)."""
+        array = image2d.read_image(channels[0])
+        image = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        image = image[: image_channels_after_alpha(image.shape[0])]
+        values = tuple(nonzero_sample(plane, None, rng, count) for plane in image)
+        return InputSample((image.shape[1], image.shape[2]), (1.0, 1.0), values)
 
     def read_fully(self, path: Path) -> None:
         """Decode the image."""

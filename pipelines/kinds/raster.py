@@ -24,8 +24,9 @@ from data_contracts import (
 )
 from pipelines.io import PixelStats, raster
 from pipelines.kinds import register_kind
-from pipelines.kinds.base import AnyGeometry, GridDifference, SegmentJob, narrow
+from pipelines.kinds.base import AnyGeometry, GridDifference, InputSample, SegmentJob, narrow
 from pipelines.kinds.planar import PlanarKind
+from pipelines.plan.drift import nonzero_sample
 from pipelines.plan.fingerprint import ChannelSampler, common_channel_count
 
 if TYPE_CHECKING:
@@ -180,6 +181,23 @@ class RasterKind(PlanarKind):
         for path in channels:
             raster.read_raster_geometry(path, allow_ungeoreferenced=True)
 
+    def sample_input(
+        self, channels: Sequence[Path], *, rng: np.random.Generator, count: int
+    ) -> InputSample:
+        """Grid and CRS units from the header; pixels from one decimated read of at most
+        :data:`SAMPLE_SIDE` pixels a side (overviews when the file has them)."""
+        values: list[np.ndarray] = []
+        nodata = 0.0
+        with raster.bounded_gdal_env():
+            geometry = raster.read_raster_geometry(channels[0], allow_ungeoreferenced=True)
+            for path in channels:
+                with raster.open_raster(path) as dataset:
+                    bands, missing = _decimated(dataset)
+                nodata = max(nodata, float(missing.mean()) if missing.size else 0.0)
+                values.extend(nonzero_sample(band, ~missing, rng, count) for band in bands)
+        shape, spacing = self.grid_axes(geometry)
+        return InputSample(shape, spacing, tuple(values), _crs_units(geometry.crs_wkt), nodata)
+
     def read_fully(self, path: Path) -> None:
         """Decode every band."""
         from pipelines.preprocess.loaders import read_raster_stack
@@ -241,6 +259,29 @@ def _sample_band(
         kept = values[ok]
         chosen = kept[rng.random(kept.size) < keep]
         sampler.add(chosen.astype(np.float64), nonzero=int(np.count_nonzero(kept)), total=kept.size)
+
+
+#: Side of the decimated read the drift check samples a raster from.
+SAMPLE_SIDE = 256
+
+
+def _decimated(dataset: rasterio.DatasetReader) -> tuple[np.ndarray, np.ndarray]:
+    """Every band at most :data:`SAMPLE_SIDE` pixels a side, and where any band is masked."""
+    scale = max(1.0, max(dataset.height, dataset.width) / SAMPLE_SIDE)
+    shape = (max(1, round(dataset.height / scale)), max(1, round(dataset.width / scale)))
+    read = dataset.read(out_shape=(dataset.count, *shape), masked=True)
+    masked = np.asarray(np.ma.getmaskarray(read).any(axis=0), dtype=bool)
+    return np.asarray(read.data, dtype=np.float64), masked
+
+
+def _crs_units(wkt: str | None) -> str | None:
+    """The linear unit of a CRS (``metre``, ``degree``…), or ``None`` without one."""
+    if wkt is None:
+        return None
+    crs = CRS.from_wkt(wkt)
+    if crs.is_geographic:
+        return "degree"
+    return str(crs.linear_units or "unknown")
 
 
 def _same_crs(first: str | None, second: str | None) -> bool:

@@ -28,11 +28,13 @@ from pipelines.kinds import register_kind
 from pipelines.kinds.base import (
     AnyGeometry,
     GridDifference,
+    InputSample,
     ModalityHint,
     SegmentJob,
     narrow,
     refuse_vector_label,
 )
+from pipelines.plan.drift import nonzero_sample
 from pipelines.plan.fingerprint import (
     ChannelSampler,
     common_channel_count,
@@ -184,6 +186,20 @@ class VolumeKind:
                     f"{first.shape}, or another affine)",
                     path=path,
                 )
+
+    def sample_input(
+        self, channels: Sequence[Path], *, rng: np.random.Generator, count: int
+    ) -> InputSample:
+        """RAS shape and spacing from the header; non-zero voxels of every channel (MRI
+        background is 0), from every second voxel along each axis."""
+        shape, spacing = ras_shape_and_spacing(nifti.read_volume_geometry(channels[0]))
+        values: list[NDArray[np.float64]] = []
+        for path in channels:
+            image = nifti.open_volume(path)
+            data = np.asarray(image.dataobj[::2, ::2, ::2], dtype=np.float32)
+            planes = [data[..., c] for c in range(data.shape[3])] if data.ndim == 4 else [data]
+            values.extend(nonzero_sample(plane, None, rng, count) for plane in planes)
+        return InputSample(shape, spacing, tuple(values))
 
     def read_fully(self, path: Path) -> None:
         """Decompress every slab (a truncated ``.nii.gz`` has a good header)."""

@@ -27,6 +27,7 @@ from types import TracebackType
 from data_contracts import InferenceOptions, OutputError
 from pipelines.infer.inputs import channel_suffix_for, discover_inputs
 from pipelines.infer.loaded_model import LoadedModel
+from pipelines.plan.drift import reference_of
 from pipelines.services.batch_items import (
     BatchItem,
     BatchItemResult,
@@ -253,6 +254,12 @@ class BatchRun:
             ledger=self.ledger,
         )
         logger.info("%d case(s) to segment, %d settled", len(to_run), len(self._settled))
+        if to_run and reference_of(self.model.processing) is None:
+            logger.warning(
+                "drift check not available: model %s carries no fingerprint of its training "
+                "data (trained before segflow recorded one); files are segmented unchecked",
+                self.model.uri,
+            )
         self._to_run = len(to_run)
         self._progress.planned(len(to_run), self._settled)
         return to_run

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from data_contracts import FileQuality, InferenceOptions, SegflowError
+from data_contracts import DriftFlag, FileQuality, InferenceOptions, InputDriftError, SegflowError
 from pipelines.infer.inputs import InferenceInput
 from pipelines.infer.loaded_model import LoadedModel
 from pipelines.infer.run import CaseResult, remove_case_outputs, segment_case
@@ -154,6 +154,8 @@ def process_item(
         return BatchItemResult(
             case.case_id, "failed", "crashed", seconds=_since(started), error=describe_error(error)
         )
+    except InputDriftError as error:
+        return _drifted(case, key, error, ledger, _since(started))
     except _FILE_ERRORS as error:
         seconds = round(time.monotonic() - started, 2)
         ledger.record_failed(case, key, error, seconds=seconds)
@@ -171,6 +173,27 @@ def process_item(
         dict(result.outputs),
         result.seconds,
         quality=result.quality,
+    )
+
+
+def _drifted(
+    case: InferenceInput, key: CaseKey, error: InputDriftError, ledger: Ledger, seconds: float
+) -> BatchItemResult:
+    """A case not segmented for its drift (``--on-drift skip|fail``): recorded failed with its
+    flags, so that a later run (say with ``--on-drift warn``) takes it up again; reported
+    ``skipped`` or ``failed`` as the policy says."""
+    flags = tuple(DriftFlag(check=check, message=message) for check, message in error.checks)
+    quality = FileQuality(drift_status="flagged", drift=flags)
+    ledger.record_failed(case, key, error, seconds=seconds, quality=quality)
+    logger.warning("%s not segmented (--on-drift %s): %s", case.case_id, error.policy, error)
+    status: ItemStatus = "skipped" if error.policy == "skip" else "failed"
+    return BatchItemResult(
+        case.case_id,
+        status,
+        "drift",
+        seconds=seconds,
+        error=describe_error(error),
+        quality=quality,
     )
 
 

@@ -295,12 +295,20 @@ class Ledger:
         error: BaseException | str,
         *,
         seconds: float | None = None,
+        quality: FileQuality | None = None,
     ) -> None:
-        """Record ``case`` as failed with the error's class and message."""
+        """Record ``case`` as failed with the error's class and message (and its drift flags
+        when it failed for them)."""
         error_text, finished = describe_error(error), now_iso()
         self._write(
             LedgerEntry(
-                case.case_id, "failed", key, error=error_text, finished=finished, seconds=seconds
+                case.case_id,
+                "failed",
+                key,
+                error=error_text,
+                finished=finished,
+                seconds=seconds,
+                quality=quality,
             )
         )
 
