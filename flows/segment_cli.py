@@ -239,6 +239,10 @@ def segment(
         f"Outputs in [bold]{short_path(out, 40)}[/bold] (model {summary['model']})",
         data=summary,
     )
+    if summary.get("report"):
+        show_summary(f"QA report: {summary['report']}", data={})
+    if summary.get("report_error"):
+        error_console.print(f"[yellow]QA report not written:[/yellow] {summary['report_error']}")
     if review_below is not None:
         show_review_list(summary, review_below)
     if summary.get("not_logged"):

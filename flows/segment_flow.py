@@ -39,6 +39,7 @@ from prefect.futures import as_completed
 from data_contracts import InferenceOptions
 from flows.artifacts import ProgressArtifact, publish_summary, publish_table
 from flows.dataset_flows import outcome_state
+from flows.segment_report import write_report
 from flows.storage_tasks import stage_source, upload_staged_outputs
 from flows.tasks import IO_RETRIES, IO_RETRY_DELAYS, transient_io
 from pipelines.infer.loaded_model import LoadedModel
@@ -327,6 +328,7 @@ def segment_archive_flow(
     if stop_requested() or report.counts["interrupted"]:
         raise _interrupted(report, local_out)
     summary = _summary(report, source, pinned, out)
+    write_report(report, summary, loaded, model, options, local_out)
     if is_s3_uri(out):
         summary["uploaded"] = len(upload_staged_outputs(local_out, out))
     if track:

@@ -121,7 +121,14 @@ def plan_batch(
             outputs = {role: record.path for role, record in entry.outputs.items()} if entry else {}
             quality = entry.quality if entry else None
             settled.append(
-                BatchItemResult(case.case_id, "skipped", decision.reason, outputs, quality=quality)
+                BatchItemResult(
+                    case.case_id,
+                    "skipped",
+                    decision.reason,
+                    outputs,
+                    quality=quality,
+                    inputs=tuple(case.channels),
+                )
             )
     return to_run, settled
 

@@ -8,6 +8,7 @@ batch reports, case by case (:class:`BatchReport`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -67,6 +68,7 @@ class BatchItemResult:
         seconds: time spent on it.
         error: ``"ClassName: message"`` when it failed.
         quality: its confidence and drift flags (for skipped cases, those recorded).
+        inputs: the case's input files (empty for a rejected input).
     """
 
     case_id: str
@@ -76,6 +78,7 @@ class BatchItemResult:
     seconds: float = 0.0
     error: str | None = None
     quality: FileQuality | None = None
+    inputs: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -124,7 +127,9 @@ def process_item(
     dies (:class:`~pipelines.services.case_workers.CaseCrashed`), the case is recorded ``crashed``, what
     it wrote is removed, and it is tried once more in a fresh worker; a second crash
     quarantines it. A stop request (SIGTERM) before or during the case returns it
-    ``interrupted``: the ledger keeps it ``running``, so the next run does it.
+    ``interrupted``: the ledger keeps it ``running``, so the next run does it. A case whose
+    input drifted, with ``--on-drift skip|fail``, is recorded failed with its drift flags and
+    returned ``skipped`` or ``failed``.
 
     Args:
         model: the batch's model.
@@ -134,6 +139,20 @@ def process_item(
         ledger: the output folder's ledger.
         segment: runs the case (default: :func:`segment_case` in this thread).
     """
+    result = _process_item(model, item, out_dir, options, ledger, segment=segment)
+    return dataclasses.replace(result, inputs=tuple(item.case.channels))
+
+
+def _process_item(
+    model: LoadedModel,
+    item: BatchItem,
+    out_dir: str | Path,
+    options: InferenceOptions | None,
+    ledger: Ledger,
+    *,
+    segment: SegmentOne | None = None,
+) -> BatchItemResult:
+    """:func:`process_item` without the case's inputs in the result."""
     case, decision = item.case, item.decision
     if decision.action == "skip":
         return BatchItemResult(case.case_id, "skipped", decision.reason)

@@ -1,0 +1,48 @@
+"""The QA report of a ``segment-archive`` batch, written by the flow beside the outputs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from data_contracts import InferenceOptions, SegflowError
+from pipelines.infer.loaded_model import LoadedModel
+from pipelines.redaction import redact
+from pipelines.services.batch import BatchReport
+from pipelines.services.batch_tracking import training_run_of
+from pipelines.services.qa_report import model_facts, write_qa_report
+
+__all__ = ["write_report"]
+
+logger = logging.getLogger(__name__)
+
+
+def write_report(
+    report: BatchReport,
+    summary: dict[str, Any],
+    model: LoadedModel,
+    requested: str,
+    options: InferenceOptions,
+    local_out: str,
+) -> None:
+    """Write the QA report beside the outputs (uploaded and logged with them); a report that
+    cannot be written is said in the summary (``report_error``), not a failed batch."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    runner = type(getattr(context, "task_runner", None)).__name__ if context else "-"
+    settings = {"source": summary["source"], "out": summary["out"], "task runner": runner}
+    try:
+        path = write_qa_report(
+            report,
+            local_out,
+            model=model,
+            model_info=model_facts(model, requested, training_run_of(model)),
+            options=options,
+            settings=settings,
+        )
+    except (SegflowError, OSError) as error:
+        summary["report_error"] = f"{type(error).__name__}: {redact(str(error))[:300]}"
+        logger.warning("QA report not written: %s", summary["report_error"])
+        return
+    summary["report"] = str(path)
