@@ -322,13 +322,18 @@ def segment_archive_flow(
                 channel_suffix=channel_suffix,
                 progress=progress,
             )
+            report_entry: dict[str, str] = {}
             with batch:
                 _run_as_tasks(batch, model_files, files_per_task, isolated)
+                if not stop_requested():
+                    settings = {"source": source, "out": out}
+                    report_entry = write_report(
+                        batch.report(), loaded, model, options, local_out, settings
+                    )
     report = batch.report()
     if stop_requested() or report.counts["interrupted"]:
         raise _interrupted(report, local_out)
-    summary = _summary(report, source, pinned, out)
-    write_report(report, summary, loaded, model, options, local_out)
+    summary = {**_summary(report, source, pinned, out), **report_entry}
     if is_s3_uri(out):
         summary["uploaded"] = len(upload_staged_outputs(local_out, out))
     if track:

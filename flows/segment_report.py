@@ -19,19 +19,23 @@ logger = logging.getLogger(__name__)
 
 def write_report(
     report: BatchReport,
-    summary: dict[str, Any],
     model: LoadedModel,
     requested: str,
     options: InferenceOptions,
     local_out: str,
-) -> None:
-    """Write the QA report beside the outputs (uploaded and logged with them); a report that
-    cannot be written is said in the summary (``report_error``), not a failed batch."""
+    settings: dict[str, Any],
+) -> dict[str, str]:
+    """Write the QA report beside the outputs (uploaded and logged with them), while the
+    batch's inputs are still there (archives are extracted into the batch's scratch folder).
+
+    Returns:
+        The summary's entry: ``report`` (its path) or ``report_error`` (a report that cannot
+        be written is said, not a failed batch).
+    """
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
     runner = type(getattr(context, "task_runner", None)).__name__ if context else "-"
-    settings = {"source": summary["source"], "out": summary["out"], "task runner": runner}
     try:
         path = write_qa_report(
             report,
@@ -39,10 +43,10 @@ def write_report(
             model=model,
             model_info=model_facts(model, requested, training_run_of(model)),
             options=options,
-            settings=settings,
+            settings={**{k: redact(str(v)) for k, v in settings.items()}, "task runner": runner},
         )
     except (SegflowError, OSError) as error:
-        summary["report_error"] = f"{type(error).__name__}: {redact(str(error))[:300]}"
-        logger.warning("QA report not written: %s", summary["report_error"])
-        return
-    summary["report"] = str(path)
+        problem = f"{type(error).__name__}: {redact(str(error))[:300]}"
+        logger.warning("QA report not written: %s", problem)
+        return {"report_error": problem}
+    return {"report": str(path)}

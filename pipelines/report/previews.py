@@ -29,8 +29,8 @@ __all__ = ["THUMBNAIL_SIDE", "footprint", "overlay_thumbnail"]
 
 THUMBNAIL_SIDE = 160
 _MASK_NODATA = 255  # raster masks' nodata (pipelines.infer.raster.MASK_NODATA)
-#: Outline colours by class value (cycled), RGB.
-_OUTLINE = ((255, 64, 64), (64, 220, 64), (64, 160, 255), (255, 200, 0), (220, 64, 255))
+#: Outline colours of class values 1, 2… (cycled), RGB: bright, unlike most image content.
+_OUTLINE = ((255, 230, 0), (0, 230, 255), (255, 40, 40), (255, 255, 255), (255, 140, 0))
 
 
 def _volume(path: Path) -> NDArray[Any]:
@@ -120,7 +120,7 @@ def overlay_thumbnail(source: Path, mask: Path, *, side: int = THUMBNAIL_SIDE) -
     boundaries = find_boundaries(labels, mode="thick")  # type: ignore[no-untyped-call]
     edges = boundaries & (labels != 0) & (labels != _MASK_NODATA)
     for value in np.unique(labels[edges]):
-        rgb[edges & (labels == value)] = _OUTLINE[int(value) % len(_OUTLINE)]
+        rgb[edges & (labels == value)] = _OUTLINE[(int(value) - 1) % len(_OUTLINE)]
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

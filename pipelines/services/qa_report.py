@@ -154,7 +154,7 @@ def _summary(report: BatchReport, metrics: Mapping[str, float]) -> dict[str, str
     summary: dict[str, str] = {status: str(count) for status, count in counts.items()}
     summary["wall seconds"] = f"{report.wall_seconds:.1f}"
     for name, value in metrics.items():
-        summary[name.replace("_", " ")] = f"{value:.3f}" if "confidence" in name else f"{value:g}"
+        summary[name.replace("_", " ")] = f"{value:g}" if value == int(value) else f"{value:.3f}"
     return summary
 
 
