@@ -8,12 +8,21 @@ the flags, ``skip`` and ``fail`` raise :class:`~data_contracts.InputDriftError`.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
-from data_contracts import FileQuality, InferenceOptions, InputDriftError
+from data_contracts import (
+    CorruptFileError,
+    FileQuality,
+    InferenceOptions,
+    InputDriftError,
+    InputError,
+)
 from pipelines.infer.inputs import InferenceInput
 from pipelines.infer.loaded_model import LoadedModel
-from pipelines.kinds import kind_adapter
+from pipelines.kinds import KindAdapter, kind_adapter
+from pipelines.kinds.base import InputSample
 from pipelines.plan.drift import DRIFT_SAMPLES, check_drift, reference_of
 
 __all__ = ["drift_quality"]
@@ -33,7 +42,7 @@ def drift_quality(
     if reference is None:
         return FileQuality(drift_status="not available")
     adapter = kind_adapter(model.plan.kind)
-    sample = adapter.sample_input(case.channels, rng=np.random.default_rng(0), count=DRIFT_SAMPLES)
+    sample = _sample(case, adapter)
     flags = check_drift(
         sample,
         reference,
@@ -51,3 +60,27 @@ def drift_quality(
             policy=options.on_drift,
         )
     return FileQuality(drift_status="flagged", drift=tuple(flags))
+
+
+#: What readers raise on damaged pixel data (a truncated ``.nii.gz`` has a good header).
+_READ_ERRORS = (OSError, ValueError, EOFError, RuntimeError, zlib.error)
+
+
+def _sample(case: InferenceInput, adapter: KindAdapter) -> InputSample:
+    """The case's drift sample; a reader's own error becomes the damaged file's segflow error.
+
+    Raises:
+        InputError: a file cannot be read (the damaged one named).
+    """
+    try:
+        return adapter.sample_input(
+            case.channels, rng=np.random.default_rng(0), count=DRIFT_SAMPLES
+        )
+    except _READ_ERRORS as error:
+        if isinstance(error, InputError):
+            raise
+        for path in case.channels:
+            adapter.read_fully(path)  # raises the damaged file's own error
+        raise CorruptFileError(
+            f"pixels cannot be sampled ({type(error).__name__}: {error})", path=case.channels[0]
+        ) from error
