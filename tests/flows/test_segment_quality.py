@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from data_contracts import InferenceOptions, get_settings
 from flows.cli import app
 from pipelines.ingest import ingest
-from pipelines.synthetic import make_raster_dataset
+from pipelines.synthetic import make_image_dataset, make_raster_dataset, make_volume_dataset
 from pipelines.synthetic.models import oracle_model
 from tests.oracle_registry import register_oracle
 
@@ -111,3 +111,27 @@ def test_the_dask_runner_reports_quality_too(scenes: Path, champion: str, tmp_pa
     }
     assert all(row["confidence"] is not None for row in summary["items"])
     assert Path(summary["report"]).is_file()
+
+
+@pytest.mark.parametrize("kind", ["volume", "image"])
+def test_volumes_and_images_get_confidence_lineage_and_a_report(kind: str, tmp_path: Path) -> None:
+    if kind == "volume":
+        data = make_volume_dataset(tmp_path / "data", n_cases=3, n_channels=1, seed=5)
+        images, unit, entropy = data / "imagesTr", "ml", "_entropy.nii.gz"
+    else:
+        data = make_image_dataset(tmp_path / "data", n_images=3, seed=5)
+        images, unit, entropy = data / "images", " px", "_entropy.tif"  # blob ids: classes
+    model = oracle_model(ingest(data, workdir=tmp_path / "work"))
+    uri = register_oracle(model, f"quality_{kind}")
+    out = tmp_path / "out"
+    args = ["segment", str(images), "--model", uri, "--out", str(out), "--write-uncertainty"]
+    result = CliRunner().invoke(app, [*args, "--review-below", "1"])
+    assert result.exit_code == 0, result.output
+    lineages = sorted(out.glob("*.lineage.json"))
+    assert len(lineages) == 3 and len(list(out.glob(f"*{entropy}"))) == 3
+    for lineage in lineages:
+        quality = json.loads(lineage.read_text())["quality"]
+        assert 0 <= quality["confidence"] <= 1 and quality["drift_status"] == "ok"
+    page = (out / "report.html").read_text()
+    assert page.count('id="row-') == 3 and unit in page
+    assert page.count("data:image/png;base64,") == 3

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import rasterio
+from PIL import Image
 
 from data_contracts import DatasetManifest, InferenceOptions
 from pipelines.infer.loaded_model import LoadedModel
@@ -162,10 +163,16 @@ def test_rasters_at_another_resolution_or_scale_are_flagged(tmp_path: Path) -> N
     assert "intensity" in flags["scaled"]
 
 
-def test_images_in_distribution_are_not_flagged(tmp_path: Path) -> None:
+def test_images_of_another_intensity_scale_are_flagged(tmp_path: Path) -> None:
     train = make_image_dataset(tmp_path / "train", n_images=2, seed=1)
     model = oracle_model(ingest(train, workdir=tmp_path / "work"))
-    fresh = make_image_dataset(tmp_path / "fresh", n_images=2, seed=2) / "images"
+    fresh = make_image_dataset(tmp_path / "fresh", n_images=3, seed=2) / "images"
+    last = sorted(fresh.iterdir())[-1]
+    values = np.asarray(Image.open(last), dtype=np.uint16) * 200  # 8-bit grey → 16-bit range
+    Image.fromarray(values).save(fresh / "wide.png")
+    last.unlink()
     report = run_batch(fresh, model, tmp_path / "out")
-    assert report.counts["done"] == 2
-    assert {item.quality.drift_status for item in report.items if item.quality} == {"ok"}
+    assert report.counts["done"] == 3
+    flags = _flags(report)
+    assert {case for case, text in flags.items() if text} == {"wide"}
+    assert "intensity" in flags["wide"]
