@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,30 +168,12 @@ def segment_raster(
             tags=all_tags,
         )
         probability_writer = (
-            GeoTiffMaskWriter(
-                Path(probabilities_path),
-                dataset.profile,
-                class_names=list(plan.class_names),
-                nodata=None,
-                dtype="uint8",
-                count=n_classes,
-                band_descriptions=list(plan.class_names),
-                tags={"scale": "1/255", **(tags or {})},
-            )
+            _probability_writer(Path(probabilities_path), dataset.profile, plan.class_names, tags)
             if probabilities_path
             else None
         )
         entropy_writer = (
-            GeoTiffMaskWriter(
-                Path(uncertainty_path),
-                dataset.profile,
-                class_names=["entropy"],
-                nodata=None,
-                dtype="uint8",
-                band_descriptions=["normalised entropy"],
-                colormap={value: (value, value, value, 255) for value in range(256)},
-                tags={"scale": "1/255", **(tags or {})},
-            )
+            _entropy_writer(Path(uncertainty_path), dataset.profile, tags)
             if uncertainty_path
             else None
         )
@@ -250,6 +232,36 @@ def segment_raster(
         Path(probabilities_path) if probabilities_path else None,
         Path(uncertainty_path) if uncertainty_path else None,
         confidence.quality(),
+    )
+
+
+def _probability_writer(
+    path: Path, profile: Any, class_names: Sequence[str], tags: dict[str, str] | None
+) -> GeoTiffMaskWriter:
+    """The probability COG: one uint8 band per class, value / 255."""
+    return GeoTiffMaskWriter(
+        path,
+        profile,
+        class_names=list(class_names),
+        nodata=None,
+        dtype="uint8",
+        count=len(class_names),
+        band_descriptions=list(class_names),
+        tags={"scale": "1/255", **(tags or {})},
+    )
+
+
+def _entropy_writer(path: Path, profile: Any, tags: dict[str, str] | None) -> GeoTiffMaskWriter:
+    """The entropy COG (``--write-uncertainty``): one uint8 band, value / 255, grey ramp."""
+    return GeoTiffMaskWriter(
+        path,
+        profile,
+        class_names=["entropy"],
+        nodata=None,
+        dtype="uint8",
+        band_descriptions=["normalised entropy"],
+        colormap={value: (value, value, value, 255) for value in range(256)},
+        tags={"scale": "1/255", **(tags or {})},
     )
 
 
