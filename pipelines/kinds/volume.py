@@ -210,7 +210,11 @@ class VolumeKind:
         """Predict in the source grid, post-process with the source spacing, write NIfTI."""
         from pipelines.infer.in_memory import class_values_of, predict_volume
         from pipelines.postprocess.labels import postprocess_labels
-        from pipelines.write.nifti import write_nifti_mask, write_nifti_probabilities
+        from pipelines.write.nifti import (
+            write_nifti_map,
+            write_nifti_mask,
+            write_nifti_probabilities,
+        )
 
         model, source = job.model, job.channels[0]
         prediction = predict_volume(
@@ -223,8 +227,11 @@ class VolumeKind:
         outputs = {"mask": write_nifti_mask(labels, source, job.output(".nii.gz"))}
         job.report_quality(prediction.quality)
         if prediction.entropy is not None:
-            outputs["uncertainty"] = write_nifti_probabilities(
-                prediction.entropy[None], source, job.output("_entropy.nii.gz")
+            outputs["uncertainty"] = write_nifti_map(
+                prediction.entropy,
+                source,
+                job.output("_entropy.nii.gz"),
+                description="segflow entropy (value / 255)",
             )
         if prediction.probabilities is not None:
             outputs["probabilities"] = write_nifti_probabilities(
