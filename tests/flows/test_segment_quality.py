@@ -87,6 +87,10 @@ def test_on_drift_fail_fails_only_the_drifted_file(
     assert "coarse" in result.output
     assert not (out / "coarse.tif").exists() and (out / "tile_000.tif").is_file()
     assert 'id="row-coarse"' in (out / "report.html").read_text()
+    ledger = json.loads((out / ".segflow" / "ledger.json").read_text())
+    (coarse,) = [case for case in ledger["cases"] if case["case_id"] == "coarse"]
+    assert coarse["status"] == "failed" and "InputDriftError" in coarse["error"]
+    assert coarse["quality"]["drift"][0]["check"] == "resolution"  # survived the worker process
 
 
 def test_the_dask_runner_reports_quality_too(scenes: Path, champion: str, tmp_path: Path) -> None:
