@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
+from rasterio.windows import Window
 
 from data_contracts import (
     Case,
@@ -184,8 +185,8 @@ class RasterKind(PlanarKind):
     def sample_input(
         self, channels: Sequence[Path], *, rng: np.random.Generator, count: int
     ) -> InputSample:
-        """Grid and CRS units from the header; pixels from one decimated read of at most
-        :data:`SAMPLE_SIDE` pixels a side (overviews when the file has them)."""
+        """Grid and CRS units from the header; pixels from a decimated read or a grid of
+        windows (see :func:`_decimated`), flattened."""
         values: list[np.ndarray] = []
         nodata = 0.0
         with raster.bounded_gdal_env():
@@ -265,13 +266,32 @@ def _sample_band(
 SAMPLE_SIDE = 256
 
 
+#: Without overviews, a large scene is sampled in this many windows a side (a decimated read
+#: of the whole scene would decode every tile).
+SAMPLE_GRID = 4
+
+
 def _decimated(dataset: rasterio.DatasetReader) -> tuple[np.ndarray, np.ndarray]:
-    """Every band at most :data:`SAMPLE_SIDE` pixels a side, and where any band is masked."""
-    scale = max(1.0, max(dataset.height, dataset.width) / SAMPLE_SIDE)
-    shape = (max(1, round(dataset.height / scale)), max(1, round(dataset.width / scale)))
-    read = dataset.read(out_shape=(dataset.count, *shape), masked=True)
-    masked = np.asarray(np.ma.getmaskarray(read).any(axis=0), dtype=bool)
-    return np.asarray(read.data, dtype=np.float64), masked
+    """Every band at most :data:`SAMPLE_SIDE` pixels a side (a scene with overviews or a
+    small one), else :data:`SAMPLE_GRID`² windows spread over it; and where any band is
+    masked."""
+    height, width = dataset.height, dataset.width
+    if dataset.overviews(1) or max(height, width) <= SAMPLE_SIDE * SAMPLE_GRID:
+        scale = max(1.0, max(height, width) / SAMPLE_SIDE)
+        shape = (max(1, round(height / scale)), max(1, round(width / scale)))
+        reads = [dataset.read(out_shape=(dataset.count, *shape), masked=True)]
+    else:
+        side = SAMPLE_SIDE // SAMPLE_GRID
+        rows = np.linspace(0, height - side, SAMPLE_GRID).astype(int)
+        cols = np.linspace(0, width - side, SAMPLE_GRID).astype(int)
+        reads = [
+            dataset.read(window=Window(int(col), int(row), side, side), masked=True)
+            for row in rows
+            for col in cols
+        ]
+    data = np.concatenate([read.data.reshape(dataset.count, -1) for read in reads], axis=1)
+    masked = np.concatenate([np.ma.getmaskarray(read).any(axis=0).ravel() for read in reads])
+    return np.asarray(data, dtype=np.float64), np.asarray(masked, dtype=bool)
 
 
 def _crs_units(wkt: str | None) -> str | None:

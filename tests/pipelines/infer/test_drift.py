@@ -176,3 +176,20 @@ def test_images_of_another_intensity_scale_are_flagged(tmp_path: Path) -> None:
     flags = _flags(report)
     assert {case for case, text in flags.items() if text} == {"wide"}
     assert "intensity" in flags["wide"]
+
+
+def test_a_large_scene_without_overviews_is_sampled_in_windows(tmp_path: Path) -> None:
+    from pipelines.kinds import kind_adapter
+
+    small = make_raster_dataset(tmp_path / "small", n_tiles=1, size=(300, 250), seed=1)
+    large = make_raster_dataset(tmp_path / "large", n_tiles=1, size=(3000, 2500), seed=1)
+    samples = [
+        kind_adapter("raster").sample_input(
+            [next((data / "images").iterdir())], rng=np.random.default_rng(0), count=5000
+        )
+        for data in (small, large)
+    ]
+    assert samples[1].shape == (3000, 2500) and samples[1].crs_units == "metre"
+    for one, other in zip(samples[0].values, samples[1].values, strict=True):
+        assert other.size == 5000
+        assert abs(float(np.median(one)) - float(np.median(other))) < 0.05 * float(np.median(one))
