@@ -24,10 +24,28 @@ from data_contracts.plan import (
     TrainingPlan,
 )
 from data_contracts.postprocess import PostprocessConfig
+from data_contracts.quality import (
+    LOW_PROBABILITY,
+    ChannelRange,
+    DriftFlag,
+    DriftPolicy,
+    DriftReference,
+    DriftStatus,
+    FileQuality,
+    confidence_score,
+)
 from data_contracts.settings import Settings, apply_environment, get_settings
 from data_contracts.train_config import TrainConfig
 
 __all__ = [
+    "LOW_PROBABILITY",
+    "ChannelRange",
+    "DriftFlag",
+    "DriftReference",
+    "DriftPolicy",
+    "DriftStatus",
+    "FileQuality",
+    "confidence_score",
     "Case",
     "CaseKind",
     "ChannelNormalization",

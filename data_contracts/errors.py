@@ -26,6 +26,7 @@ __all__ = [
     "EmptyFileError",
     "GeometryMismatchError",
     "GeoreferenceError",
+    "InputDriftError",
     "InputError",
     "InvalidGeometryError",
     "LabelGeometryError",
@@ -306,3 +307,41 @@ class ModelError(SegflowError, ValueError):
     """A model spec, weight file or registry entry is invalid or incompatible with the input."""
 
     default_hint = "check the model name/URI and that it was trained for this kind of input"
+
+
+class InputDriftError(InputError):
+    """An input lies outside the model's training data and ``--on-drift`` is ``skip`` or
+    ``fail``.
+
+    Args:
+        reason, path, hint: as for :class:`SegflowError`.
+        checks: ``(check, message)`` of each drift flag.
+        policy: ``skip`` (the file is reported skipped) or ``fail`` (reported failed).
+    """
+
+    default_hint = "segment it with --on-drift warn to get a (flagged) mask, or use a model trained on such data"
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        path: str | Path | None = None,
+        hint: str | None = None,
+        checks: tuple[tuple[str, str], ...] = (),
+        policy: str = "fail",
+    ):
+        self.checks, self.policy = tuple(checks), policy
+        super().__init__(reason, path=path, hint=hint)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_drift, (self.reason, self.path, self.hint, self.checks, self.policy))
+
+
+def _rebuild_drift(
+    reason: str,
+    path: str | None,
+    hint: str | None,
+    checks: tuple[tuple[str, str], ...],
+    policy: str,
+) -> InputDriftError:
+    return InputDriftError(reason, path=path, hint=hint, checks=checks, policy=policy)

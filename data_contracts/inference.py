@@ -24,6 +24,7 @@ _RULES = {
     "sigma_scale": "must be positive",
     "read_ahead": "must be 0 or more",
     "read_threads": "must be at least 1",
+    "on_drift": "must be 'warn', 'skip' or 'fail'",
 }
 
 
@@ -50,6 +51,11 @@ class InferenceOptions(Contract):
             than cores). Each strip read ahead holds ``stride × width × bands`` source pixels.
         read_threads: rasters: threads GDAL decodes the tiles of one read on; ``None``: one
             per core.
+        uncertainty: also write the normalised entropy of the probabilities on the mask's
+            grid (``<case>_entropy``: NIfTI for volumes, COG for rasters, TIFF for images;
+            uint8, value / 255).
+        on_drift: what to do with an input that lies outside the model's training data:
+            ``warn`` (segment it, flag it), ``skip`` (do not segment it) or ``fail``.
 
     Raises:
         UsageError: a value out of its range, or an unknown option (when constructed).
@@ -67,6 +73,8 @@ class InferenceOptions(Contract):
     channels_last: bool = True
     read_ahead: int = Field(default=0, ge=0)
     read_threads: int | None = Field(default=None, ge=1)
+    uncertainty: bool = False
+    on_drift: Literal["warn", "skip", "fail"] = "warn"
 
     if not TYPE_CHECKING:  # type checkers keep pydantic's signature, with every field typed
 

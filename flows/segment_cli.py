@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from data_contracts import InferenceOptions, UsageError
+from data_contracts import DriftPolicy, InferenceOptions, UsageError
 from flows.console import error_console, short_path, shorten, show_summary
 from flows.console_display import SegmentProgress, StageDisplay
 from pipelines.interrupts import cooperative_stop
@@ -36,6 +36,30 @@ def summary_table(summary: dict[str, Any]) -> Table:
         + (f"; {left_out} more rows in the ledger" if left_out > 0 else "")
     )
     return table
+
+
+def review_rows(summary: dict[str, Any], threshold: float) -> list[dict[str, Any]]:
+    """The rows of files whose confidence is below ``threshold``, least confident first."""
+    rows = [
+        row
+        for row in summary.get("items", [])
+        if row.get("confidence") is not None and row["confidence"] < threshold
+    ]
+    return sorted(rows, key=lambda row: (row["confidence"], row["case"]))
+
+
+def show_review_list(summary: dict[str, Any], threshold: float) -> None:
+    """Print the files to review (``--review-below``); kept in the JSON summary too."""
+    rows = review_rows(summary, threshold)
+    listed = [{"case": row["case"], "confidence": row["confidence"]} for row in rows]
+    table = Table(title=f"files to review (confidence below {threshold:g})")
+    table.add_column("case", no_wrap=True, max_width=40)
+    table.add_column("confidence", justify="right")
+    table.add_column("drift", overflow="fold")
+    for row in rows:
+        table.add_row(shorten(row["case"], 40), f"{row['confidence']:.3f}", row.get("drift", ""))
+    table.caption = f"{len(rows)} file(s) below {threshold:g}" if rows else "none"
+    show_summary(table, data={"review": listed})
 
 
 def segment(
@@ -119,6 +143,29 @@ def segment(
             "skipped and reported by default)."
         ),
     ] = False,
+    review_below: Annotated[
+        float | None,
+        typer.Option(
+            help="List at the end the files whose confidence (0 to 1, from the model's own "
+            "probabilities) is below this, least confident first.",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = None,
+    write_uncertainty: Annotated[
+        bool,
+        typer.Option(
+            help="Also write the normalised entropy on the mask's grid (<case>_entropy: NIfTI "
+            "for volumes, COG for rasters, TIFF for images; uint8 / 255)."
+        ),
+    ] = False,
+    on_drift: Annotated[
+        DriftPolicy,
+        typer.Option(
+            help="Inputs outside the model's training data (spacing, intensities, resolution, "
+            "bands): warn (segment and flag them, default), skip or fail them."
+        ),
+    ] = "warn",
 ) -> None:
     """Segment volumes, rasters and images with a model; outputs keep the source geometry.
 
@@ -160,6 +207,8 @@ def segment(
         overlap=overlap,
         batch_size=batch_size,
         device=device,
+        uncertainty=write_uncertainty,
+        on_drift=on_drift,
     )
     if files_per_task is not None and files_per_task < 1:
         raise UsageError(f"--files-per-task must be at least 1, not {files_per_task}")
@@ -190,6 +239,12 @@ def segment(
         f"Outputs in [bold]{short_path(out, 40)}[/bold] (model {summary['model']})",
         data=summary,
     )
+    if summary.get("report"):
+        show_summary(f"QA report: {summary['report']}", data={})
+    if summary.get("report_error"):
+        error_console.print(f"[yellow]QA report not written:[/yellow] {summary['report_error']}")
+    if review_below is not None:
+        show_review_list(summary, review_below)
     if summary.get("not_logged"):
         error_console.print(f"[yellow]not logged to MLflow:[/yellow] {summary['not_logged']}")
     raise typer.Exit(int(code))

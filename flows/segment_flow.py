@@ -39,6 +39,7 @@ from prefect.futures import as_completed
 from data_contracts import InferenceOptions
 from flows.artifacts import ProgressArtifact, publish_summary, publish_table
 from flows.dataset_flows import outcome_state
+from flows.segment_report import write_report
 from flows.storage_tasks import stage_source, upload_staged_outputs
 from flows.tasks import IO_RETRIES, IO_RETRY_DELAYS, transient_io
 from pipelines.infer.loaded_model import LoadedModel
@@ -240,6 +241,8 @@ def _rows(report: BatchReport) -> list[dict[str, Any]]:
             "seconds": item.seconds,
             "outputs": ", ".join(path.name for path in item.outputs.values()),
             "error": item.error or "",
+            "confidence": item.quality.confidence if item.quality else None,
+            "drift": item.quality.drift_text() if item.quality else "",
         }
         for item in report.items
     ]
@@ -323,15 +326,21 @@ def segment_archive_flow(
                 channel_suffix=channel_suffix,
                 progress=progress,
             )
+            report_entry: dict[str, str] = {}
             with batch:
                 items = batch.plan()
                 if items:
                     batch.use_model(_model(pinned, options.device, model_files))
                     _run_as_tasks(batch, items, model_files, files_per_task, isolated)
+                if not stop_requested():
+                    settings = {"source": source, "out": out}
+                    report_entry = write_report(
+                        batch.report(), batch.model, model, options, local_out, settings
+                    )
     report = batch.report()
     if stop_requested() or report.counts["interrupted"]:
         raise _interrupted(report, local_out)
-    summary = _summary(report, source, pinned, out)
+    summary = {**_summary(report, source, pinned, out), **report_entry}
     if is_s3_uri(out):
         summary["uploaded"] = len(upload_staged_outputs(local_out, out))
     if track:

@@ -17,6 +17,7 @@ def register_oracle(model: LoadedModel, name: str) -> str:
             model.plan,
             class_names=model.class_names,
             channel_names=model.channel_names,
+            processing=model.processing,
         )
         register_model(uri, name, score=0.5, validation_key="0" * 64)
     return f"models:/{name}@champion"

@@ -21,7 +21,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
-from data_contracts import ChannelCountError, InferenceOptions, TrainingPlan
+from data_contracts import ChannelCountError, FileQuality, InferenceOptions, TrainingPlan
+from pipelines.infer.confidence import ConfidenceAccumulator
 from pipelines.infer.loaded_model import LoadedModel, network_on
 from pipelines.infer.sliding import (
     Predictor,
@@ -48,11 +49,15 @@ class Prediction:
         classes: class indices ``(*S)`` (0..K-1, plan order) — or instance ids for instance plans.
         probabilities: ``(K, *S)`` float32, or ``None`` when not kept.
         instance: ``classes`` holds instance ids (0 background, 1..N objects).
+        quality: the confidence measures of the probabilities.
+        entropy: ``S``-shaped normalised entropy when asked for (``options.uncertainty``).
     """
 
     classes: np.ndarray
     probabilities: np.ndarray | None
     instance: bool = False
+    quality: FileQuality | None = None
+    entropy: np.ndarray | None = None
 
 
 def class_values_of(classes: np.ndarray, plan: TrainingPlan) -> np.ndarray:
@@ -94,13 +99,19 @@ def _slicewise(
     return torch.stack(slices, dim=-1)
 
 
-def _finish(probabilities: torch.Tensor, plan: TrainingPlan, keep: bool) -> Prediction:
+def _finish(
+    probabilities: torch.Tensor, plan: TrainingPlan, keep: bool, uncertainty: bool = False
+) -> Prediction:
     array = probabilities.numpy().astype(np.float32, copy=False)
+    confidence = ConfidenceAccumulator()
+    entropy = confidence.add(array)
+    quality, kept = confidence.quality(), array if keep else None
+    uncertain = entropy if uncertainty else None
     if plan.label_kind == "instance":
         instances = three_class_to_instances(array, min_seed_size=plan.min_instance_seed)
-        return Prediction(instances, array if keep else None, instance=True)
+        return Prediction(instances, kept, instance=True, quality=quality, entropy=uncertain)
     dtype = np.uint8 if array.shape[0] <= 256 else np.uint16
-    return Prediction(array.argmax(axis=0).astype(dtype), array if keep else None)
+    return Prediction(array.argmax(axis=0).astype(dtype), kept, quality=quality, entropy=uncertain)
 
 
 def predict_volume(
@@ -147,7 +158,7 @@ def predict_volume(
         item
     )[_PRED_KEY]
     source = torch.as_tensor(inverted).float()
-    return _finish(source, plan, keep_probabilities)
+    return _finish(source, plan, keep_probabilities, options.uncertainty)
 
 
 def predict_image(
@@ -177,4 +188,4 @@ def predict_image(
     probabilities = sliding_probabilities(
         predictor, plain, plan.patch_size, len(plan.class_values), options, device=target
     )
-    return _finish(probabilities, plan, keep_probabilities)
+    return _finish(probabilities, plan, keep_probabilities, options.uncertainty)

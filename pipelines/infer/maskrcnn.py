@@ -15,7 +15,7 @@ from pipelines.infer.tiled_instances import TileConfig, segment_with_network
 from pipelines.preprocess.loaders import LoadImage2Dd
 from pipelines.preprocess.transforms import IMAGE_KEY, planar_transforms
 
-__all__ = ["segment_instances", "tile_config"]
+__all__ = ["scored_instances", "segment_instances", "tile_config"]
 
 
 def tile_config(model: LoadedModel) -> TileConfig:
@@ -35,6 +35,21 @@ def segment_instances(
     Raises:
         InputError: the image cannot be read or its channels cannot be matched to the model's.
     """
+    return scored_instances(model, path, device=device, progress=progress)[0]
+
+
+def scored_instances(
+    model: LoadedModel,
+    path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, list[float]]:
+    """:func:`segment_instances` and the detection score of each object (ids 1..N in order).
+
+    Raises:
+        InputError: the image cannot be read or its channels cannot be matched to the model's.
+    """
     target = choose_device(str(device) if device else model.device)
     network = network_on(model, target)
     item = planar_transforms(model.plan, LoadImage2Dd, train=False)({IMAGE_KEY: [str(path)]})
@@ -43,4 +58,5 @@ def segment_instances(
     result = segment_with_network(
         network, model.spec, plain.float(), tile_config(model), progress=progress
     )
-    return result.labels.astype(np.uint16)
+    scores = [result.scores[index] for index in sorted(result.scores)]
+    return result.labels.astype(np.uint16), scores

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from data_contracts import ChannelCountError, InferenceOptions, PostprocessConfig
+from data_contracts import ChannelCountError, FileQuality, InferenceOptions, PostprocessConfig
+from pipelines.infer.confidence import ConfidenceAccumulator
 from pipelines.infer.in_memory import class_values_of
 from pipelines.infer.loaded_model import LoadedModel, network_on
 from pipelines.infer.sliding import choose_device, probability_predictor, window_options
@@ -49,10 +50,13 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class RasterOutputs:
-    """Files written for one raster: the mask COG and, when asked, the probability COG."""
+    """Files written for one raster: the mask COG and, when asked, the probability and
+    entropy COGs; and the scene's confidence measures."""
 
     mask: Path
     probabilities: Path | None = None
+    uncertainty: Path | None = None
+    quality: FileQuality | None = None
 
 
 def _is_noop(config: PostprocessConfig) -> bool:
@@ -113,6 +117,7 @@ def segment_raster(
     mask_path: str | Path,
     *,
     probabilities_path: str | Path | None = None,
+    uncertainty_path: str | Path | None = None,
     options: InferenceOptions | None = None,
     postprocess: PostprocessConfig | None = None,
     tags: dict[str, str] | None = None,
@@ -125,6 +130,7 @@ def segment_raster(
         source: the scene; only read.
         mask_path: the mask COG to write (uint8, uint16 past 254 classes; nodata 255/65535).
         probabilities_path: also write class probabilities as a uint8 COG (scale 1/255).
+        uncertainty_path: also write the normalised entropy as a uint8 COG (scale 1/255).
         options: window overlap and batch size (unset: the raster kind's defaults), blending,
             reads and device (TTA is not applied to streamed rasters).
         postprocess: clean-up in map units (default: the model's, else none).
@@ -162,19 +168,16 @@ def segment_raster(
             tags=all_tags,
         )
         probability_writer = (
-            GeoTiffMaskWriter(
-                Path(probabilities_path),
-                dataset.profile,
-                class_names=list(plan.class_names),
-                nodata=None,
-                dtype="uint8",
-                count=n_classes,
-                band_descriptions=list(plan.class_names),
-                tags={"scale": "1/255", **(tags or {})},
-            )
+            _probability_writer(Path(probabilities_path), dataset.profile, plan.class_names, tags)
             if probabilities_path
             else None
         )
+        entropy_writer = (
+            _entropy_writer(Path(uncertainty_path), dataset.profile, tags)
+            if uncertainty_path
+            else None
+        )
+        confidence = ConfidenceAccumulator()
         width = dataset.width
 
         def write_labels(labels: np.ndarray, valid: np.ndarray, row: int) -> None:
@@ -191,7 +194,12 @@ def segment_raster(
         )
 
         def sink(window: Window, probabilities: np.ndarray, valid: np.ndarray) -> None:
-            labels = class_values_of(class_indices(probabilities), plan)
+            classes = class_indices(probabilities)
+            entropy = confidence.add(probabilities, valid, classes != 0)
+            if entropy_writer is not None:
+                scaled_entropy = np.rint(entropy * 255).astype(np.uint8)
+                entropy_writer.write(scaled_entropy * valid, window)
+            labels = class_values_of(classes, plan)
             if writer is None:
                 write_labels(labels, valid, int(window.row_off))
             else:
@@ -204,6 +212,8 @@ def segment_raster(
             stack.enter_context(mask)
             if probability_writer is not None:
                 stack.enter_context(probability_writer)
+            if entropy_writer is not None:
+                stack.enter_context(entropy_writer)
             stream_raster(
                 dataset,
                 predict,
@@ -216,7 +226,55 @@ def segment_raster(
             )
             if writer is not None:
                 writer.finish()
-    return RasterOutputs(Path(mask_path), Path(probabilities_path) if probabilities_path else None)
+            mask.update_tags(**_quality_tags(all_tags, confidence.quality()))
+    return RasterOutputs(
+        Path(mask_path),
+        Path(probabilities_path) if probabilities_path else None,
+        Path(uncertainty_path) if uncertainty_path else None,
+        confidence.quality(),
+    )
+
+
+def _probability_writer(
+    path: Path, profile: Any, class_names: Sequence[str], tags: dict[str, str] | None
+) -> GeoTiffMaskWriter:
+    """The probability COG: one uint8 band per class, value / 255."""
+    return GeoTiffMaskWriter(
+        path,
+        profile,
+        class_names=list(class_names),
+        nodata=None,
+        dtype="uint8",
+        count=len(class_names),
+        band_descriptions=list(class_names),
+        tags={"scale": "1/255", **(tags or {})},
+    )
+
+
+def _entropy_writer(path: Path, profile: Any, tags: dict[str, str] | None) -> GeoTiffMaskWriter:
+    """The entropy COG (``--write-uncertainty``): one uint8 band, value / 255, grey ramp."""
+    return GeoTiffMaskWriter(
+        path,
+        profile,
+        class_names=["entropy"],
+        nodata=None,
+        dtype="uint8",
+        band_descriptions=["normalised entropy"],
+        colormap={value: (value, value, value, 255) for value in range(256)},
+        tags={"scale": "1/255", **(tags or {})},
+    )
+
+
+def _quality_tags(tags: dict[str, str], quality: FileQuality) -> dict[str, str]:
+    """``segflow_quality`` (the scene's confidence measures), also merged into the
+    ``quality`` of the lineage tag when there is one (its drift fields are kept)."""
+    measures = quality.model_dump(mode="json", exclude={"drift_status", "drift"})
+    updated = {"segflow_quality": json.dumps(measures, sort_keys=True)}
+    if "segflow_lineage" in tags:
+        lineage = json.loads(tags["segflow_lineage"])
+        lineage["quality"] = {**(lineage.get("quality") or {}), **measures}
+        updated["segflow_lineage"] = json.dumps(lineage, sort_keys=True, default=str)
+    return updated
 
 
 def _block_plan(

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_contracts import (
+    FileQuality,
     InferenceOptions,
     PostprocessConfig,
     SegflowError,
     UnsupportedFormatError,
 )
+from pipelines.infer.drift_check import drift_quality
 from pipelines.infer.inputs import InferenceInput
 from pipelines.infer.loaded_model import LoadedModel
 from pipelines.infer.sliding import window_options
@@ -43,11 +45,13 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class CaseResult:
-    """One segmented case: its outputs by role (mask, probabilities, polygons, lineage)."""
+    """One segmented case: its outputs by role (mask, probabilities, polygons, lineage) and
+    its quality record (confidence, drift)."""
 
     case_id: str
     outputs: dict[str, Path]
     seconds: float
+    quality: FileQuality | None = None
 
 
 def postprocess_config(model: LoadedModel) -> PostprocessConfig:
@@ -109,6 +113,8 @@ _OUTPUT_SUFFIXES = (
     ".png",
     "_prob.nii.gz",
     "_prob.tif",
+    "_entropy.nii.gz",
+    "_entropy.tif",
     ".gpkg",
     ".geojson",
     ".lineage.json",
@@ -172,6 +178,8 @@ def segment_case(
 
     Raises:
         InputError: the input cannot be read, has the wrong channels, or is the wrong kind.
+        InputDriftError: the input lies outside the model's training data and
+            ``options.on_drift`` is ``skip`` or ``fail`` (checked before any compute).
         OutputError: an output cannot be written or fails its post-write check.
         StopRequested: a stop was asked for (SIGTERM): before the case, or at a batch of
             windows, after which nothing of the case is left.
@@ -181,9 +189,10 @@ def segment_case(
     check_stop()
     _check_kind(case, model)
     check_input(case, model)
+    drift = drift_quality(case, model, options)
     with _no_partial_outputs(out, case.case_id):
         try:
-            return _segment_checked(model, case, out, options, progress)
+            return _segment_checked(model, case, out, options, progress, drift)
         except RuntimeError as error:  # MONAI wraps a reader's error in RuntimeError
             cause = _segflow_cause(error) or _damaged_file(case, model)
             if cause is None:
@@ -197,6 +206,7 @@ def _segment_checked(
     out: Path,
     options: InferenceOptions,
     progress: Progress | None,
+    base_quality: FileQuality,
 ) -> CaseResult:
     started = time.monotonic()
     lineage = lineage_record(
@@ -212,6 +222,8 @@ def _segment_checked(
             "channels": [str(p) for p in case.channels],
         },
     )
+    lineage["quality"] = base_quality.model_dump(mode="json")
+    measured: list[FileQuality] = []
     adapter = kind_adapter(model.plan.kind)
     job = SegmentJob(
         model=model,
@@ -222,9 +234,23 @@ def _segment_checked(
         postprocess=postprocess_config(model),
         lineage=lineage,
         progress=progress,
+        on_quality=measured.append,
     )
     outputs = adapter.segment(job)
+    quality = _with_measures(base_quality, measured[-1] if measured else None)
     if not adapter.lineage_in_outputs:
-        record = {**lineage, "outputs": {role: str(path) for role, path in outputs.items()}}
+        record = {
+            **lineage,
+            "outputs": {role: str(path) for role, path in outputs.items()},
+            "quality": quality.model_dump(mode="json"),
+        }
         outputs["lineage"] = write_lineage(out / f"{case.case_id}.lineage.json", record)
-    return CaseResult(case.case_id, outputs, round(time.monotonic() - started, 2))
+    return CaseResult(case.case_id, outputs, round(time.monotonic() - started, 2), quality)
+
+
+def _with_measures(base: FileQuality, measured: FileQuality | None) -> FileQuality:
+    """``base`` (the drift check's record) with the confidence measures of ``measured``."""
+    if measured is None:
+        return base
+    measures = measured.model_dump(exclude={"drift_status", "drift"})
+    return base.model_copy(update=measures)

@@ -22,6 +22,7 @@ from data_contracts import (
     Case,
     ChannelNormalization,
     ChannelStats,
+    FileQuality,
     ImageGeometry,
     InferenceOptions,
     IngestOptions,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AnyGeometry",
     "GridDifference",
+    "InputSample",
     "KindAdapter",
     "ModalityHint",
     "SegmentJob",
@@ -85,6 +87,25 @@ def refuse_vector_label(vector_path: Path) -> NoReturn:
 
 
 @dataclass(frozen=True)
+class InputSample:
+    """An input's header and a cheap sample of its pixels, for the drift check.
+
+    Attributes:
+        shape: size per axis in the network's axis order (volumes: RAS; 2D: H, W).
+        spacing: spacing per axis, same order (mm; CRS units for rasters; 1 for images).
+        values: per channel, a sample of the finite, valid, non-zero pixel values.
+        crs_units: the CRS's linear unit (rasters with a CRS), else ``None``.
+        nodata_fraction: share of pixels that are nodata/masked in some channel.
+    """
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    values: tuple[np.ndarray, ...]
+    crs_units: str | None = None
+    nodata_fraction: float = 0.0
+
+
+@dataclass(frozen=True)
 class SegmentJob:
     """Everything :meth:`KindAdapter.segment` needs for one case (decided by ``segment_case``).
 
@@ -98,6 +119,7 @@ class SegmentJob:
         postprocess: the model's post-processing.
         lineage: the lineage record, for kinds whose outputs carry it in a tag.
         progress: called with (windows done, in total).
+        on_quality: told the case's confidence measures once its probabilities are known.
     """
 
     model: LoadedModel
@@ -108,6 +130,12 @@ class SegmentJob:
     postprocess: PostprocessConfig
     lineage: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[int, int], None] | None = None
+    on_quality: Callable[[FileQuality], None] | None = None
+
+    def report_quality(self, quality: FileQuality | None) -> None:
+        """Hand the case's confidence measures to ``on_quality`` (when both are there)."""
+        if quality is not None and self.on_quality is not None:
+            self.on_quality(quality)
 
     def output(self, suffix: str) -> Path:
         """The output path ``<out_dir>/<case_id><suffix>`` (``suffix`` such as ``"_prob.tif"``)."""
@@ -255,6 +283,17 @@ class KindAdapter(Protocol):
         """
         ...
 
+    def sample_input(
+        self, channels: Sequence[Path], *, rng: np.random.Generator, count: int
+    ) -> InputSample:
+        """The case's header and at most ``count`` pixel values per channel, cheaply (a
+        decimated read where the format allows), for the drift check and its reference.
+
+        Raises:
+            InputError: a file cannot be read.
+        """
+        ...
+
     def read_fully(self, path: Path) -> None:
         """Read every pixel of ``path`` (to find the damaged file after a reader failed).
 
@@ -265,7 +304,8 @@ class KindAdapter(Protocol):
 
     def segment(self, job: SegmentJob) -> dict[str, Path]:
         """Segment one case and write its outputs; returns them by role (``mask``,
-        ``probabilities``, ``polygons_gpkg``…), without the lineage sidecar."""
+        ``probabilities``, ``uncertainty``, ``polygons_gpkg``…), without the lineage sidecar.
+        Reports the case's confidence measures through :meth:`SegmentJob.report_quality`."""
         ...
 
     # --- display ----------------------------------------------------------------------------

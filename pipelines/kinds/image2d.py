@@ -23,11 +23,13 @@ from pipelines.kinds import register_kind
 from pipelines.kinds.base import (
     AnyGeometry,
     GridDifference,
+    InputSample,
     SegmentJob,
     narrow,
     refuse_vector_label,
 )
 from pipelines.kinds.planar import PlanarKind
+from pipelines.plan.drift import nonzero_sample
 from pipelines.plan.fingerprint import (
     ChannelSampler,
     image_channels_after_alpha,
@@ -138,6 +140,17 @@ class ImageKind(PlanarKind):
         for path in channels:
             image2d.read_image_geometry(path)
 
+    def sample_input(
+        self, channels: Sequence[Path], *, rng: np.random.Generator, count: int
+    ) -> InputSample:
+        """Size (H, W), a nominal spacing of 1, and the non-zero values of each channel
+        (alpha dropped)."""
+        array = image2d.read_image(channels[0])
+        image = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        image = image[: image_channels_after_alpha(image.shape[0])]
+        values = tuple(nonzero_sample(plane, None, rng, count) for plane in image)
+        return InputSample((image.shape[1], image.shape[2]), (1.0, 1.0), values)
+
     def read_fully(self, path: Path) -> None:
         """Decode the image."""
         image2d.read_image(path)
@@ -145,8 +158,9 @@ class ImageKind(PlanarKind):
     def segment(self, job: SegmentJob) -> dict[str, Path]:
         """Semantic or instance labels (U-Net with boundary, or tiled Mask R-CNN) as a PNG,
         probabilities as a float TIFF."""
+        from pipelines.infer.confidence import ConfidenceAccumulator
         from pipelines.infer.in_memory import class_values_of, predict_image
-        from pipelines.infer.maskrcnn import segment_instances
+        from pipelines.infer.maskrcnn import scored_instances
         from pipelines.postprocess.labels import postprocess_labels
         from pipelines.write.image2d import write_label_image, write_probability_image
 
@@ -154,9 +168,10 @@ class ImageKind(PlanarKind):
         outputs: dict[str, Path] = {}
         instance = model.spec.task == "instance" or model.plan.label_kind == "instance"
         if model.spec.task == "instance":
-            labels = segment_instances(
+            labels, scores = scored_instances(
                 model, job.channels[0], device=job.options.device, progress=job.progress
             )
+            job.report_quality(ConfidenceAccumulator().quality(scores=scores))
         else:
             prediction = predict_image(
                 model, job.channels[0], job.options, keep_probabilities=job.options.probabilities
@@ -168,6 +183,11 @@ class ImageKind(PlanarKind):
                     class_values_of(prediction.classes, model.plan),
                     job.postprocess,
                     spacing=(1.0, 1.0),
+                )
+            job.report_quality(prediction.quality)
+            if prediction.entropy is not None:
+                outputs["uncertainty"] = write_probability_image(
+                    prediction.entropy[None], job.output("_entropy.tif")
                 )
             if prediction.probabilities is not None:
                 outputs["probabilities"] = write_probability_image(

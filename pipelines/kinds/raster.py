@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
+from rasterio.windows import Window
 
 from data_contracts import (
     Case,
@@ -24,8 +25,9 @@ from data_contracts import (
 )
 from pipelines.io import PixelStats, raster
 from pipelines.kinds import register_kind
-from pipelines.kinds.base import AnyGeometry, GridDifference, SegmentJob, narrow
+from pipelines.kinds.base import AnyGeometry, GridDifference, InputSample, SegmentJob, narrow
 from pipelines.kinds.planar import PlanarKind
+from pipelines.plan.drift import nonzero_sample
 from pipelines.plan.fingerprint import ChannelSampler, common_channel_count
 
 if TYPE_CHECKING:
@@ -180,6 +182,23 @@ class RasterKind(PlanarKind):
         for path in channels:
             raster.read_raster_geometry(path, allow_ungeoreferenced=True)
 
+    def sample_input(
+        self, channels: Sequence[Path], *, rng: np.random.Generator, count: int
+    ) -> InputSample:
+        """Grid and CRS units from the header; pixels from a decimated read or a grid of
+        windows (see :func:`_decimated`), flattened."""
+        values: list[np.ndarray] = []
+        nodata = 0.0
+        with raster.bounded_gdal_env():
+            geometry = raster.read_raster_geometry(channels[0], allow_ungeoreferenced=True)
+            for path in channels:
+                with raster.open_raster(path) as dataset:
+                    bands, missing = _decimated(dataset)
+                nodata = max(nodata, float(missing.mean()) if missing.size else 0.0)
+                values.extend(nonzero_sample(band, ~missing, rng, count) for band in bands)
+        shape, spacing = self.grid_axes(geometry)
+        return InputSample(shape, spacing, tuple(values), _crs_units(geometry.crs_wkt), nodata)
+
     def read_fully(self, path: Path) -> None:
         """Decode every band."""
         from pipelines.preprocess.loaders import read_raster_stack
@@ -196,14 +215,18 @@ class RasterKind(PlanarKind):
             job.channels[0],
             job.output(".tif"),
             probabilities_path=job.output("_prob.tif") if job.options.probabilities else None,
+            uncertainty_path=job.output("_entropy.tif") if job.options.uncertainty else None,
             options=job.options,
             postprocess=job.postprocess,
             tags={"segflow_lineage": json.dumps(job.lineage, sort_keys=True, default=str)},
             progress=job.progress,
         )
         outputs = {"mask": written.mask}
+        job.report_quality(written.quality)
         if written.probabilities is not None:
             outputs["probabilities"] = written.probabilities
+        if written.uncertainty is not None:
+            outputs["uncertainty"] = written.uncertainty
         if job.options.polygons:
             outputs.update(
                 write_raster_polygons(written.mask, job.model, job.out_dir / job.case_id)
@@ -237,6 +260,48 @@ def _sample_band(
         kept = values[ok]
         chosen = kept[rng.random(kept.size) < keep]
         sampler.add(chosen.astype(np.float64), nonzero=int(np.count_nonzero(kept)), total=kept.size)
+
+
+#: Side of the decimated read the drift check samples a raster from.
+SAMPLE_SIDE = 256
+
+
+#: Without overviews, a large scene is sampled in this many windows a side (a decimated read
+#: of the whole scene would decode every tile).
+SAMPLE_GRID = 4
+
+
+def _decimated(dataset: rasterio.DatasetReader) -> tuple[np.ndarray, np.ndarray]:
+    """Every band at most :data:`SAMPLE_SIDE` pixels a side (a scene with overviews or a
+    small one), else :data:`SAMPLE_GRID`² windows spread over it; and where any band is
+    masked."""
+    height, width = dataset.height, dataset.width
+    if dataset.overviews(1) or max(height, width) <= SAMPLE_SIDE * SAMPLE_GRID:
+        scale = max(1.0, max(height, width) / SAMPLE_SIDE)
+        shape = (max(1, round(height / scale)), max(1, round(width / scale)))
+        reads = [dataset.read(out_shape=(dataset.count, *shape), masked=True)]
+    else:
+        side = SAMPLE_SIDE // SAMPLE_GRID
+        rows = np.linspace(0, height - side, SAMPLE_GRID).astype(int)
+        cols = np.linspace(0, width - side, SAMPLE_GRID).astype(int)
+        reads = [
+            dataset.read(window=Window(int(col), int(row), side, side), masked=True)
+            for row in rows
+            for col in cols
+        ]
+    data = np.concatenate([read.data.reshape(dataset.count, -1) for read in reads], axis=1)
+    masked = np.concatenate([np.ma.getmaskarray(read).any(axis=0).ravel() for read in reads])
+    return np.asarray(data, dtype=np.float64), np.asarray(masked, dtype=bool)
+
+
+def _crs_units(wkt: str | None) -> str | None:
+    """The linear unit of a CRS (``metre``, ``degree``…), or ``None`` without one."""
+    if wkt is None:
+        return None
+    crs = CRS.from_wkt(wkt)
+    if crs.is_geographic:
+        return "degree"
+    return str(crs.linear_units or "unknown")
 
 
 def _same_crs(first: str | None, second: str | None) -> bool:

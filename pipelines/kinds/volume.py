@@ -28,11 +28,13 @@ from pipelines.kinds import register_kind
 from pipelines.kinds.base import (
     AnyGeometry,
     GridDifference,
+    InputSample,
     ModalityHint,
     SegmentJob,
     narrow,
     refuse_vector_label,
 )
+from pipelines.plan.drift import nonzero_sample
 from pipelines.plan.fingerprint import (
     ChannelSampler,
     common_channel_count,
@@ -185,6 +187,20 @@ class VolumeKind:
                     path=path,
                 )
 
+    def sample_input(
+        self, channels: Sequence[Path], *, rng: np.random.Generator, count: int
+    ) -> InputSample:
+        """RAS shape and spacing from the header; non-zero voxels of every channel (MRI
+        background is 0), from every second voxel along each axis."""
+        shape, spacing = ras_shape_and_spacing(nifti.read_volume_geometry(channels[0]))
+        values: list[NDArray[np.float64]] = []
+        for path in channels:
+            image = nifti.open_volume(path)
+            data = np.asarray(image.dataobj[::2, ::2, ::2], dtype=np.float32)
+            planes = [data[..., c] for c in range(data.shape[3])] if data.ndim == 4 else [data]
+            values.extend(nonzero_sample(plane, None, rng, count) for plane in planes)
+        return InputSample(shape, spacing, tuple(values))
+
     def read_fully(self, path: Path) -> None:
         """Decompress every slab (a truncated ``.nii.gz`` has a good header)."""
         for _ in nifti.iter_volume_slabs(nifti.open_volume(path), path):
@@ -194,7 +210,11 @@ class VolumeKind:
         """Predict in the source grid, post-process with the source spacing, write NIfTI."""
         from pipelines.infer.in_memory import class_values_of, predict_volume
         from pipelines.postprocess.labels import postprocess_labels
-        from pipelines.write.nifti import write_nifti_mask, write_nifti_probabilities
+        from pipelines.write.nifti import (
+            write_nifti_map,
+            write_nifti_mask,
+            write_nifti_probabilities,
+        )
 
         model, source = job.model, job.channels[0]
         prediction = predict_volume(
@@ -205,6 +225,14 @@ class VolumeKind:
             class_values_of(prediction.classes, model.plan), job.postprocess, spacing=spacing
         )
         outputs = {"mask": write_nifti_mask(labels, source, job.output(".nii.gz"))}
+        job.report_quality(prediction.quality)
+        if prediction.entropy is not None:
+            outputs["uncertainty"] = write_nifti_map(
+                prediction.entropy,
+                source,
+                job.output("_entropy.nii.gz"),
+                description="segflow entropy (value / 255)",
+            )
         if prediction.probabilities is not None:
             outputs["probabilities"] = write_nifti_probabilities(
                 prediction.probabilities, source, job.output("_prob.nii.gz")

@@ -27,6 +27,7 @@ from types import TracebackType
 from data_contracts import InferenceOptions, ModelError, OutputError
 from pipelines.infer.inputs import channel_suffix_for, discover_inputs
 from pipelines.infer.loaded_model import LoadedModel, ModelCard
+from pipelines.plan.drift import reference_of
 from pipelines.services.batch_items import (
     BatchItem,
     BatchItemResult,
@@ -118,7 +119,17 @@ def plan_batch(
                 settled.append(_quarantined(case.case_id, entry.error if entry else None))
                 continue
             outputs = {role: record.path for role, record in entry.outputs.items()} if entry else {}
-            settled.append(BatchItemResult(case.case_id, "skipped", decision.reason, outputs))
+            quality = entry.quality if entry else None
+            settled.append(
+                BatchItemResult(
+                    case.case_id,
+                    "skipped",
+                    decision.reason,
+                    outputs,
+                    quality=quality,
+                    inputs=tuple(case.channels),
+                )
+            )
     return to_run, settled
 
 
@@ -252,6 +263,12 @@ class BatchRun:
             ledger=self.ledger,
         )
         logger.info("%d case(s) to segment, %d settled", len(to_run), len(self._settled))
+        if to_run and reference_of(self.model.processing) is None:
+            logger.warning(
+                "drift check not available: model %s carries no fingerprint of its training "
+                "data (trained before segflow recorded one); files are segmented unchecked",
+                self.model.uri,
+            )
         self._to_run = len(to_run)
         self._progress.planned(len(to_run), self._settled)
         return to_run

@@ -8,6 +8,7 @@ batch reports, case by case (:class:`BatchReport`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from data_contracts import InferenceOptions, SegflowError
+from data_contracts import DriftFlag, FileQuality, InferenceOptions, InputDriftError, SegflowError
 from pipelines.infer.inputs import InferenceInput
 from pipelines.infer.loaded_model import LoadedModel
 from pipelines.infer.run import CaseResult, remove_case_outputs, segment_case
@@ -66,6 +67,8 @@ class BatchItemResult:
         outputs: output files by role (for skipped cases, those recorded).
         seconds: time spent on it.
         error: ``"ClassName: message"`` when it failed.
+        quality: its confidence and drift flags (for skipped cases, those recorded).
+        inputs: the case's input files (empty for a rejected input).
     """
 
     case_id: str
@@ -74,6 +77,8 @@ class BatchItemResult:
     outputs: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    quality: FileQuality | None = None
+    inputs: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -122,7 +127,9 @@ def process_item(
     dies (:class:`~pipelines.services.case_workers.CaseCrashed`), the case is recorded ``crashed``, what
     it wrote is removed, and it is tried once more in a fresh worker; a second crash
     quarantines it. A stop request (SIGTERM) before or during the case returns it
-    ``interrupted``: the ledger keeps it ``running``, so the next run does it.
+    ``interrupted``: the ledger keeps it ``running``, so the next run does it. A case whose
+    input drifted, with ``--on-drift skip|fail``, is recorded failed with its drift flags and
+    returned ``skipped`` or ``failed``.
 
     Args:
         model: the batch's model.
@@ -132,6 +139,20 @@ def process_item(
         ledger: the output folder's ledger.
         segment: runs the case (default: :func:`segment_case` in this thread).
     """
+    result = _process_item(model, item, out_dir, options, ledger, segment=segment)
+    return dataclasses.replace(result, inputs=tuple(item.case.channels))
+
+
+def _process_item(
+    model: LoadedModel,
+    item: BatchItem,
+    out_dir: str | Path,
+    options: InferenceOptions | None,
+    ledger: Ledger,
+    *,
+    segment: SegmentOne | None = None,
+) -> BatchItemResult:
+    """:func:`process_item` without the case's inputs in the result."""
     case, decision = item.case, item.decision
     if decision.action == "skip":
         return BatchItemResult(case.case_id, "skipped", decision.reason)
@@ -143,7 +164,7 @@ def process_item(
         key = key.hashed()
         ledger.record_running(case, key)
         result = _with_crash_retry(run, case, key, Path(out_dir), ledger)
-        ledger.record_done(case, key, result.outputs, result.seconds)
+        ledger.record_done(case, key, result.outputs, result.seconds, result.quality)
     except StopRequested:
         return BatchItemResult(
             case.case_id, "interrupted", decision.reason, seconds=_since(started)
@@ -152,6 +173,8 @@ def process_item(
         return BatchItemResult(
             case.case_id, "failed", "crashed", seconds=_since(started), error=describe_error(error)
         )
+    except InputDriftError as error:
+        return _drifted(case, key, error, ledger, _since(started))
     except _FILE_ERRORS as error:
         seconds = round(time.monotonic() - started, 2)
         ledger.record_failed(case, key, error, seconds=seconds)
@@ -163,7 +186,33 @@ def process_item(
         ledger.record_failed(case, key, error, seconds=round(time.monotonic() - started, 2))
         raise
     return BatchItemResult(
-        case.case_id, "done", decision.reason, dict(result.outputs), result.seconds
+        case.case_id,
+        "done",
+        decision.reason,
+        dict(result.outputs),
+        result.seconds,
+        quality=result.quality,
+    )
+
+
+def _drifted(
+    case: InferenceInput, key: CaseKey, error: InputDriftError, ledger: Ledger, seconds: float
+) -> BatchItemResult:
+    """A case not segmented for its drift (``--on-drift skip|fail``): recorded failed with its
+    flags, so that a later run (say with ``--on-drift warn``) takes it up again; reported
+    ``skipped`` or ``failed`` as the policy says."""
+    flags = tuple(DriftFlag(check=check, message=message) for check, message in error.checks)
+    quality = FileQuality(drift_status="flagged", drift=flags)
+    ledger.record_failed(case, key, error, seconds=seconds, quality=quality)
+    logger.warning("%s not segmented (--on-drift %s): %s", case.case_id, error.policy, error)
+    status: ItemStatus = "skipped" if error.policy == "skip" else "failed"
+    return BatchItemResult(
+        case.case_id,
+        status,
+        "drift",
+        seconds=seconds,
+        error=describe_error(error),
+        quality=quality,
     )
 
 

@@ -1,4 +1,6 @@
-"""A batch segmentation as an MLflow run: counts, throughput, and the ledger as an artifact."""
+"""A batch segmentation as an MLflow run: counts, throughput, quality (mean confidence, share
+drifted, failures: a time series over scheduled runs), the ledger and the QA report as
+artifacts."""
 
 from __future__ import annotations
 
@@ -8,14 +10,17 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 from data_contracts import OutputError
+from pipelines.infer.loaded_model import LoadedModel, ModelCard
 from pipelines.redaction import redact
 from pipelines.services.batch import BatchReport
 from pipelines.services.ledger import LEDGER_JSON, STATE_DIR
+from pipelines.services.qa_report import FOOTPRINTS_NAME, REPORT_NAME, quality_metrics
 from pipelines.services.tracking import experiment_for
 
-__all__ = ["BATCH_EXPERIMENT", "log_batch_run", "require_tracking_server"]
+__all__ = ["BATCH_EXPERIMENT", "log_batch_run", "require_tracking_server", "training_run_of"]
 
 #: The experiment that holds one run per batch segmentation.
 BATCH_EXPERIMENT = "segflow-batches"
@@ -32,8 +37,10 @@ def log_batch_run(
     """Record a finished batch in MLflow and return the run id.
 
     Params: source, output folder, model URI (passwords in URLs masked); metrics: cases done,
-    skipped and failed, wall seconds, files per second; artifact: the exported ledger
-    (``ledger/ledger.json``).
+    skipped and failed, wall seconds, files per second, and the quality of the batch
+    (:func:`~pipelines.services.qa_report.quality_metrics`: mean confidence, share drifted,
+    failures); artifacts: the exported ledger (``ledger/ledger.json``) and, when written, the
+    QA report and its footprints (``report/``).
 
     Raises:
         OutputError: the tracking server does not answer (checked first, in a few seconds,
@@ -61,12 +68,28 @@ def log_batch_run(
                 "files_failed": counts["failed"],
                 "wall_seconds": report.wall_seconds,
                 "files_per_second": report.files_per_second,
+                **quality_metrics(report),
             }
         )
         ledger = Path(out_dir) / STATE_DIR / LEDGER_JSON
         if ledger.is_file():
             mlflow.log_artifact(str(ledger), artifact_path="ledger")
+        for name in (REPORT_NAME, FOOTPRINTS_NAME):
+            if (Path(out_dir) / name).is_file():
+                mlflow.log_artifact(str(Path(out_dir) / name), artifact_path="report")
         return str(run.info.run_id)
+
+
+def training_run_of(model: LoadedModel | ModelCard) -> str | None:
+    """The MLflow run that trained a registered model (``None``: not registered, or the
+    registry does not say)."""
+    if not (model.name and model.version):
+        return None
+    try:
+        version = mlflow.MlflowClient().get_model_version(model.name, model.version)
+    except (MlflowException, OSError):
+        return None
+    return version.run_id or None
 
 
 def require_tracking_server(timeout: float = 5.0) -> None:

@@ -45,7 +45,7 @@ from pipelines.services.ledger_records import (
 from pipelines.services.ledger_schema import SCHEMA_VERSION, UPSERT, prepare_connection
 
 if TYPE_CHECKING:
-    from data_contracts import InferenceOptions
+    from data_contracts import FileQuality, InferenceOptions
     from pipelines.infer.inputs import InferenceInput
     from pipelines.infer.loaded_model import LoadedModel, ModelCard
 
@@ -68,9 +68,10 @@ _LEDGER_DB = "ledger.sqlite"
 # Options that change what is written; batch size, device, precision and reads only change
 # how fast.
 _OUTPUT_OPTIONS = ("polygons", "probabilities", "tta", "overlap")
-# Blending options that change what is written too, hashed only when set off their defaults:
+# Options that change what is written too (blending; the entropy map), hashed only when set
+# off their defaults:
 # the hash of every setting that existed before them stays the same (no finished file redone).
-_BLENDING_OPTIONS = ("mode", "sigma_scale")
+_BLENDING_OPTIONS = ("mode", "sigma_scale", "uncertainty")
 
 
 def config_hash(options: InferenceOptions, model: LoadedModel | ModelCard) -> str:
@@ -254,9 +255,15 @@ class Ledger:
         self._write(LedgerEntry(case.case_id, "running", key, started=now_iso()))
 
     def record_done(
-        self, case: InferenceInput, key: CaseKey, outputs: Mapping[str, Path], seconds: float
+        self,
+        case: InferenceInput,
+        key: CaseKey,
+        outputs: Mapping[str, Path],
+        seconds: float,
+        quality: FileQuality | None = None,
     ) -> None:
-        """Record ``case`` as done with its outputs (role → file), which are hashed here.
+        """Record ``case`` as done with its outputs (role → file), which are hashed here, and
+        its quality record (confidence, drift flags).
 
         Raises:
             OutputError: an output file is missing.
@@ -270,7 +277,15 @@ class Ledger:
                 raise OutputError("was reported written but cannot be read", path=path) from error
             records[role] = OutputRecord(path, sha256_file(path), size)
         self._write(
-            LedgerEntry(case.case_id, "done", key, records, finished=now_iso(), seconds=seconds)
+            LedgerEntry(
+                case.case_id,
+                "done",
+                key,
+                records,
+                finished=now_iso(),
+                seconds=seconds,
+                quality=quality,
+            )
         )
 
     def record_failed(
@@ -280,12 +295,20 @@ class Ledger:
         error: BaseException | str,
         *,
         seconds: float | None = None,
+        quality: FileQuality | None = None,
     ) -> None:
-        """Record ``case`` as failed with the error's class and message."""
+        """Record ``case`` as failed with the error's class and message (and its drift flags
+        when it failed for them)."""
         error_text, finished = describe_error(error), now_iso()
         self._write(
             LedgerEntry(
-                case.case_id, "failed", key, error=error_text, finished=finished, seconds=seconds
+                case.case_id,
+                "failed",
+                key,
+                error=error_text,
+                finished=finished,
+                seconds=seconds,
+                quality=quality,
             )
         )
 
@@ -319,6 +342,7 @@ class Ledger:
             row = dataclasses.asdict(entry)
             row["key"] = dataclasses.asdict(entry.key)
             row["outputs"] = stored_outputs(entry.outputs, self.out_dir)
+            row["quality"] = entry.quality.model_dump(mode="json") if entry.quality else None
             cases.append(row)
         payload = {"schema": SCHEMA_VERSION, "summary": self.summary(), "cases": cases}
         return write_text_atomic(destination, json.dumps(payload, indent=2, sort_keys=True) + "\n")

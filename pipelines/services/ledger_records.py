@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from data_contracts import FileQuality
 from pipelines.files import sha256_file
 
 if TYPE_CHECKING:
@@ -172,6 +173,7 @@ class LedgerEntry:
     finished: str | None = None
     seconds: float | None = None
     crashes: int = 0
+    quality: FileQuality | None = None
 
 
 def stored_outputs(outputs: Mapping[str, OutputRecord], out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -196,6 +198,7 @@ def entry_to_row(entry: LedgerEntry, out_dir: Path) -> dict[str, Any]:
         "started": entry.started,
         "finished": entry.finished,
         "seconds": entry.seconds,
+        "quality": entry.quality.model_dump_json() if entry.quality is not None else None,
     }
 
 
@@ -222,4 +225,5 @@ def entry_from_row(row: sqlite3.Row, out_dir: Path) -> LedgerEntry:
         finished=row["finished"],
         seconds=row["seconds"],
         crashes=row["crashes"],
+        quality=FileQuality.model_validate_json(row["quality"]) if row["quality"] else None,
     )

@@ -3,6 +3,8 @@
 Version 2 added the ``crashed`` status and the ``crashes`` count (how many times in a row a
 case's worker process died while segmenting it). A version-1 ledger is upgraded in place, in
 one transaction, when it is opened: its rows keep their status with ``crashes = 0``.
+Version 3 added ``quality``: each file's quality record (confidence, drift flags) as JSON; a
+version-2 ledger gains the column (``NULL`` for its rows) when it is opened.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from data_contracts import OutputError
 
 __all__ = ["SCHEMA_VERSION", "UPSERT", "prepare_connection"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _COLUMNS = """
     case_id TEXT PRIMARY KEY,
@@ -30,7 +32,8 @@ _COLUMNS = """
     started TEXT,
     finished TEXT,
     seconds REAL,
-    crashes INTEGER NOT NULL DEFAULT 0
+    crashes INTEGER NOT NULL DEFAULT 0,
+    quality TEXT
 """
 _CREATE = f"CREATE TABLE IF NOT EXISTS cases ({_COLUMNS})"
 _V1_COLUMNS = (
@@ -44,7 +47,7 @@ _V1_COLUMNS = (
 UPSERT = """
 INSERT INTO cases VALUES (:case_id, :input_paths, :input_sizes, :input_mtimes_ns, :input_sha256,
     :model, :config, :status, :outputs, :error, :started, :finished, :seconds,
-    CASE WHEN :status = 'crashed' THEN 1 ELSE 0 END)
+    CASE WHEN :status = 'crashed' THEN 1 ELSE 0 END, :quality)
 ON CONFLICT (case_id) DO UPDATE SET
     input_paths = excluded.input_paths, input_sizes = excluded.input_sizes,
     input_mtimes_ns = excluded.input_mtimes_ns, input_sha256 = excluded.input_sha256,
@@ -52,7 +55,7 @@ ON CONFLICT (case_id) DO UPDATE SET
     outputs = excluded.outputs, error = excluded.error,
     started = CASE WHEN excluded.started IS NOT NULL THEN excluded.started
                    WHEN cases.status = 'running' THEN cases.started END,
-    finished = excluded.finished, seconds = excluded.seconds,
+    finished = excluded.finished, seconds = excluded.seconds, quality = excluded.quality,
     crashes = CASE
         WHEN excluded.status = 'crashed' THEN cases.crashes + 1
         WHEN excluded.status = 'running' AND cases.model = excluded.model
@@ -81,7 +84,7 @@ def prepare_connection(connection: sqlite3.Connection, path: Path) -> None:
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL survives process kills
         version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, 1, SCHEMA_VERSION):
+        if version not in (0, 1, 2, SCHEMA_VERSION):
             raise OutputError(
                 f"was written by another segflow version (ledger schema {version}, "
                 f"this one reads {SCHEMA_VERSION})",
@@ -90,6 +93,8 @@ def prepare_connection(connection: sqlite3.Connection, path: Path) -> None:
             )
         if version == 1:
             _upgrade_from_v1(connection)
+        elif version == 2:
+            _upgrade_from_v2(connection)
         connection.execute(_CREATE)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except sqlite3.DatabaseError as error:
@@ -97,13 +102,26 @@ def prepare_connection(connection: sqlite3.Connection, path: Path) -> None:
 
 
 def _upgrade_from_v1(connection: sqlite3.Connection) -> None:
-    """Rebuild the version-1 table with the new status constraint and crash count."""
+    """Rebuild the version-1 table with the new status constraint, crash count and quality."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        connection.execute(f"CREATE TABLE cases_v2 ({_COLUMNS})")
-        connection.execute(f"INSERT INTO cases_v2 ({_V1_COLUMNS}) SELECT {_V1_COLUMNS} FROM cases")
+        connection.execute(f"CREATE TABLE cases_new ({_COLUMNS})")
+        connection.execute(f"INSERT INTO cases_new ({_V1_COLUMNS}) SELECT {_V1_COLUMNS} FROM cases")
         connection.execute("DROP TABLE cases")
-        connection.execute("ALTER TABLE cases_v2 RENAME TO cases")
+        connection.execute("ALTER TABLE cases_new RENAME TO cases")
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _upgrade_from_v2(connection: sqlite3.Connection) -> None:
+    """Add the quality column, in the same transaction as the version (a kill between the
+    two would leave a version-2 ledger that already has the column)."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute("ALTER TABLE cases ADD COLUMN quality TEXT")
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:

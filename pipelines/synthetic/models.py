@@ -19,6 +19,7 @@ import seg_models
 from data_contracts import DatasetManifest, ModelError, ModelSpec, TrainingPlan
 from pipelines.infer.loaded_model import LoadedModel
 from pipelines.plan import compute_fingerprint, make_plan
+from pipelines.plan.drift import drift_reference
 from pipelines.preprocess.datasets import case_to_item
 from pipelines.preprocess.transforms import plan_transforms
 
@@ -71,6 +72,7 @@ def oracle_model(
         patch: the plan's patch size instead of the planned one.
     """
     plan = make_plan(compute_fingerprint(manifest), manifest, spatial_dims=spatial_dims)
+    reference = drift_reference(manifest)
     if patch is not None:
         plan = plan.model_copy(update={"patch_size": patch})
     spec = ModelSpec(
@@ -86,5 +88,6 @@ def oracle_model(
         plan=plan,
         class_names=plan.class_names,
         channel_names=tuple(f"channel_{i}" for i in range(plan.in_channels)),
+        processing={"drift_reference": reference.model_dump(mode="json")},
         uri="oracle",
     )

@@ -9,6 +9,7 @@ module and :func:`~pipelines.train.validate.evaluate` scores its best checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from data_contracts import (
     TrainingPlan,
 )
 from pipelines.plan import apply_overrides, compute_fingerprint, make_plan, save_plan
+from pipelines.plan.drift import drift_reference
 from pipelines.plan.network import AUTO_MODEL, choose_network
 from pipelines.preprocess.datasets import build_datasets, split_cases
 from pipelines.preprocess.region import HeldOutRegion
@@ -118,7 +120,7 @@ def prepare(
     save_plan(plan, workdir / "plan.json")
     if on_plan is not None:
         on_plan(plan)
-    route = route_for(plan, config, fingerprint)
+    route = with_drift_reference(route_for(plan, config, fingerprint), manifest, config.seed)
     train_cases, val_cases = split_cases(
         manifest,
         val_fraction=val_fraction,
@@ -193,6 +195,15 @@ def plan_for(
 ) -> TrainingPlan:
     """Fingerprint the dataset and derive its plan, then apply user overrides."""
     return fingerprint_and_plan(manifest, config, overrides)[1]
+
+
+def with_drift_reference(
+    route: TrainingRoute, manifest: DatasetManifest, seed: int
+) -> TrainingRoute:
+    """The route with the training files' drift reference in the processing config logged with
+    the model (:mod:`pipelines.plan.drift`), for ``segflow segment``'s drift check."""
+    reference = drift_reference(manifest, seed=seed).model_dump(mode="json")
+    return dataclasses.replace(route, processing={**route.processing, "drift_reference": reference})
 
 
 def fingerprint_and_plan(

@@ -215,6 +215,18 @@ class GeoTiffMaskWriter:
             raise OutputError(f"cannot be created: {error}", path=self.destination) from error
         return dataset
 
+    def update_tags(self, **tags: str) -> None:
+        """Add or replace dataset tags before the file is published (known only at the end,
+        such as the confidence of the whole scene).
+
+        Raises:
+            UsageError: outside the ``with`` block.
+        """
+        if self._dataset is None:
+            raise UsageError("GeoTiffMaskWriter.update_tags() called outside its `with` block")
+        self.tags.update(tags)
+        self._dataset.update_tags(**tags)
+
     def write(self, block: NDArray[Any], window: Window) -> None:
         """Write ``block`` (``(h, w)``, or ``(count, h, w)``) at ``window`` of the source grid.
 

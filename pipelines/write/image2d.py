@@ -64,7 +64,8 @@ def write_probability_image(probabilities: np.ndarray, destination: str | Path) 
     """Write ``(K, H, W)`` probabilities as a uint8 TIFF with K samples, atomically.
 
     The TIFF holds one page of K separate planes (``planarconfig=separate``, axes ``SYX``);
-    ``tifffile.imread`` returns ``(K, H, W)``. Divide by 255 to get probabilities back.
+    ``tifffile.imread`` returns ``(K, H, W)`` (``(H, W)`` for K = 1, such as an entropy map).
+    Divide by 255 to get probabilities back.
 
     Args:
         probabilities: ``(K, H, W)`` values in [0, 1] (values outside are clipped).
@@ -82,7 +83,7 @@ def write_probability_image(probabilities: np.ndarray, destination: str | Path) 
     if not np.all(np.isfinite(array)):
         raise UsageError("probabilities hold NaN or infinite values")
     codes = np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
-    _write(codes, destination, suffix)
+    _write(codes[0] if len(codes) == 1 else codes, destination, suffix)  # 1 plane: a 2D page
     return destination
 
 

@@ -22,7 +22,7 @@ from data_contracts import GeometryMismatchError, OutputError, UsageError
 from pipelines.files import atomic_output
 from pipelines.io.nifti import open_volume
 
-__all__ = ["mask_dtype_for", "write_nifti_mask", "write_nifti_probabilities"]
+__all__ = ["mask_dtype_for", "write_nifti_map", "write_nifti_mask", "write_nifti_probabilities"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,31 @@ def write_nifti_probabilities(
     )
     header["cal_min"], header["cal_max"] = 0.0, 1.0
     codes = np.rint(np.clip(np.moveaxis(array, 0, -1), 0.0, 1.0) * 255.0).astype(np.uint8)
+    expected = _Expected(shape=shape, dtype=np.dtype(np.uint8), slope=_PROBABILITY_SLOPE)
+    return _write_verified(codes, image, header, expected, source, destination)
+
+
+def write_nifti_map(
+    values: np.ndarray, source: str | Path, destination: str | Path, *, description: str
+) -> Path:
+    """Write a per-voxel map of values in [0, 1] (the entropy of ``--write-uncertainty``) as a
+    3D uint8 NIfTI on the source grid, ``round(v × 255)`` with ``scl_slope = 1/255``.
+
+    Raises:
+        UsageError: not 3D, or holding NaN/infinite values.
+        GeometryMismatchError: not the source's spatial shape.
+        OutputError: the file cannot be written or does not re-read as written.
+    """
+    array = np.asarray(values)
+    if array.ndim != 3:
+        raise UsageError(f"a voxel map must be (X, Y, Z), got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise UsageError("the voxel map holds NaN or infinite values")
+    image = open_volume(source)
+    shape = _spatial_shape(image, array.shape, source, what="voxel map")
+    header = _derived_header(image, shape, np.dtype(np.uint8), "estimate", description)
+    header["cal_min"], header["cal_max"] = 0.0, 1.0
+    codes = np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
     expected = _Expected(shape=shape, dtype=np.dtype(np.uint8), slope=_PROBABILITY_SLOPE)
     return _write_verified(codes, image, header, expected, source, destination)
 

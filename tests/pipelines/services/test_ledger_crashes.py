@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipelines.infer.inputs import InferenceInput
 from pipelines.services.ledger import QUARANTINE_AFTER_CRASHES, Ledger
+from pipelines.services.ledger_schema import SCHEMA_VERSION
 
 MODEL, CONFIG = "seg/3", "c0ffee"
 
@@ -78,5 +79,5 @@ def test_a_version_1_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
         key = ledger.decide(case, MODEL, CONFIG).key.hashed()
         assert ledger.record_crashed(case, key, "SIGSEGV (signal 11)") == 1
     with sqlite3.connect(out / ".segflow" / "ledger.sqlite") as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     connection.close()

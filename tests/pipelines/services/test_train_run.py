@@ -181,6 +181,22 @@ def test_maskrcnn_route_trains_registers_and_round_trips(tmp_path: Path) -> None
     assert segmented.dtype == np.uint16 and segmented.shape == truth.shape
     np.testing.assert_array_equal(segmented, validated)
 
+    # The champion carries its training files' drift reference; its confidence is the share
+    # of low-score detections (no probability map).
+    from pipelines.infer.confidence import low_score_share
+    from pipelines.infer.inputs import discover_inputs
+    from pipelines.infer.maskrcnn import scored_instances
+    from pipelines.infer.run import segment_case
+
+    assert "drift_reference" in champion.processing
+    labels, scores = scored_instances(champion, case.channels[0].path)
+    np.testing.assert_array_equal(labels, segmented)
+    assert len(scores) == int(labels.max())
+    one = discover_inputs(case.channels[0].path, workdir=tmp_path / "scratch").cases[0]
+    quality = segment_case(champion, one, tmp_path / "segmented").quality
+    assert quality is not None and quality.drift_status == "ok"
+    assert quality.mean_entropy is None and quality.low_score_share == low_score_share(scores)
+
 
 def test_maskrcnn_refuses_semantic_labels(raster_manifest, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from data_contracts import ConfigError

@@ -18,6 +18,7 @@ from data_contracts import (
     TrainingPlan,
 )
 from pipelines.ingest import ingest
+from pipelines.plan.drift import reference_of
 from pipelines.preprocess import datasets
 from pipelines.synthetic import make_raster_dataset
 from pipelines.train import prepare as prepare_module
@@ -86,7 +87,11 @@ def test_prepare_splits_once_and_builds_the_datasets_of_that_split(
     route = prepared.route
     assert isinstance(route.module, SegmentationModule) and route.monitor == "val_dice"
     assert route.spec == spec_for(prepared.plan, CONFIG) and route.batch_size == 2
-    assert route.class_names == prepared.plan.class_names and route.processing == {}
+    assert route.class_names == prepared.plan.class_names
+    assert set(route.processing) == {"drift_reference"}  # logged with the model for segment
+    reference = reference_of(route.processing)
+    assert reference is not None and reference.n_cases == len(prepared.manifest.labelled_cases)
+    assert len(reference.channels) == prepared.plan.in_channels
     assert prepared.checkpoint_dir == tmp_path / "checkpoints" and not prepared.left_out
     assert len(prepared.channel_names) == prepared.plan.in_channels
 

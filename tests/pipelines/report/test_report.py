@@ -1,0 +1,129 @@
+"""The QA report: measures of written masks, thumbnails chosen, footprints, the page itself."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_contracts import DriftFlag, FileQuality, InferenceOptions
+from pipelines.infer.loaded_model import LoadedModel
+from pipelines.ingest import ingest
+from pipelines.report.html import ReportPage, ReportRow, render_report
+from pipelines.report.measures import measure_mask
+from pipelines.services.batch import run_batch
+from pipelines.services.batch_items import BatchItemResult, BatchReport
+from pipelines.services.qa_report import (
+    FOOTPRINTS_NAME,
+    THUMBNAILS_PER_GROUP,
+    model_facts,
+    quality_metrics,
+    write_qa_report,
+)
+from pipelines.synthetic import make_raster_dataset, make_volume_dataset
+from pipelines.synthetic.models import oracle_model
+
+
+@pytest.fixture(scope="module")
+def raster_batch(tmp_path_factory: pytest.TempPathFactory) -> tuple[BatchReport, Path, LoadedModel]:
+    root = tmp_path_factory.mktemp("raster_batch")
+    data = make_raster_dataset(root / "data", n_tiles=3, size=(72, 80), seed=5)
+    model = oracle_model(ingest(data, workdir=root / "work"), patch=(32, 32))
+    return run_batch(data / "images", model, root / "out"), root / "out", model
+
+
+def test_raster_report_holds_every_file_its_areas_and_footprints(
+    raster_batch: tuple[BatchReport, Path, LoadedModel],
+) -> None:
+    report, out, model = raster_batch
+    path = write_qa_report(
+        report, out, model=model, model_info=model_facts(model, "m@champion", "r1"),
+        options=InferenceOptions(),
+    )  # fmt: skip
+    page = path.read_text()
+    assert all(f'id="row-{item.case_id}"' in page for item in report.items)
+    assert "m²" in page and page.count("data:image/png;base64,") == 3
+    assert not re.search(r"""(src|href)=["']https?://""", page)  # nothing from the network
+    features = json.loads((out / FOOTPRINTS_NAME).read_text())["features"]
+    assert len(features) == 3 and "<polygon" in page
+    lon, lat = features[0]["geometry"]["coordinates"][0][0]
+    assert -180 <= lon <= 180 and -90 <= lat <= 90
+
+
+def test_volume_masks_are_measured_in_millilitres(tmp_path: Path) -> None:
+    data = make_volume_dataset(tmp_path / "data", n_cases=1, n_channels=1, seed=2)
+    model = oracle_model(ingest(data, workdir=tmp_path / "work"))
+    report = run_batch(data / "imagesTr", model, tmp_path / "out")
+    mask = report.items[0].outputs["mask"]
+    measures = measure_mask(Path(mask))
+    assert measures.unit == "ml" and measures.sizes
+    assert measure_mask(Path(mask), instance=True).objects is not None
+
+
+def _item(index: int, confidence: float | None, source: Path, mask: Path) -> BatchItemResult:
+    quality = FileQuality(confidence=confidence)
+    return BatchItemResult(
+        f"case_{index:03d}", "done", "new", {"mask": mask}, 0.1, quality=quality, inputs=(source,)
+    )
+
+
+def test_thumbnails_show_the_least_confident_and_random_others(
+    raster_batch: tuple[BatchReport, Path, LoadedModel], tmp_path: Path
+) -> None:
+    report, _, model = raster_batch
+    done = report.items[0]
+    items = [_item(i, i / 40, done.inputs[0], done.outputs["mask"]) for i in range(40)]
+    path = write_qa_report(
+        BatchReport(items, 1.0), tmp_path, model=model, model_info={}, options=InferenceOptions()
+    )
+    page = path.read_text()
+    assert page.count("(least confident)") == THUMBNAILS_PER_GROUP
+    assert page.count("(random)") == THUMBNAILS_PER_GROUP
+    least = re.findall(r"<figcaption>(case_\d+)<br>[^<]*\(least confident\)", page)
+    assert least == [f"case_{i:03d}" for i in range(THUMBNAILS_PER_GROUP)]
+
+
+def test_page_escapes_names_and_metrics_summarise_the_batch() -> None:
+    flagged = FileQuality(
+        confidence=0.2, drift_status="flagged", drift=(DriftFlag(check="spacing", message="3×"),)
+    )
+    items = [
+        BatchItemResult("a", "done", "new", quality=FileQuality(confidence=0.8)),
+        BatchItemResult("b", "done", "new", quality=flagged),
+        BatchItemResult("c", "failed", "new", error="InputError: x"),
+    ]
+    metrics = quality_metrics(BatchReport(items, 1.0))
+    assert metrics["mean_confidence"] == pytest.approx(0.5)
+    assert metrics["share_drifted"] == pytest.approx(1 / 3) and metrics["failures"] == 1
+    page = render_report(
+        ReportPage(
+            title="t", created_utc="now", summary={}, model={"name": "<b>"}, settings={},
+            rows=[ReportRow("<script>", "done", 1.0, "", 0.5, "")],
+        )
+    )  # fmt: skip
+    assert '<script>"' not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
+
+
+def test_a_200_file_report_is_written_in_seconds(
+    raster_batch: tuple[BatchReport, Path, LoadedModel], tmp_path: Path
+) -> None:
+    report, _, model = raster_batch
+    done = report.items[0]
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    items = []
+    for index in range(200):
+        mask = shutil.copy(done.outputs["mask"], masks / f"case_{index:03d}.tif")
+        items.append(
+            _item(index, float(np.random.default_rng(index).random()), done.inputs[0], Path(mask))
+        )
+    started = time.monotonic()
+    write_qa_report(
+        BatchReport(items, 1.0), masks, model=model, model_info={}, options=InferenceOptions()
+    )
+    assert time.monotonic() - started < 10
