@@ -92,6 +92,21 @@ def _to_rgb(planes: NDArray[Any]) -> NDArray[np.uint8]:
     return np.ascontiguousarray(np.moveaxis(rgb[:3], 0, -1))
 
 
+#: A GeoTIFF larger than this many pixels a side and without overviews is not decimated for a
+#: thumbnail: that would decode every tile of the scene.
+_DECIMATE_LIMIT = 4096
+
+
+def _costly_to_decimate(path: Path) -> bool:
+    if detect_format(path) is not FileFormat.GEOTIFF:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as dataset:
+            large = max(dataset.height, dataset.width) > _DECIMATE_LIMIT
+            return large and not dataset.overviews(1)
+
+
 def _fit(array: NDArray[Any], shape: tuple[int, int]) -> NDArray[Any]:
     """``array`` (2D) resized to ``shape`` with nearest neighbours."""
     if array.shape == shape:
@@ -109,8 +124,11 @@ def overlay_thumbnail(source: Path, mask: Path, *, side: int = THUMBNAIL_SIDE) -
     """
     try:
         index = _busiest_slice(mask)
-        rgb = _to_rgb(_planes(source, side, index))
         labels = _planes(mask, side, index)[0]
+        if _costly_to_decimate(source):  # the outlines on grey, rather than minutes of decoding
+            rgb = np.full((*labels.shape, 3), 96, dtype=np.uint8)
+        else:
+            rgb = _to_rgb(_planes(source, side, index))
     except (OSError, ValueError, IndexError) as error:
         raise CorruptFileError(f"cannot be previewed ({error})", path=source) from error
     scale = max(rgb.shape[:2]) / side  # small images are enlarged, so outlines show

@@ -127,3 +127,17 @@ def test_a_200_file_report_is_written_in_seconds(
         BatchReport(items, 1.0), masks, model=model, model_info={}, options=InferenceOptions()
     )
     assert time.monotonic() - started < 10
+
+
+def test_a_huge_source_without_overviews_gets_its_outlines_on_grey(tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from pipelines.report.previews import overlay_thumbnail
+
+    data = make_raster_dataset(tmp_path / "wide", n_tiles=1, size=(200, 4500), seed=3)
+    source = next((data / "images").iterdir())
+    png = overlay_thumbnail(source, data / "labels" / source.name)
+    pixels = np.asarray(Image.open(io.BytesIO(png)))
+    assert pixels.shape[1] == 160 and (pixels == 96).all(axis=-1).mean() > 0.5
