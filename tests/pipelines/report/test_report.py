@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +108,7 @@ def test_page_escapes_names_and_metrics_summarise_the_batch() -> None:
     assert '<script>"' not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
 
 
-def test_a_200_file_report_is_written_in_seconds(
+def test_a_200_file_report_holds_every_file(
     raster_batch: tuple[BatchReport, Path, LoadedModel], tmp_path: Path
 ) -> None:
     report, _, model = raster_batch
@@ -122,11 +121,12 @@ def test_a_200_file_report_is_written_in_seconds(
         items.append(
             _item(index, float(np.random.default_rng(index).random()), done.inputs[0], Path(mask))
         )
-    started = time.monotonic()
-    write_qa_report(
+    # How long it takes is benchmarks/report_overhead.py's to say (Q2), not a timed test's.
+    path = write_qa_report(
         BatchReport(items, 1.0), masks, model=model, model_info={}, options=InferenceOptions()
     )
-    assert time.monotonic() - started < 10
+    page = Path(path).read_text()
+    assert all(f"case_{index:03d}" in page for index in range(200))
 
 
 def test_a_huge_source_without_overviews_gets_its_outlines_on_grey(tmp_path: Path) -> None:
