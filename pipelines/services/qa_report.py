@@ -14,6 +14,7 @@ import json
 import logging
 import random
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from pipelines.report.html import ReportPage, ReportRow, Thumbnail, render_repor
 from pipelines.report.measures import MaskMeasures, measure_mask
 from pipelines.report.previews import footprint, overlay_thumbnail
 from pipelines.services.batch_items import BatchItemResult, BatchReport
+from pipelines.services.report_cache import MaskFactsCache
 
 __all__ = [
     "FOOTPRINTS_NAME",
@@ -88,7 +90,10 @@ def _measures_text(measures: MaskMeasures, names: Mapping[int, str]) -> str:
 
 
 def _row(
-    item: BatchItemResult, model: LoadedModel | ModelCard, names: Mapping[int, str]
+    item: BatchItemResult,
+    model: LoadedModel | ModelCard,
+    names: Mapping[int, str],
+    cache: MaskFactsCache,
 ) -> ReportRow:
     quality = item.quality
     measures = ""
@@ -96,7 +101,7 @@ def _row(
     if mask is not None and item.status in ("done", "skipped"):
         instance = model.spec.task == "instance" or model.plan.label_kind == "instance"
         try:
-            measures = _measures_text(measure_mask(Path(mask), instance=instance), names)
+            measures = _measures_text(_cached_measures(Path(mask), instance, cache), names)
         except (SegflowError, OSError) as error:
             measures = f"not measured: {error}"
     return ReportRow(
@@ -108,6 +113,18 @@ def _row(
         drift=quality.drift_text() if quality else "",
         error=item.error or "",
     )
+
+
+def _cached_measures(mask: Path, instance: bool, cache: MaskFactsCache) -> MaskMeasures:
+    def measure() -> dict[str, Any]:
+        measured = measure_mask(mask, instance=instance)
+        sizes = {str(value): size for value, size in measured.sizes.items()}
+        return {"sizes": sizes, "unit": measured.unit, "objects": measured.objects}
+
+    kind = "objects" if instance else "sizes"
+    facts = cache.json_fact(kind, [mask], measure)
+    sizes = {int(value): float(size) for value, size in facts["sizes"].items()}
+    return MaskMeasures(sizes, str(facts["unit"]), facts["objects"])
 
 
 def _chosen_for_thumbnails(items: Sequence[BatchItemResult]) -> list[tuple[BatchItemResult, str]]:
@@ -124,11 +141,14 @@ def _chosen_for_thumbnails(items: Sequence[BatchItemResult]) -> list[tuple[Batch
     return [(item, "least confident") for item in least] + [(item, "random") for item in drawn]
 
 
-def _thumbnails(items: Sequence[BatchItemResult]) -> list[Thumbnail]:
+def _thumbnails(items: Sequence[BatchItemResult], cache: MaskFactsCache) -> list[Thumbnail]:
     thumbnails = []
     for item, group in _chosen_for_thumbnails(items):
+        source, mask = Path(item.inputs[0]), Path(item.outputs["mask"])
         try:
-            png = overlay_thumbnail(item.inputs[0], Path(item.outputs["mask"]))
+            png = cache.bytes_fact(
+                "thumbnail.png", [source, mask], partial(overlay_thumbnail, source, mask)
+            )
         except (SegflowError, OSError) as error:
             logger.warning("%s: no thumbnail for the report (%s)", item.case_id, error)
             continue
@@ -137,14 +157,16 @@ def _thumbnails(items: Sequence[BatchItemResult]) -> list[Thumbnail]:
     return thumbnails
 
 
-def _footprints(items: Sequence[BatchItemResult]) -> list[tuple[str, dict[str, Any]]]:
+def _footprints(
+    items: Sequence[BatchItemResult], cache: MaskFactsCache
+) -> list[tuple[str, dict[str, Any]]]:
     found = []
     for item in items:
         mask = item.outputs.get("mask")
         if mask is None:
             continue
         try:
-            shape = footprint(Path(mask))
+            shape = cache.json_fact("footprint", [Path(mask)], partial(footprint, Path(mask)))
         except (SegflowError, OSError, ValueError) as error:
             logger.warning("%s: no footprint for the report (%s)", item.case_id, error)
             continue
@@ -190,7 +212,8 @@ def write_qa_report(
     out = Path(out_dir)
     names = dict(zip(model.plan.class_values, model.plan.class_names, strict=True))
     items = sorted(report.items, key=lambda item: item.case_id)
-    footprints = _footprints(items)
+    cache = MaskFactsCache(out)  # a rerun re-reads no unchanged mask
+    footprints = _footprints(items, cache)
     if footprints:
         collection = {
             "type": "FeatureCollection",
@@ -207,8 +230,10 @@ def write_qa_report(
         summary=_summary(report, quality_metrics(report)),
         model=model_info,
         settings={key: json.dumps(value) for key, value in shown_settings.items()},
-        rows=[_row(item, model, names) for item in items],
-        thumbnails=_thumbnails(items),
+        rows=[_row(item, model, names, cache) for item in items],
+        thumbnails=_thumbnails(items, cache),
         footprints=footprints,
     )
-    return write_text_atomic(out / REPORT_NAME, render_report(page))
+    written = write_text_atomic(out / REPORT_NAME, render_report(page))
+    cache.prune()
+    return written

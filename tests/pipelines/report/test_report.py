@@ -141,3 +141,55 @@ def test_a_huge_source_without_overviews_gets_its_outlines_on_grey(tmp_path: Pat
     png = overlay_thumbnail(source, data / "labels" / source.name)
     pixels = np.asarray(Image.open(io.BytesIO(png)))
     assert pixels.shape[1] == 160 and (pixels == 96).all(axis=-1).mean() > 0.5
+
+
+def test_a_rerun_report_reads_no_unchanged_mask_and_forgets_files_that_left(
+    raster_batch: tuple[BatchReport, Path, LoadedModel],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Measures, footprints and thumbnails come from the batch's report cache while the masks
+    and images are unchanged; a rewritten mask is read again; facts of removed files go."""
+    import pipelines.services.qa_report as qa_report
+
+    report, out, model = raster_batch
+    copy = Path(shutil.copytree(out, tmp_path / "out"))
+    items = [
+        BatchItemResult(
+            item.case_id, item.status, item.reason,
+            {role: copy / Path(path).name for role, path in item.outputs.items()},
+            item.seconds, item.error, item.quality, item.inputs,
+        )
+        for item in report.items
+    ]  # fmt: skip
+    first = write_qa_report(
+        BatchReport(items, 1.0), copy, model=model, model_info={}, options=InferenceOptions()
+    ).read_text()
+    cached = sorted((copy / ".segflow" / "report-cache").iterdir())
+    assert len(cached) == 3 * 3  # sizes, footprint and thumbnail of each of the 3 masks
+
+    def unread(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an unchanged mask was read again")
+
+    for name in ("measure_mask", "footprint", "overlay_thumbnail"):
+        monkeypatch.setattr(qa_report, name, unread)
+    again = write_qa_report(
+        BatchReport(items[:2], 1.0), copy, model=model, model_info={}, options=InferenceOptions()
+    ).read_text()
+    assert again.count("data:image/png;base64,") == 2 and "m²" in again
+    assert first.count("data:image/png;base64,") == 3
+    assert len(list((copy / ".segflow" / "report-cache").iterdir())) == 2 * 3  # one file left
+
+    monkeypatch.undo()
+    rewritten = Path(items[0].outputs["mask"])
+    rewritten.write_bytes(rewritten.read_bytes())  # a new modification time: read again
+    calls: list[Path] = []
+    real = qa_report.measure_mask
+    monkeypatch.setattr(
+        qa_report, "measure_mask", lambda mask, **kw: calls.append(mask) or real(mask, **kw)
+    )
+    write_qa_report(
+        BatchReport(items, 1.0), copy, model=model, model_info={}, options=InferenceOptions()
+    )
+    pruned = Path(items[2].outputs["mask"])  # its facts went with the two-file report
+    assert sorted(calls) == sorted([rewritten, pruned])
