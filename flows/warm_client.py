@@ -39,10 +39,11 @@ DEFAULT_IDLE_MINUTES = 15.0
 #: How long the first command waits for the warm process's imports (a busy machine is slow).
 START_TIMEOUT_S = 300.0
 #: What the warm process keeps of the environment of the command that starts it: what Python,
-#: the native libraries, Prefect and MLflow read; never credentials (each command sends its own).
+#: the native libraries, Prefect and MLflow read at import; never credentials nor segflow's
+#: settings (each command sends its own; the home comes as an argument), as the shared API.
 _KEPT_VARIABLES = (
     *("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV"),
-    *("SEGFLOW_HOME", "MLFLOW_CONFIGURE_LOGGING"),
+    "MLFLOW_CONFIGURE_LOGGING",
 )
 _KEPT_PREFIXES = (
     "LC_",
@@ -152,6 +153,7 @@ def _spawn(path: Path, environ: Mapping[str, str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [
                 *(sys.executable, "-m", "flows.warm_server", "--socket", str(path)),
+                *("--home", str(home_of(environ))),
                 *("--idle-seconds", str(idle_minutes * 60.0)),
                 "--retire-others",
             ],

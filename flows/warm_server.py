@@ -74,15 +74,21 @@ _PACKAGES = ("data_contracts", "seg_models", "pipelines")
 _REQUEST_TIMEOUT_S = 10.0
 
 
-def warm_up() -> list[str]:
-    """Import the stack as a command would find it, before any command's routing.
+def warm_up(home: str) -> list[str]:
+    """Import the stack as a command of ``home`` would find it, before any command's routing.
+
+    The home's settings are in this process's environment only while the libraries import:
+    the forkserver started next, and this process's environment as others see it, carry none
+    of them (each command brings its own).
 
     Returns:
         The modules that failed to import (an optional extra not installed), for the log.
     """
-    from data_contracts import apply_environment
+    from data_contracts import apply_environment, get_settings
     from flows.log_routing import _LIBRARY_ENVIRONMENT
 
+    before = dict(os.environ)
+    os.environ["SEGFLOW_HOME"] = home
     apply_environment()
     for name, value in _LIBRARY_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
@@ -95,6 +101,10 @@ def warm_up() -> list[str]:
             importlib.import_module(name)
         except Exception as error:  # an optional dependency: the command reports it, not us
             failed.append(f"{name}: {type(error).__name__}: {error}")
+    for name in ("SEGFLOW_HOME", "PREFECT_HOME", "MLFLOW_TRACKING_URI"):
+        if name not in before:
+            os.environ.pop(name, None)
+    get_settings.cache_clear()
     from pipelines.services.case_workers import launch_forkserver
 
     launch_forkserver()
@@ -348,16 +358,18 @@ def _reset_settings() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m flows.warm_server --socket PATH --idle-seconds S``: warm up, then serve."""
+    """``python -m flows.warm_server --socket PATH --home DIR --idle-seconds S``: warm up, then
+    serve."""
     parser = argparse.ArgumentParser(prog="python -m flows.warm_server")
     parser.add_argument("--socket", type=Path, required=True)
+    parser.add_argument("--home", required=True, help="the SEGFLOW_HOME it serves")
     parser.add_argument("--idle-seconds", type=float, required=True)
     parser.add_argument(
         "--retire-others", action="store_true", help="retire the home's other warm processes"
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
-    failed = warm_up()
+    failed = warm_up(args.home)
     for line in failed:
         print(f"segflow warm process: not imported: {line}", file=sys.stderr, flush=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

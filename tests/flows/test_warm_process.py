@@ -113,6 +113,10 @@ def test_two_commands_at_once_start_one_warm_process_that_later_ones_reuse(
     assert warm_pids(env) == started
     status = segflow("server", "status", "--json", env=env)
     assert json.loads(status.stdout)["warm_processes"] == started
+    # Like the shared API, it and its forkserver run with none of the commands' settings.
+    for pid in [*started, *_children(started[0])]:
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert not [entry for entry in environment if entry.startswith(b"SEGFLOW_")], pid
 
 
 def test_a_command_keeps_its_folder_environment_streams_and_exit_code(
@@ -218,6 +222,10 @@ def _wait_for_child(env: dict[str, str], timeout: float) -> int:
                 return commands[0]
         time.sleep(0.2)
     raise AssertionError("no command started in the warm process")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _cmdline(pid: int) -> bytes:
