@@ -88,15 +88,36 @@ def run_in_warm_process(argv: Sequence[str], environ: Mapping[str, str]) -> int 
     try:
         ensure_private_dir(socket_dir())
         key = warm_key(environ)
-        connection = _connect(socket_path(key, environ))
-        if connection is None and may_start:
-            connection = _start_and_connect(key, environ)
     except OSError:
         return None
-    if connection is None:
-        return None
-    with connection:
-        return _delegate(connection, argv, environ, started_at)
+    path = socket_path(key, environ)
+    for _ in range(2):  # a second time when the process that accepted was ending
+        try:
+            connection = _connect(path)
+            if connection is None and may_start:
+                connection = _start_and_connect(key, environ)
+        except OSError:
+            return None
+        if connection is None:
+            return None
+        with connection:
+            code = _delegate(connection, argv, environ, started_at)
+        if code is not None:
+            return code
+        _wait_until_refused(path)
+    return None
+
+
+def _wait_until_refused(path: Path, timeout: float = 3.0) -> None:
+    """Wait while a warm process that accepted without answering ends: a killed process's
+    socket takes a moment to close after the process is gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        connection = _connect(path)
+        if connection is None:
+            return
+        connection.close()
+        time.sleep(0.05)
 
 
 def _connect(path: Path) -> socket.socket | None:
@@ -182,7 +203,12 @@ def _idle_minutes(environ: Mapping[str, str]) -> float:
 def _delegate(
     connection: socket.socket, argv: Sequence[str], environ: Mapping[str, str], started_at: float
 ) -> int | None:
-    """Send the command with this process's streams; relay signals until its exit status."""
+    """Send the command with this process's streams; relay signals until its exit status.
+
+    Returns:
+        The exit status; ``None`` when the warm process did not take the command (it never
+        started there, so it may run elsewhere).
+    """
     request = {
         "argv": list(argv),
         "cwd": os.getcwd(),
