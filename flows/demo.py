@@ -99,12 +99,19 @@ def _run_kind(
             {
                 "kind": kind,
                 "case": case,
-                "split": "held out" if case in held_out else "train",
+                "split": _split_label(case, held_out, trained.get("validation_region")),
                 "dice": sum(dice) / len(dice) if dice else float("nan"),
                 "mask": str(masks / f"{case}{_MASK_SUFFIX[kind]}"),
             }
         )
     return rows
+
+
+def _split_label(case: str, validated: set[str], region: str | None) -> str:
+    """``"held out"``, ``"train"``, or with few cases ``"train+end"`` (its end validated)."""
+    if case not in validated:
+        return "train"
+    return "train+end" if region else "held out"
 
 
 def demo_flow(

@@ -155,6 +155,7 @@ def training_summary(report: Any, workdir: Path) -> dict[str, Any]:
         "stopped_by": report.result.stopped_by,
         "workdir": str(workdir),
         "validation_cases": list(report.validation_cases),
+        "validation_region": report.validation_region,
         "per_case": report.evaluation.per_case,
         "plan": [list(row) for row in plan_table(report.plan)],
         "registration": registration,

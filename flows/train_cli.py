@@ -126,7 +126,11 @@ def train(
         typer.Option(help="How many GPUs (or CPU processes) to train on, or auto: all of them."),
     ] = None,
     val_fraction: Annotated[
-        float, typer.Option(help="Share of labelled cases held out for validation.")
+        float,
+        typer.Option(
+            help="Share held out for validation: of the labelled cases, or with fewer than 5 "
+            "cases of each case's end (rows, or the S axis of volumes)."
+        ),
     ] = 0.2,
     folds: Annotated[
         int | None, typer.Option(help="k-fold cross-validation: number of folds (with --fold).")
@@ -211,7 +215,10 @@ def train(
 def result_table(summary: Mapping[str, Any]) -> Table:
     """Validation scores per case and class (the case shortened to fit 80 columns)."""
     cases = len(summary["validation_cases"])
-    table = Table(title=f"Training result ({summary['metric']} on {cases} validation cases)")
+    where = f"{cases} validation cases"
+    if summary.get("validation_region"):
+        where = f"the held-out end of {cases} cases"
+    table = Table(title=f"Training result ({summary['metric']} on {where})")
     table.add_column("case", no_wrap=True, max_width=24)
     table.add_column("class", no_wrap=True, max_width=16)
     table.add_column("scores")

@@ -1,12 +1,13 @@
-"""Validation on a region of the one labelled case, when a dataset has only one.
+"""Validation on a region of each labelled case, when a dataset has too few to hold one out.
 
 A single scene or volume (one SpaceNet tile, one land-cover raster, one annotated scan) leaves
-no case to validate on, so there would be no best checkpoint and no score to register. Its end
-along one axis is held out instead: the last ``fraction`` of the rows (2D) or of the S axis (3D
-volumes, after orientation and resampling). Training reads the whole case with the held-out
-labels set to :data:`~pipelines.preprocess.array.IGNORE_INDEX` (no loss there); validation reads
-only the held-out part. The image of the held-out part is seen in training context, its labels
-never.
+no case to validate on, so there would be no best checkpoint and no score to register; with a
+handful of cases (three BraTS patients), holding one out whole takes a third or more of what
+there is to learn from. The end of every case along one axis is held out instead: the last
+``fraction`` of the rows (2D) or of the S axis (3D volumes, after orientation and resampling).
+Training reads each whole case with its held-out labels set to
+:data:`~pipelines.preprocess.array.IGNORE_INDEX` (no loss there); validation reads only the
+held-out parts. The image of a held-out part is seen in training context, its labels never.
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ __all__ = ["HeldOutRegion", "HoldOutRegiond"]
 
 @dataclass(frozen=True)
 class HeldOutRegion:
-    """The end of one case held out for validation.
+    """The end of each of a few cases held out for validation.
 
     Attributes:
-        case_id: the case.
+        case_ids: the cases, each trained on its start and validated on its end.
         fraction: share of the axis held out, at its end.
         spatial_dims: 2 (rows held out) or 3 (the S axis).
     """
 
-    case_id: str
+    case_ids: tuple[str, ...]
     fraction: float
     spatial_dims: int
 
@@ -45,9 +46,12 @@ class HeldOutRegion:
 
     @property
     def description(self) -> str:
-        """E.g. ``"the last 20 % of the rows of sn4_atl_nw"``."""
+        """E.g. ``"the last 20 % of the rows of sn4_atl_nw"`` or ``"… of each of pat0003,
+        pat0005"``."""
         what = "rows" if self.spatial_dims == 2 else "slices (S axis)"
-        return f"the last {self.fraction:.0%} of the {what} of {self.case_id}"
+        cases = ", ".join(self.case_ids)
+        of = "of" if len(self.case_ids) == 1 else "of each of"
+        return f"the last {self.fraction:.0%} of the {what} {of} {cases}"
 
     def start(self, length: int) -> int:
         """First held-out index along an axis of ``length`` (at least one index each side)."""
@@ -71,7 +75,7 @@ class HoldOutRegiond(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         item = dict(data)
-        if item.get("case_id") != self.region.case_id or LABEL_KEY not in item:
+        if item.get("case_id") not in self.region.case_ids or LABEL_KEY not in item:
             return item
         axis = self.region.axis
         start = self.region.start(item[LABEL_KEY].shape[axis])

@@ -57,6 +57,8 @@ class TrainingReport:
             unreadable or changed since ingest: case id → ``"ErrorClass: message"``.
         cases_used: labelled cases trained and validated on.
         batch_size: patches (chips) per training step (Mask R-CNN's can differ from the plan's).
+        validation_region: with few cases, the region of each validated on (e.g. ``"the last
+            20% of the rows of each of a, b"``); ``None`` when whole cases validate.
     """
 
     plan: TrainingPlan
@@ -70,6 +72,7 @@ class TrainingReport:
     left_out: dict[str, str] = field(default_factory=dict)
     cases_used: int = 0
     batch_size: int = 0
+    validation_region: str | None = None
 
 
 def train_from_manifest(
@@ -148,6 +151,7 @@ def train_from_manifest(
         prepared.left_out,
         len(prepared.manifest.labelled_cases),
         prepared.route.batch_size,
+        prepared.held_out.description if prepared.held_out else None,
     )
 
 

@@ -45,6 +45,9 @@ PlanCallback = Callable[[TrainingPlan], None]
 #: Datasets whose labelled cases, as float32 channels plus label, fit in this many bytes are
 #: cached in memory (fastest: no re-reading); larger ones are cached on disk.
 IN_MEMORY_CACHE_BYTES = 4 * 1024**3
+#: Below this many labelled cases, each case's end validates instead of whole cases: holding
+#: one of three out would take a third of what there is to learn from.
+REGION_SPLIT_BELOW = 5
 
 
 @dataclass
@@ -62,8 +65,8 @@ class PreparedTraining:
         train_set: random patches of ``train_cases``.
         val_set: whole preprocessed ``val_cases``, in the same order.
         checkpoint_dir: where :func:`~pipelines.train.trainer.fit` keeps its checkpoints.
-        held_out: with a single labelled case, the region of it validated on and not trained
-            on (``val_cases`` is then that case).
+        held_out: with fewer than :data:`REGION_SPLIT_BELOW` labelled cases, the region of
+            each validated on and not trained on (``val_cases`` are then ``train_cases``).
     """
 
     manifest: DatasetManifest
@@ -130,8 +133,10 @@ def prepare(
         val_ids=val_case_ids,
     )
     held_out = None
-    if not val_cases and val_case_ids is None and folds is None:
-        train_cases, val_cases, held_out = hold_out_region(train_cases, plan, val_fraction)
+    if val_case_ids is None and folds is None:
+        train_cases, val_cases, held_out = hold_out_region(
+            train_cases, val_cases, plan, val_fraction
+        )
     train_set, val_set = build_datasets(
         train_cases,
         val_cases,
@@ -156,24 +161,30 @@ def prepare(
 
 
 def hold_out_region(
-    train_cases: list[Case], plan: TrainingPlan, fraction: float
+    train_cases: list[Case], val_cases: list[Case], plan: TrainingPlan, fraction: float
 ) -> tuple[list[Case], list[Case], HeldOutRegion | None]:
-    """With one labelled case and semantic labels, validate on its end (see
-    :mod:`pipelines.preprocess.region`); otherwise keep the split as it is (no validation).
+    """With fewer than :data:`REGION_SPLIT_BELOW` labelled cases and semantic labels, train on
+    every case and validate on the end of each (see :mod:`pipelines.preprocess.region`);
+    otherwise keep the split of whole cases as it is.
 
     Returns:
         ``(train_cases, val_cases, held_out)``.
     """
-    if len(train_cases) != 1 or plan.label_kind != "semantic" or not 0 < fraction < 1:
-        if not train_cases[1:]:
+    cases = sorted([*train_cases, *val_cases], key=lambda case: case.case_id)
+    few = len(cases) < REGION_SPLIT_BELOW
+    if not few or plan.label_kind != "semantic" or not 0 < fraction < 1:
+        if not train_cases[1:] and not val_cases:
             logger.warning("one labelled case and no validation: the last checkpoint is kept")
-        return train_cases, [], None
-    region = HeldOutRegion(train_cases[0].case_id, fraction, plan.spatial_dims)
+        return train_cases, val_cases, None
+    region = HeldOutRegion(tuple(case.case_id for case in cases), fraction, plan.spatial_dims)
     logger.warning(
-        "one labelled case: validating on %s, training on the rest (--val-fraction sets the share)",
+        "%d labelled case%s: validating on %s, training on the rest (--val-fraction sets the "
+        "share)",
+        len(cases),
+        "" if len(cases) == 1 else "s",
         region.description,
     )
-    return train_cases, list(train_cases), region
+    return cases, list(cases), region
 
 
 def _checked_cases(manifest: DatasetManifest) -> tuple[DatasetManifest, dict[str, str]]:

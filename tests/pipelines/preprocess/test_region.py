@@ -1,4 +1,4 @@
-"""One labelled case: its end is validated on and never trained on."""
+"""Few labelled cases: the end of each is validated on and never trained on."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _item(case_id: str = "scene") -> dict[str, object]:
 
 
 def test_training_ignores_the_held_out_rows_and_validation_reads_only_them() -> None:
-    region = HeldOutRegion("scene", 0.2, spatial_dims=2)
+    region = HeldOutRegion(("scene",), 0.2, spatial_dims=2)
     trained = HoldOutRegiond(region, "ignore")(_item())
     label = trained[LABEL_KEY]
     assert isinstance(label, torch.Tensor)
@@ -44,10 +44,10 @@ def test_training_ignores_the_held_out_rows_and_validation_reads_only_them() -> 
 
 
 def test_volumes_hold_out_the_end_of_the_s_axis_and_both_sides_keep_an_index() -> None:
-    region = HeldOutRegion("scan", 0.5, spatial_dims=3)
+    region = HeldOutRegion(("scan",), 0.5, spatial_dims=3)
     assert region.axis == -1 and "slices" in region.description
-    assert region.start(3) == 1 and HeldOutRegion("scan", 0.01, 3).start(3) == 2
-    assert HeldOutRegion("scan", 0.99, 3).start(3) == 1
+    assert region.start(3) == 1 and HeldOutRegion(("scan",), 0.01, 3).start(3) == 2
+    assert HeldOutRegion(("scan",), 0.99, 3).start(3) == 1
 
 
 def test_a_single_semantic_case_is_validated_on_its_held_out_rows(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_a_single_semantic_case_is_validated_on_its_held_out_rows(tmp_path: Path
     manifest = ingest(tmp_path / "data", workdir=tmp_path / "work")
     (case,) = manifest.labelled_cases
     prepared = prepare(manifest, CONFIG, tmp_path / "run", plan_overrides={"patch_size": [32, 32]})
-    assert prepared.held_out == HeldOutRegion(case.case_id, 0.2, 2)
+    assert prepared.held_out == HeldOutRegion((case.case_id,), 0.2, 2)
     assert prepared.train_cases == prepared.val_cases == [case]
     validation = prepared.val_set[0]
     assert validation[IMAGE_KEY].shape[-2:] == (13, 48)  # the last 20 % of 64 rows
@@ -76,3 +76,31 @@ def test_without_a_validation_share_there_is_no_region_and_no_registering(
             manifest, CONFIG, tmp_path / "again", plan_overrides=patch, register="x", val_fraction=0
         )
     assert not (tmp_path / "again" / "checkpoints").exists()  # refused before training
+
+
+def test_fewer_than_five_cases_all_train_and_each_validates_on_its_end(tmp_path: Path) -> None:
+    make_raster_dataset(tmp_path / "data", n_tiles=3, size=(40, 32), seed=5)
+    manifest = ingest(tmp_path / "data", workdir=tmp_path / "work")
+    cases = sorted(manifest.labelled_cases, key=lambda case: case.case_id)
+    prepared = prepare(manifest, CONFIG, tmp_path / "run", plan_overrides={"patch_size": [16, 16]})
+    assert prepared.held_out == HeldOutRegion(tuple(c.case_id for c in cases), 0.2, 2)
+    assert prepared.train_cases == prepared.val_cases == cases
+    assert "of each of" in prepared.held_out.description
+    assert [item[IMAGE_KEY].shape[-2:] for item in prepared.val_set] == [(8, 32)] * 3
+
+
+def test_five_cases_or_an_explicit_split_hold_out_whole_cases(tmp_path: Path) -> None:
+    make_raster_dataset(tmp_path / "data", n_tiles=5, size=(32, 32), seed=6)
+    manifest = ingest(tmp_path / "data", workdir=tmp_path / "work")
+    patch = {"patch_size": [16, 16]}
+    prepared = prepare(manifest, CONFIG, tmp_path / "run", plan_overrides=patch)
+    assert prepared.held_out is None and len(prepared.val_cases) == 1
+    assert len(prepared.train_cases) == 4
+    first = sorted(case.case_id for case in manifest.labelled_cases)[0]
+    few = manifest.model_copy(
+        update={"cases": [c for c in manifest.cases if c.case_id != first][:3]}
+    )
+    chosen = prepare(
+        few, CONFIG, tmp_path / "b", plan_overrides=patch, val_case_ids=[few.cases[0].case_id]
+    )
+    assert chosen.held_out is None and chosen.val_cases == [few.cases[0]]

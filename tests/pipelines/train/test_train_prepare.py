@@ -79,9 +79,11 @@ def test_prepare_splits_once_and_builds_the_datasets_of_that_split(
     )
     assert len(splits) == 1
     val_ids = [case.case_id for case in prepared.val_cases]
-    assert len(val_ids) == 2 and not set(val_ids) & {c.case_id for c in prepared.train_cases}
+    # four cases are too few to hold whole ones out: each trains and validates on its end
+    assert prepared.held_out is not None and prepared.held_out.case_ids == tuple(val_ids)
+    assert val_ids == sorted(c.case_id for c in prepared.manifest.labelled_cases)
     assert [prepared.val_set[i]["case_id"] for i in range(len(val_ids))] == val_ids
-    assert len(prepared.train_set) == 2  # type: ignore[arg-type]
+    assert len(prepared.train_set) == 4  # type: ignore[arg-type]
     assert seen == [prepared.plan] and prepared.plan.patch_size == (32, 32)
     assert TrainingPlan.model_validate_json((tmp_path / "plan.json").read_text()) == prepared.plan
     route = prepared.route
@@ -127,7 +129,7 @@ def test_broken_cases_are_left_out_and_all_broken_is_an_input_error(
     (case_id,) = prepared.left_out
     assert prepared.left_out[case_id].startswith("MissingFileError: ")
     assert case_id not in {case.case_id for case in prepared.manifest.cases}
-    assert len(prepared.train_cases) + len(prepared.val_cases) == 2
+    assert len(prepared.train_cases) == 2 and case_id not in prepared.held_out.case_ids  # type: ignore[union-attr]
     for label in labels[1:]:
         Path(label.path).unlink()
     with pytest.raises(InputError, match="no labelled case left to train on: 3 failed"):
