@@ -42,7 +42,7 @@ from flows.dataset_flows import outcome_state
 from flows.segment_report import write_report
 from flows.storage_tasks import stage_source, upload_staged_outputs
 from flows.tasks import IO_RETRIES, IO_RETRY_DELAYS, transient_io
-from pipelines.infer.loaded_model import LoadedModel
+from pipelines.infer.loaded_model import LoadedModel, ModelCard
 from pipelines.interrupts import (
     BatchInterrupted,
     stop_reason,
@@ -117,6 +117,7 @@ def segment_files(
     label: str,
     ledger: Ledger | None = None,
     workers: CaseWorkers | None = None,
+    card: LoadedModel | ModelCard | None = None,
 ) -> list[BatchItemResult]:
     """Segment a group of cases and record each in the ledger.
 
@@ -124,11 +125,13 @@ def segment_files(
     output folder (a network share that hiccups) retries the group, whose finished cases the
     ledger then skips. With the threads runner, the batch's open ``ledger`` records them and
     each case runs in one of the batch's ``workers`` processes, so that a native crash fails
-    that case only; on Dask, the task opens the ledger and runs the cases in its own process.
+    that case only (``card``, the batch's model or its card, is then all this process needs);
+    on Dask, the task opens the ledger and runs the cases in its own process.
     """
     from prefect.runtime import task_run
 
-    model = _model(model_uri, options.device)
+    # Worker processes load the weights themselves: this process needs only the card.
+    model = card if workers is not None and card is not None else _model(model_uri, options.device)
     with contextlib.ExitStack() as stack:
         book = ledger or stack.enter_context(Ledger.open(out))
         return process_group(
@@ -208,6 +211,7 @@ def _run_as_tasks(
                 f"{group[0].case.case_id}+{len(group) - 1}",
                 batch.ledger if threads else None,
                 pool,
+                batch.model if pool is not None else None,
             )
             for group in groups
         ]
@@ -222,9 +226,7 @@ def _case_workers(batch: BatchRun, model: ModelFolder, workers: int) -> Iterator
     model; ended when the batch ends (given a few seconds to reach a boundary when a stop was
     asked for)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
-    settings = WorkerSettings.of(
-        batch.loaded_model, model.path, batch.out_dir, batch.options, threads
-    )
+    settings = WorkerSettings.of(batch.model, model.path, batch.out_dir, batch.options, threads)
     pool = CaseWorkers(settings, workers)
     try:
         yield pool
@@ -330,7 +332,8 @@ def segment_archive_flow(
             with batch:
                 items = batch.plan()
                 if items:
-                    batch.use_model(_model(pinned, options.device, model_files))
+                    if not (isolated and _workers()[1]):  # else workers load the weights
+                        batch.use_model(_model(pinned, options.device, model_files))
                     _run_as_tasks(batch, items, model_files, files_per_task, isolated)
                 if not stop_requested():
                     settings = {"source": source, "out": out}

@@ -69,8 +69,22 @@ _LIBRARIES = (
     "prefect.utilities.visualization",
     "pydantic.v1",
     "rich._emoji_codes",
+    # Imported by the first MLflow call of a command (the sqlite store, its migrations, the
+    # registry, tracing): about 550 modules, a second or more of each command otherwise.
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "mlflow.store.db.utils",
+    "mlflow.tracing.processor.otel",
+    "mlflow.utils.name_utils",
+    "alembic.runtime.migration",
+    "alembic.script",
+    "sqlalchemy.dialects.sqlite",
+    "mlflow.tracing.processor.base_mlflow",
+    "torch.utils.serialization",
+    "IPython",
+    "git",
 )
-_PACKAGES = ("data_contracts", "seg_models", "pipelines")
+_PACKAGES = ("data_contracts", "seg_models", "pipelines", "flows")
 _REQUEST_TIMEOUT_S = 10.0
 
 
@@ -101,6 +115,7 @@ def warm_up(home: str) -> list[str]:
             importlib.import_module(name)
         except Exception as error:  # an optional dependency: the command reports it, not us
             failed.append(f"{name}: {type(error).__name__}: {error}")
+    _configure_orm_mappers()
     for name in ("SEGFLOW_HOME", "PREFECT_HOME", "MLFLOW_TRACKING_URI"):
         if name not in before:
             os.environ.pop(name, None)
@@ -111,13 +126,22 @@ def warm_up(home: str) -> list[str]:
     return failed
 
 
+def _configure_orm_mappers() -> None:
+    """Build SQLAlchemy's mappers of MLflow's tables now: the first store of each command
+    would otherwise spend most of a second on it."""
+    orm = sys.modules.get("sqlalchemy.orm")
+    if orm is not None:
+        with contextlib.suppress(Exception):  # the command's own store reports a real error
+            orm.configure_mappers()
+
+
 def _package_modules() -> list[str]:
     names = []
     for package in _PACKAGES:
         module = importlib.import_module(package)
         prefix = f"{package}."
         names += [info.name for info in pkgutil.walk_packages(module.__path__, prefix)]
-    return [name for name in names if ".synthetic" not in name]
+    return [name for name in names if ".synthetic" not in name and name != "flows.__main__"]
 
 
 @dataclass

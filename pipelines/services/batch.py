@@ -308,8 +308,9 @@ class BatchRun:
         and added to the run as it finishes (see :func:`process_item`)."""
         results = []
         for item in items:
+            model = self.model if segment else self.loaded_model
             result = process_item(
-                self.loaded_model, item, self.out_dir, self.options, self.ledger, segment=segment
+                model, item, self.out_dir, self.options, self.ledger, segment=segment
             )
             self.add_results([result])
             results.append(result)

@@ -16,9 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from data_contracts import DriftFlag, FileQuality, InferenceOptions, InputDriftError, SegflowError
+from data_contracts import (
+    DriftFlag,
+    FileQuality,
+    InferenceOptions,
+    InputDriftError,
+    ModelError,
+    SegflowError,
+)
 from pipelines.infer.inputs import InferenceInput
-from pipelines.infer.loaded_model import LoadedModel
+from pipelines.infer.loaded_model import LoadedModel, ModelCard
 from pipelines.infer.run import CaseResult, remove_case_outputs, segment_case
 from pipelines.interrupts import StopRequested, stop_requested
 from pipelines.services.case_workers import CaseCrashed
@@ -111,7 +118,7 @@ class BatchReport:
 
 
 def process_item(
-    model: LoadedModel,
+    model: LoadedModel | ModelCard,
     item: BatchItem,
     out_dir: str | Path,
     options: InferenceOptions | None,
@@ -132,7 +139,8 @@ def process_item(
     returned ``skipped`` or ``failed``.
 
     Args:
-        model: the batch's model.
+        model: the batch's model; its card is enough when ``segment`` runs the case (in a
+            worker process that loads the weights itself).
         item: the case and the ledger's decision.
         out_dir: the output folder.
         options: inference options.
@@ -144,7 +152,7 @@ def process_item(
 
 
 def _process_item(
-    model: LoadedModel,
+    model: LoadedModel | ModelCard,
     item: BatchItem,
     out_dir: str | Path,
     options: InferenceOptions | None,
@@ -158,7 +166,7 @@ def _process_item(
         return BatchItemResult(case.case_id, "skipped", decision.reason)
     if stop_requested():
         return BatchItemResult(case.case_id, "interrupted", decision.reason)
-    run = segment or (lambda one: segment_case(model, one, out_dir, options))
+    run = segment or _in_this_thread(model, out_dir, options)
     key, started = decision.key, time.monotonic()
     try:
         key = key.hashed()
@@ -193,6 +201,19 @@ def _process_item(
         result.seconds,
         quality=result.quality,
     )
+
+
+def _in_this_thread(
+    model: LoadedModel | ModelCard, out_dir: str | Path, options: InferenceOptions | None
+) -> SegmentOne:
+    """:func:`segment_case` with ``model`` here.
+
+    Raises:
+        ModelError: ``model`` is only a card (a programming error: workers were meant to run).
+    """
+    if not isinstance(model, LoadedModel):
+        raise ModelError("is not loaded: only its card is here", path=model.uri)
+    return lambda one: segment_case(model, one, out_dir, options)
 
 
 def _drifted(
@@ -245,7 +266,7 @@ def _with_crash_retry(
 
 
 def process_group(
-    model: LoadedModel,
+    model: LoadedModel | ModelCard,
     items: Iterable[BatchItem],
     out_dir: str | Path,
     options: InferenceOptions,

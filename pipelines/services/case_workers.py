@@ -37,7 +37,7 @@ from pebble import ProcessExpired, ProcessPool
 
 from data_contracts import InferenceOptions, ModelError, SegflowError
 from pipelines.infer.inputs import InferenceInput
-from pipelines.infer.loaded_model import LoadedModel
+from pipelines.infer.loaded_model import LoadedModel, ModelCard
 from pipelines.infer.run import CaseResult, remove_case_outputs, segment_case
 from pipelines.interrupts import (
     StopRequested,
@@ -64,7 +64,23 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Imported once by the forkserver, so that forked workers start with them loaded.
-_PRELOAD = ["pipelines.infer.run", "pipelines.services.model_loading"]
+#: What the forkserver imports once, so that no worker imports it per batch (each kind's
+#: reading, windowing, post-processing and writing: ~90 modules, a second on 2 cores).
+_PRELOAD = [
+    "pipelines.infer.run",
+    "pipelines.services.model_loading",
+    "pipelines.kinds.volume",
+    "pipelines.kinds.raster",
+    "pipelines.kinds.image2d",
+    "pipelines.infer.stream",
+    "pipelines.infer.strips",
+    "pipelines.infer.raster",
+    "pipelines.infer.in_memory",
+    "pipelines.infer.confidence",
+    "pipelines.infer.polygons",
+    "pipelines.postprocess.polygons",
+    "pipelines.write.geotiff",
+]
 _STOP_GRACE_SECONDS = 3.0
 _REGISTRY_SCHEMES = ("models", "runs")  # where load_model downloads models from
 _POLL_SECONDS = 0.2
@@ -108,7 +124,9 @@ class WorkerSettings:
 
     Attributes:
         model_folder: a local model folder (from ``export_model`` or a local model path).
-        model: the parent's model, whose identity (URI, name, version) lineage records.
+        model_uri: the parent's model URI; with ``model_name`` and ``model_version``, the
+            identity that lineage records.
+        device: where the workers load it (``None``: the default device).
         out_dir: the output folder.
         options: the batch's inference options.
         torch_threads: intra-op threads of each worker.
@@ -120,7 +138,7 @@ class WorkerSettings:
     model_uri: str
     model_name: str | None
     model_version: str | None
-    device: str
+    device: str | None
     out_dir: str
     options: InferenceOptions
     torch_threads: int = 1
@@ -129,19 +147,21 @@ class WorkerSettings:
     @classmethod
     def of(
         cls,
-        model: LoadedModel,
+        model: LoadedModel | ModelCard,
         model_folder: str | Path,
         out_dir: str | Path,
         options: InferenceOptions,
         torch_threads: int,
     ) -> WorkerSettings:
-        """Settings for workers that segment with ``model`` (loaded from ``model_folder``)."""
+        """Settings for workers that segment with ``model`` (loaded from ``model_folder``; its
+        card is enough: the workers load the weights, on ``options.device`` or the default)."""
+        device = model.device if isinstance(model, LoadedModel) else options.device
         return cls(
             str(model_folder),
             model.uri,
             model.name,
             model.version,
-            model.device,
+            device,
             str(out_dir),
             options,
             torch_threads,
