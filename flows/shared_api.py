@@ -39,6 +39,7 @@ from typing import IO
 
 from data_contracts import ConfigError, OutputError, get_settings
 from pipelines.files import write_text_atomic
+from pipelines.services.process_guard import process_exists
 
 __all__ = [
     "SharedAPI",
@@ -156,16 +157,6 @@ def _read_state() -> SharedAPI | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _healthy(url: str, timeout: float = 3.0) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
@@ -177,7 +168,7 @@ def _healthy(url: str, timeout: float = 3.0) -> bool:
 def running_shared_api() -> SharedAPI | None:
     """The shared server of this ``SEGFLOW_HOME`` when it runs and answers, else ``None``."""
     state = _read_state()
-    if state is None or not _alive(state.pid) or not _healthy(state.url):
+    if state is None or not process_exists(state.pid) or not _healthy(state.url):
         return None
     return state
 
@@ -319,11 +310,11 @@ def _terminate(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and process_exists(pid):
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         time.sleep(0.05)
-    if _alive(pid):
+    if process_exists(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
 
@@ -334,7 +325,7 @@ def stop_shared_api() -> SharedAPI | None:
         state = _read_state()
         if state is None:
             return None
-        if _alive(state.pid):
+        if process_exists(state.pid):
             _terminate(state.pid)
         _state_path().unlink(missing_ok=True)
         state.users_lock.unlink(missing_ok=True)

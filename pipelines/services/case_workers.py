@@ -47,7 +47,7 @@ from pipelines.interrupts import (
 )
 from pipelines.redaction import redact
 from pipelines.services.model_loading import export_model, load_model, local_model_path
-from pipelines.services.process_guard import set_parent_death_signal
+from pipelines.services.process_guard import process_exists, set_parent_death_signal
 
 __all__ = [
     "CaseCrashed",
@@ -360,7 +360,7 @@ def adopt_inherited_forkserver() -> None:
     start_own = server.ensure_running
 
     def ensure_running() -> None:
-        if server._forkserver_pid is not None and _process_exists(server._forkserver_pid):
+        if server._forkserver_pid is not None and process_exists(server._forkserver_pid):
             from multiprocessing import resource_tracker
 
             resource_tracker.ensure_running()
@@ -376,16 +376,6 @@ def adopt_inherited_forkserver() -> None:
     forkserver.ensure_running = ensure_running
     global _stop_registered
     _stop_registered = True  # the shared forkserver outlives this process
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _stop_forkserver() -> None:

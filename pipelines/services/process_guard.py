@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 __all__ = [
     "guarded_command",
     "popen_guarded",
+    "process_exists",
     "set_parent_death_signal",
     "stop_process_group",
 ]
@@ -92,6 +93,18 @@ def set_parent_death_signal(sig: int = signal.SIGKILL, *, parent_pid: int | None
         return False
     if os.getppid() != parent:  # the parent died before the call: the signal will not come
         os.kill(os.getpid(), sig)
+    return True
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with ``pid`` exists (another user's included), without waiting for
+    or reaping it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
     return True
 
 
