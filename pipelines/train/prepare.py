@@ -177,7 +177,9 @@ def hold_out_region(
             logger.warning("one labelled case and no validation: the last checkpoint is kept")
         return train_cases, val_cases, None
     region = HeldOutRegion(tuple(case.case_id for case in cases), fraction, plan.spatial_dims)
-    logger.warning(
+    # One case is worth a warning; a few are the usual rule, which the summary states.
+    log = logger.warning if len(cases) == 1 else logger.info
+    log(
         "%d labelled case%s: validating on %s, training on the rest (--val-fraction sets the "
         "share)",
         len(cases),
