@@ -160,6 +160,7 @@ def test_sigterm_during_training_keeps_the_checkpoint_and_resume_finishes(
     child = subprocess.Popen(
         [sys.executable, "-c", _TRAIN_CHILD, *_train_argv(manifest, workdir, 200)],
         cwd=REPO,
+        env={**os.environ, "COLUMNS": "1000"},  # the error on one line, whatever the path
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -176,7 +177,7 @@ def test_sigterm_during_training_keeps_the_checkpoint_and_resume_finishes(
         if child.poll() is None:
             child.kill()
             child.wait()
-    output = (stdout + stderr).replace("\n", " ")
+    output = " ".join((stdout + stderr).split())
     assert child.returncode == 143, output[-3000:]
     assert "stopped by SIGTERM" in output and "last.ckpt" in output, output[-3000:]
     state = torch.load(last, map_location="cpu", weights_only=True)  # whole, and weights-only
