@@ -211,36 +211,38 @@ def test_the_model_is_downloaded_once_and_progress_is_passed_down(
     assert len(list((tmp_path / "out").glob("*_prob.tif"))) == 4  # the options went down
 
 
+def _segment_anew(scenes: Path, champion: str, out: Path, **options: Any) -> tuple[Any, Any]:
+    """``segment_archive_flow`` of the scenes into ``out``, as in a new `segflow segment`
+    process (no model kept from an earlier run), untracked."""
+    import flows.segment_flow as segment_flow
+    from flows.dataset_flows import run_flow
+
+    segment_flow.reset_process_caches()
+    return run_flow(
+        segment_flow.segment_archive_flow,
+        source=str(scenes / "images"),
+        model=champion,
+        out=str(out),
+        track=False,
+        **options,
+    )
+
+
 def test_with_worker_processes_only_the_workers_load_the_weights(
     scenes: Path, champion: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The default batch segments in worker processes: the command's own process plans,
     records and reports from the model's card, and never loads the weights itself."""
     import flows.segment_flow as segment_flow
-    from flows.dataset_flows import run_flow
 
     def no_weights(*args: Any, **kwargs: Any) -> LoadedModel:
         raise AssertionError("the parent loaded the weights")
 
-    segment_flow.reset_process_caches()
     monkeypatch.setattr(segment_flow, "_model", no_weights)
-    summary, code = run_flow(
-        segment_flow.segment_archive_flow,
-        source=str(scenes / "images"),
-        model=champion,
-        out=str(tmp_path / "out"),
-        track=False,
-    )
+    summary, code = _segment_anew(scenes, champion, tmp_path / "out")
     assert int(code) == 0 and summary["done"] == 4, summary
     with pytest.raises(AssertionError, match="loaded the weights"):  # in-thread runs need them
-        run_flow(
-            segment_flow.segment_archive_flow,
-            source=str(scenes / "images"),
-            model=champion,
-            out=str(tmp_path / "in-thread"),
-            isolated=False,
-            track=False,
-        )
+        _segment_anew(scenes, champion, tmp_path / "in-thread", isolated=False)
 
 
 def test_a_rerun_with_nothing_left_decides_without_the_weights(
@@ -249,17 +251,9 @@ def test_a_rerun_with_nothing_left_decides_without_the_weights(
     """A finished batch run again reads the model's card (identity, plan, classes) and the
     ledger: it never downloads nor loads the weights, and skips every case."""
     import flows.segment_flow as segment_flow
-    from flows.dataset_flows import run_flow
 
     def run() -> dict[str, Any]:
-        segment_flow.reset_process_caches()  # as in a new `segflow segment` process
-        summary, code = run_flow(
-            segment_flow.segment_archive_flow,
-            source=str(scenes / "images"),
-            model=champion,
-            out=str(tmp_path / "out"),
-            track=False,
-        )
+        summary, code = _segment_anew(scenes, champion, tmp_path / "out")
         assert int(code) == 0, summary
         return dict(summary)
 
