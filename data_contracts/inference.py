@@ -43,7 +43,9 @@ class InferenceOptions(Contract):
         device: ``cpu``, ``cuda``, ``cuda:1``…; ``None``: CUDA when present.
         mode: window blending: ``gaussian`` (less weight near window edges) or ``constant``.
         sigma_scale: standard deviation of the gaussian, as a fraction of the window size.
-        amp: mixed precision (float16) on CUDA; ignored on the CPU.
+        amp: mixed precision: float16 on CUDA, bfloat16 on CPUs with native bf16 instructions
+            (AVX-512 BF16 or AMX); float32 elsewhere or when off (networks; Mask R-CNN and
+            classical models always run in float32).
         channels_last: channels-last memory format for the network's inputs (as the network
             was laid out when loaded).
         read_ahead: rasters: strips whose new rows are read on a background thread while the

@@ -100,6 +100,8 @@ class NetworkChoice(Contract):
         planned_steps: optimiser steps the chosen width is expected to reach.
         min_steps: the fewest steps a width had to reach to be chosen.
         device: where the probe ran (``cpu``, ``cuda``).
+        precision: the training's Lightning precision, which the probe ran under
+            (``bf16-mixed`` on CPUs with native bf16; ``32-true`` in plans made before it).
         rule: one sentence a person reads: budget, probe, steps, network, patch, batch.
     """
 
@@ -113,6 +115,7 @@ class NetworkChoice(Contract):
     planned_steps: int = Field(ge=0)
     min_steps: int = Field(ge=0)
     device: str = "cpu"
+    precision: str = "32-true"
     rule: str = ""
 
 

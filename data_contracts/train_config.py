@@ -34,7 +34,9 @@ class TrainConfig(Contract):
         accelerator: ``auto`` (CUDA when present), ``cpu`` or ``gpu``.
         devices: number of devices, or ``auto``.
         strategy: ``auto`` or ``ddp`` (several GPUs).
-        precision: ``auto`` (bf16/16 mixed on CUDA, 32 on CPU) or a Lightning precision string.
+        precision: ``auto`` (bf16/16 mixed on CUDA; bf16 mixed on CPUs with native bf16, i.e.
+            AVX-512 BF16 or AMX, for every network but Mask R-CNN; else 32) or a Lightning
+            precision string (``32-true`` turns mixed precision off).
         num_workers: data loader worker processes.
         budget_started_at: Unix time the budget counts from (the CLI passes its own start);
             ``None``: when training starts.

@@ -119,6 +119,13 @@ def segment(
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA when present).")
     ] = None,
+    amp: Annotated[
+        bool,
+        typer.Option(
+            help="Mixed precision: float16 on CUDA, bfloat16 on CPUs with native bf16 "
+            "(AVX-512 BF16, AMX); --no-amp computes in float32 everywhere."
+        ),
+    ] = True,
     verify: Annotated[
         bool,
         typer.Option(help="Re-hash inputs and outputs instead of trusting size and mtime."),
@@ -207,6 +214,7 @@ def segment(
         overlap=overlap,
         batch_size=batch_size,
         device=device,
+        amp=amp,
         uncertainty=write_uncertainty,
         on_drift=on_drift,
     )

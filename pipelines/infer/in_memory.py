@@ -141,7 +141,10 @@ def predict_volume(
     item = transform({IMAGE_KEY: [str(path) for path in channels]})
     image = item[IMAGE_KEY]
     predictor = probability_predictor(
-        network_on(model, target), model.spec, channels_last=options.channels_last
+        network_on(model, target),
+        model.spec,
+        channels_last=options.channels_last,
+        amp=options.amp,
     )
     plain = image.as_tensor() if isinstance(image, MetaTensor) else image
     if plan.spatial_dims == 2:
@@ -182,7 +185,10 @@ def predict_image(
     image = item[IMAGE_KEY]
     _check_channels(image.shape[0], plan, Path(path), model.channel_names)
     predictor = probability_predictor(
-        network_on(model, target), model.spec, channels_last=options.channels_last
+        network_on(model, target),
+        model.spec,
+        channels_last=options.channels_last,
+        amp=options.amp,
     )
     plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
     probabilities = sliding_probabilities(

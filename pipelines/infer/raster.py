@@ -147,7 +147,10 @@ def segment_raster(
     plan, source = model.plan, Path(source)
     target = choose_device(options.device or model.device)
     predictor = probability_predictor(
-        network_on(model, target), model.spec, channels_last=options.channels_last
+        network_on(model, target),
+        model.spec,
+        channels_last=options.channels_last,
+        amp=options.amp,
     )
 
     def predict(batch: torch.Tensor) -> torch.Tensor:

@@ -2,16 +2,16 @@
 
 :func:`sliding_probabilities` is MONAI's ``sliding_window_inference`` (gaussian blending,
 overlap, batched windows) with what makes it faster without doing less work: several windows
-per forward pass, ``torch.inference_mode``, channels-last memory for convolutions, automatic
-mixed precision on CUDA, and stitching on the CPU when the blended output would not fit on the
-device. Optional test-time augmentation averages the probabilities of the image flipped along
+per forward pass, ``torch.inference_mode``, channels-last memory for convolutions, mixed
+precision (:mod:`pipelines.precision`: float16 on CUDA, bfloat16 on CPUs with native bf16), and
+stitching on the CPU when the blended output would not fit on the device. Optional test-time augmentation averages the probabilities of the image flipped along
 each spatial axis (``1 + dims`` passes).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from monai.inferers.utils import sliding_window_inference
@@ -20,6 +20,7 @@ from torch import nn
 from data_contracts import InferenceOptions, ModelSpec
 from pipelines.interrupts import check_stop
 from pipelines.kinds import kind_adapter
+from pipelines.precision import autocast_dtype
 
 __all__ = ["choose_device", "probability_predictor", "sliding_probabilities", "window_options"]
 
@@ -52,14 +53,17 @@ def _memory_format(dims: int) -> torch.memory_format:
 
 
 def probability_predictor(
-    network: nn.Module, spec: ModelSpec, *, channels_last: bool = True
+    network: nn.Module, spec: ModelSpec, *, channels_last: bool = True, amp: bool = False
 ) -> Predictor:
     """A window predictor: ``(B, C, *S)`` → probabilities ``(B, K, *S)`` (sigmoid or softmax).
 
     The network is only read: it was made ready once, when loaded
     (:func:`pipelines.services.model_loading.prepare_for_inference`), and threads may share it. Each
     call first checks for a stop request (:func:`pipelines.interrupts.check_stop`), so a
-    SIGTERM ends a case at the next batch of windows.
+    SIGTERM ends a case at the next batch of windows. With ``amp`` (callers pass
+    ``InferenceOptions.amp``) the network runs under autocast, in the precision
+    :func:`pipelines.precision.autocast_dtype` gives the windows' device; probabilities are
+    float32 either way.
     """
     memory_format = _memory_format(spec.spatial_dims)
 
@@ -67,7 +71,14 @@ def probability_predictor(
         check_stop()
         if channels_last:  # as the network was made when loaded
             windows = windows.contiguous(memory_format=memory_format)
-        logits = network(windows).float()
+        dtype = autocast_dtype(windows.device, amp)
+        precision = (
+            torch.autocast(windows.device.type, dtype=dtype)
+            if dtype is not None
+            else contextlib.nullcontext()
+        )
+        with precision:
+            logits = network(windows).float()
         if spec.is_binary:
             foreground = torch.sigmoid(logits)
             return torch.cat([1 - foreground, foreground], dim=1)
@@ -85,16 +96,6 @@ def _stitch_device(
     free, _ = torch.cuda.mem_get_info(device)
     output_bytes = 4 * n_classes * image[0].numel() * 2  # blended output + weight map
     return device, device if output_bytes < _DEVICE_OUTPUT_FRACTION * free else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _precision(device: torch.device, amp: bool) -> Iterator[None]:
-    with torch.inference_mode():
-        if amp and device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                yield
-        else:
-            yield
 
 
 def _flip_sets(dims: int, tta: bool) -> list[tuple[int, ...]]:
@@ -118,8 +119,8 @@ def sliding_probabilities(
         image: the preprocessed image, channels first, on any device.
         roi: window size per spatial axis (the training patch size).
         n_classes: number of output channels ``K``.
-        options: overlap and batch size (set: see :func:`window_options`), blending, TTA and
-            precision.
+        options: overlap and batch size (set: see :func:`window_options`), blending and TTA
+            (the precision is the predictor's).
         device: where windows run (default: :func:`choose_device`).
 
     Raises:
@@ -131,7 +132,7 @@ def sliding_probabilities(
     batch = image[None].float().to(stitch_device)
     total: torch.Tensor | None = None
     flips = _flip_sets(len(roi), options.tta)
-    with _precision(window_device, options.amp):
+    with torch.inference_mode():
         for axes in flips:
             source = torch.flip(batch, axes) if axes else batch
             output = sliding_window_inference(

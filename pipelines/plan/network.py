@@ -112,7 +112,12 @@ def _steps(train_seconds: float, seconds_per_step: float) -> int:
 
 
 def choose_network(
-    plan: TrainingPlan, budget: Budget, probe: StepProbe, *, device: str = "cpu"
+    plan: TrainingPlan,
+    budget: Budget,
+    probe: StepProbe,
+    *,
+    device: str = "cpu",
+    precision: str = "32-true",
 ) -> tuple[TrainingPlan, NetworkChoice]:
     """Choose the widest network (and if needed a smaller patch) that reaches the budget's steps.
 
@@ -121,6 +126,7 @@ def choose_network(
         budget: the time the training gets and the steps it needs.
         probe: times one training step of a width on this device (see :data:`StepProbe`).
         device: where the probe runs, for the record.
+        precision: the training's Lightning precision, which the probe ran under, for the record.
 
     Returns:
         The plan (patch possibly shrunk, ``network`` set) and the choice.
@@ -140,7 +146,8 @@ def choose_network(
     if short and "patch_size" not in plan.overrides:  # the user's patch is kept as given
         patch, per_step = _fit_patch_to_budget(patch, per_step, budget, patch_divisor(dims))
         depth = min(depth, network_depth(patch, dims))
-    choice = _describe(plan, patch, depth, chosen, per_step, timings, budget, device)
+    probed_on = (device, precision)
+    choice = _describe(plan, patch, depth, chosen, per_step, timings, budget, probed_on)
     return plan.model_copy(update={"patch_size": patch, "network": choice}), choice
 
 
@@ -165,7 +172,7 @@ def _describe(
     per_step: float,
     timings: Mapping[int, float],
     budget: Budget,
-    device: str,
+    probed_on: tuple[str, str],
 ) -> NetworkChoice:
     dims = plan.spatial_dims
     filters = filters_for(width, depth, dims)
@@ -174,9 +181,10 @@ def _describe(
         steps = min(steps, budget.steps_wanted)
     source = "budget" if budget.given else "no --max-minutes: budget"
     probe_text = ", ".join(f"{w} → {s:.2f} s/step" for w, s in timings.items())
+    device, precision = probed_on
     rule = (
         f"{source} {budget.minutes:g} min ({budget.train_seconds:.0f} s of training), probe on "
-        f"{device}: {probe_text} → {steps:,} steps → U-Net {'-'.join(map(str, filters))} "
+        f"{device} ({precision}): {probe_text} → {steps:,} steps → U-Net {'-'.join(map(str, filters))} "
         f"(DynUNet, instance norm, {depth} poolings), patch {'×'.join(map(str, patch))}, "
         f"batch {plan.batch_size}; widest width reaching {budget.steps_wanted:,} steps"
     )
@@ -191,5 +199,6 @@ def _describe(
         planned_steps=steps,
         min_steps=budget.steps_wanted,
         device=device,
+        precision=precision,
         rule=rule,
     )

@@ -111,7 +111,9 @@ class SegmentationModule(PolynomialAdamW):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         batch = plain_tensors(batch)
-        loss: torch.Tensor = self.loss_fn(self(batch["image"]), batch["label"].long())
+        # float32 logits: under bf16 autocast the loss's sums over a patch keep their precision.
+        logits = self(batch["image"]).float()
+        loss: torch.Tensor = self.loss_fn(logits, batch["label"].long())
         self.log(
             "train_loss",
             loss,

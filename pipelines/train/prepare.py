@@ -35,7 +35,7 @@ from pipelines.preprocess.verify import check_training_cases
 from pipelines.train.budget import training_budget
 from pipelines.train.probe import probe_device, step_probe
 from pipelines.train.route import TrainingRoute, route_for
-from pipelines.train.trainer import seed_everything
+from pipelines.train.trainer import resolve_precision, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -235,8 +235,10 @@ def plan_network(plan: TrainingPlan, config: TrainConfig) -> TrainingPlan:
     """``--model auto``: the plan with the network that this device trains within the budget
     (a probe times a few steps per width; see :mod:`pipelines.plan.network`)."""
     device = probe_device(config.accelerator)
+    precision = resolve_precision(config)
     budget = training_budget(config, plan.spatial_dims)
-    planned, choice = choose_network(plan, budget, step_probe(plan, device), device=device)
+    probe = step_probe(plan, device, precision)
+    planned, choice = choose_network(plan, budget, probe, device=device, precision=precision)
     logger.info("network: %s", choice.rule)
     return planned
 

@@ -18,6 +18,7 @@ from pydantic import JsonValue
 
 from data_contracts import ModelSpec, TrainingPlan
 from pipelines.plan.network import FAMILY, filters_for
+from pipelines.precision import training_autocast_dtype
 from seg_models import build_loss, build_model
 
 __all__ = ["probe_device", "step_probe"]
@@ -37,13 +38,15 @@ def probe_device(accelerator: str) -> str:
 
 
 def step_probe(
-    plan: TrainingPlan, device: str = "cpu"
+    plan: TrainingPlan, device: str = "cpu", precision: str = "32-true"
 ) -> Callable[[Sequence[int], int, int], float]:
     """A probe for :func:`~pipelines.plan.network.choose_network`: seconds per training step.
 
     Args:
         plan: channels, classes and batch size of the training.
         device: ``cpu`` or ``cuda``.
+        precision: the training's Lightning precision (``bf16-mixed`` steps run under
+            autocast, as Lightning runs them).
 
     Returns:
         ``probe(patch_size, base_width, depth)``.
@@ -58,7 +61,7 @@ def step_probe(
             num_classes=plan.num_classes,
             options={"depth": depth, "filters": list[JsonValue](filters)},
         )
-        seconds = _time_steps(spec, tuple(patch_size), plan.batch_size, device)
+        seconds = _time_steps(spec, tuple(patch_size), plan.batch_size, device, precision)
         logger.info(
             "probe: width %d, depth %d, patch %s, batch %d → %.3f s/step on %s",
             base_width,
@@ -73,7 +76,9 @@ def step_probe(
     return probe
 
 
-def _time_steps(spec: ModelSpec, patch: tuple[int, ...], batch: int, device: str) -> float:
+def _time_steps(
+    spec: ModelSpec, patch: tuple[int, ...], batch: int, device: str, precision: str
+) -> float:
     generator = torch.Generator().manual_seed(0)
     network = build_model(spec).to(device)
     loss_fn = build_loss("dice+ce")
@@ -85,8 +90,8 @@ def _time_steps(spec: ModelSpec, patch: tuple[int, ...], batch: int, device: str
 
     def step() -> None:
         optimiser.zero_grad(set_to_none=True)
-        with _autocast(device):
-            loss = loss_fn(network(images), labels)
+        with _autocast(device, precision):
+            loss = loss_fn(network(images).float(), labels)
         loss.backward()
         optimiser.step()
 
@@ -102,13 +107,13 @@ def _time_steps(spec: ModelSpec, patch: tuple[int, ...], batch: int, device: str
 
 
 @contextlib.contextmanager
-def _autocast(device: str) -> Iterator[None]:
-    """Mixed precision on CUDA, as the training's ``precision="auto"`` uses."""
-    if device != "cuda":
+def _autocast(device: str, precision: str) -> Iterator[None]:
+    """The autocast Lightning runs a training step under at ``precision``."""
+    dtype = training_autocast_dtype(precision)
+    if dtype is None:
         yield
         return
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    with torch.autocast("cuda", dtype=dtype):
+    with torch.autocast(device, dtype=dtype):
         yield
 
 

@@ -27,7 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from data_contracts import TrainConfig
 from pipelines.interrupts import TrainingInterrupted
+from pipelines.precision import training_precision
 from pipelines.train.budget import TimeBudget, budget_sets_epochs, deadline_of
+from pipelines.train.module import SegmentationModule
 from pipelines.train.sampler import EpochSeededSampler
 
 logger = logging.getLogger(__name__)
@@ -89,13 +91,14 @@ class _History(Callback):
             self._on_epoch(trainer.current_epoch, metrics)
 
 
-def resolve_precision(config: TrainConfig) -> str:
-    """``auto`` → bf16/16 mixed precision on CUDA (AMP), full precision on CPU."""
+def resolve_precision(config: TrainConfig, *, cpu_mixed: bool = True) -> str:
+    """``auto`` → :func:`pipelines.precision.training_precision` for the device: bf16/16 mixed
+    on CUDA, bf16 mixed on CPUs with native bf16 (unless ``cpu_mixed`` is off), else 32-bit."""
     if config.precision != "auto":
         return config.precision
     if torch.cuda.is_available() and config.accelerator != "cpu":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+        return training_precision("cuda")
+    return training_precision("cpu") if cpu_mixed else "32-true"
 
 
 def make_loaders(
@@ -176,7 +179,10 @@ def fit(
         accelerator=config.accelerator,
         devices=config.devices,
         strategy=config.strategy,
-        precision=resolve_precision(config),  # type: ignore[arg-type]
+        # Mask R-CNN's detection ops are not measured under CPU autocast: it keeps float32.
+        precision=resolve_precision(  # type: ignore[arg-type]
+            config, cpu_mixed=isinstance(module, SegmentationModule)
+        ),
         deterministic=config.deterministic,
         check_val_every_n_epoch=config.val_every,
         callbacks=callbacks,
