@@ -6,7 +6,9 @@ The scene is the SpaceNet Atlanta tile ``sn4_atl_nw`` mirrored into a 4096 × 40
 chose: pass that run's ``SEGFLOW_HOME`` (its work folder's ``segflow_home``). Each repeat is a
 fresh ``segflow segment SCENE_FOLDER --model URI --out OUT`` process with the default options;
 the figure is megapixels per second of the file's own time in the ledger (the command's wall time
-is recorded beside it), against the issue's bound of 1 Mpx/s on 2 cores.
+is recorded beside it), against the issue's bound of 1 Mpx/s on 2 cores. One more run with
+``--no-amp`` (float32 everywhere) is the baseline of the default mixed precision: its speed and
+the share of pixels on which the two masks agree are recorded beside the default's.
 
 Run: ``.venv/bin/python -m benchmarks.segment_throughput --home /tmp/segflow-accuracy-buildings-…/
 segflow_home``.
@@ -64,6 +66,20 @@ def _file_seconds(out: Path) -> float:
     return float(case["seconds"])
 
 
+def _mask_agreement(first: Path, second: Path) -> float:
+    """Share of pixels with the same class in two masks of the same scene."""
+    with rasterio.open(first) as one, rasterio.open(second) as other:
+        return float((one.read(1) == other.read(1)).mean())
+
+
+def _segment(
+    commands: SegflowCommands, name: str, scene: Path, model: str, out: Path, *extra: str
+) -> tuple[float, float]:
+    """(the file's own seconds, the command's wall seconds) of one ``segflow segment``."""
+    run = commands.run(name, "segment", scene.parent, "--model", model, "--out", out, *extra)
+    return _file_seconds(out), run.seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, required=True, help="SEGFLOW_HOME with the model")
@@ -78,17 +94,22 @@ def main() -> None:
     megapixels = args.size**2 / 1e6
     file_seconds, wall_seconds = [], []
     for repeat in range(args.repeats):
-        out = work / f"out{repeat}"
-        run = commands.run(
-            f"segment{repeat}", "segment", scene.parent, "--model", args.model, "--out", out
+        seconds, wall = _segment(
+            commands, f"segment{repeat}", scene, args.model, work / f"out{repeat}"
         )
-        file_seconds.append(_file_seconds(out))
-        wall_seconds.append(run.seconds)
+        file_seconds.append(seconds)
+        wall_seconds.append(wall)
+    float32_seconds, _ = _segment(
+        commands, "segment_float32", scene, args.model, work / "out_float32", "--no-amp"
+    )
+    mask_name = f"{scene.stem}.tif"
+    agreement = _mask_agreement(work / "out0" / mask_name, work / "out_float32" / mask_name)
     rate = megapixels / statistics.median(file_seconds)
     print(
         f"{args.size}² ({megapixels:.1f} Mpx): {rate:.2f} Mpx/s of the file's time "
         f"(median of {file_seconds} s), command {statistics.median(wall_seconds):.1f} s; "
-        f"bound ≥ {BOUND_MPX_PER_SECOND} Mpx/s"
+        f"bound ≥ {BOUND_MPX_PER_SECOND} Mpx/s. --no-amp (float32): "
+        f"{megapixels / float32_seconds:.2f} Mpx/s; masks agree on {agreement:.4%} of pixels"
     )
     if not args.no_record:
         record(
@@ -101,6 +122,9 @@ def main() -> None:
                 "mpx_per_second": round(rate, 3),
                 "command_mpx_per_second": round(megapixels / statistics.median(wall_seconds), 3),
                 "bound_mpx_per_second": BOUND_MPX_PER_SECOND,
+                "float32_file_seconds": float32_seconds,
+                "float32_mpx_per_second": round(megapixels / float32_seconds, 3),
+                "mask_agreement_with_float32": round(agreement, 6),
             },
             command=f"python -m benchmarks.segment_throughput --home HOME --model {args.model} "
             f"--size {args.size}",

@@ -46,8 +46,8 @@ class InferenceOptions(Contract):
         amp: mixed precision: float16 on CUDA, bfloat16 on CPUs with native bf16 instructions
             (AVX-512 BF16 or AMX); float32 elsewhere or when off (networks; Mask R-CNN and
             classical models always run in float32).
-        channels_last: channels-last memory format for the network's inputs (as the network
-            was laid out when loaded).
+        channels_last: channels-last memory format for the network's inputs where it is faster
+            (CUDA, and CPUs without native bf16; the network was laid out so when loaded).
         read_ahead: rasters: strips whose new rows are read on a background thread while the
             model runs; worth it when the model leaves CPU idle (GPU, or fewer torch threads
             than cores). Each strip read ahead holds ``stride × width × bands`` source pixels.

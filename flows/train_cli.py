@@ -215,9 +215,10 @@ def train(
 def result_table(summary: Mapping[str, Any]) -> Table:
     """Validation scores per case and class (the case shortened to fit 80 columns)."""
     cases = len(summary["validation_cases"])
-    where = f"{cases} validation cases"
+    plural = "" if cases == 1 else "s"
+    where = f"{cases} validation case{plural}"
     if summary.get("validation_region"):
-        where = f"the held-out end of {cases} cases"
+        where = f"the held-out end of {cases} case{plural}"
     table = Table(title=f"Training result ({summary['metric']} on {where})")
     table.add_column("case", no_wrap=True, max_width=24)
     table.add_column("class", no_wrap=True, max_width=16)

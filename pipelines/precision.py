@@ -15,7 +15,13 @@ import functools
 
 import torch
 
-__all__ = ["autocast_dtype", "native_cpu_bf16", "training_autocast_dtype", "training_precision"]
+__all__ = [
+    "autocast_dtype",
+    "channels_last_helps",
+    "native_cpu_bf16",
+    "training_autocast_dtype",
+    "training_precision",
+]
 
 _NATIVE_BF16_CHECKS = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 _AUTOCAST_OF_PRECISION = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -40,6 +46,16 @@ def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None
     if device.type == "cpu" and native_cpu_bf16():
         return torch.bfloat16
     return None
+
+
+def channels_last_helps(device: torch.device) -> bool:
+    """Whether channels-last memory makes convolutions faster on ``device`` for inference.
+
+    Yes on CUDA and on CPUs that run float32 (about 5 % for the plan's 2D U-Nets); no on CPUs
+    with native bf16, where oneDNN's bf16 kernels ran the plan's U-Nets 10–13 % faster in the
+    default layout (256² windows: 41 vs 46 ms; 80³: 311 vs 338 ms, 2 cores).
+    """
+    return device.type != "cpu" or not native_cpu_bf16()
 
 
 def training_precision(device_type: str) -> str:

@@ -18,6 +18,7 @@ from torch import nn
 
 import seg_models
 from data_contracts import ModelSpec, TrainingPlan
+from pipelines.precision import channels_last_helps
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,9 @@ class ModelCard:
 def prepare_for_inference(model: LoadedModel, device: str | None = None) -> LoadedModel:
     """Make a freshly built model ready for inference, once, before anyone shares it.
 
-    Eval mode, no gradients, the device, channels-last memory for convolutional networks
-    (about 1.5 times faster on the CPU too; numbers differ from the default layout only in
-    float rounding) and, for detectors, the score threshold of the model's processing config. Inference code only
+    Eval mode, no gradients, the device, channels-last memory for convolutional networks where
+    it is faster (:func:`pipelines.precision.channels_last_helps`; numbers differ from the
+    default layout only in float rounding) and, for detectors, the score threshold of the model's processing config. Inference code only
     reads the network afterwards: task threads of a batch share one model, and converting its
     parameters in place while another thread runs it crashed the process (SIGSEGV).
 
@@ -94,7 +95,7 @@ def prepare_for_inference(model: LoadedModel, device: str | None = None) -> Load
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     network = model.network.to(target).eval().requires_grad_(False)
-    if model.spec.task == "semantic":  # oneDNN on the CPU, tensor cores on CUDA
+    if model.spec.task == "semantic" and channels_last_helps(target):
         fmt = torch.channels_last_3d if model.spec.spatial_dims == 3 else torch.channels_last
         network = network.to(memory_format=fmt)
     heads = getattr(network, "roi_heads", None)

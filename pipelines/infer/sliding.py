@@ -20,7 +20,7 @@ from torch import nn
 from data_contracts import InferenceOptions, ModelSpec
 from pipelines.interrupts import check_stop
 from pipelines.kinds import kind_adapter
-from pipelines.precision import autocast_dtype
+from pipelines.precision import autocast_dtype, channels_last_helps
 
 __all__ = ["choose_device", "probability_predictor", "sliding_probabilities", "window_options"]
 
@@ -69,7 +69,7 @@ def probability_predictor(
 
     def predict(windows: torch.Tensor) -> torch.Tensor:
         check_stop()
-        if channels_last:  # as the network was made when loaded
+        if channels_last and channels_last_helps(windows.device):  # as the network was loaded
             windows = windows.contiguous(memory_format=memory_format)
         dtype = autocast_dtype(windows.device, amp)
         precision = (

@@ -88,6 +88,15 @@ def test_the_widest_width_that_reaches_the_steps_is_chosen_and_wider_ones_are_no
         assert text in choice.rule
 
 
+def test_the_choice_states_the_precision_the_probe_timed() -> None:
+    plan = _plan((128, 128))
+    budget = Budget(minutes=60, train_seconds=3000, steps_wanted=100, given=True)
+    probe = LinearProbe(0.01, plan.patch_size)
+    _, choice = choose_network(plan, budget, probe, device="cpu", precision="bf16-mixed")
+    assert choice.precision == "bf16-mixed"
+    assert "probe on cpu (bf16-mixed):" in choice.rule
+
+
 def test_a_generous_budget_takes_the_widest_candidate() -> None:
     plan = _plan((128, 128))
     budget = Budget(minutes=60, train_seconds=3000, steps_wanted=100, given=True)
