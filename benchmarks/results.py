@@ -31,6 +31,8 @@ def record(
     }
     results[name] = entry
     temp = results_file.with_suffix(".json.part")
-    temp.write_text(json.dumps(results, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    temp.write_text(
+        json.dumps(results, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     os.replace(temp, results_file)
     return entry

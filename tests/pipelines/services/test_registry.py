@@ -27,6 +27,7 @@ from data_contracts import (
     UsageError,
     get_settings,
 )
+from pipelines.precision import channels_last_helps
 from pipelines.services.mlflow_model import paint_instances
 from pipelines.services.model_registry import (
     CHALLENGER,
@@ -187,9 +188,11 @@ def test_lower_is_better_metrics_and_nan_scores(logged: SimpleNamespace) -> None
 
 
 def _as_loaded(network: nn.Module) -> nn.Module:
-    """The in-process network laid out as ``load_model`` prepares it for inference
-    (channels-last memory: the same weights, another summation order)."""
-    return copy.deepcopy(network).eval().to(memory_format=torch.channels_last)
+    """The in-process network laid out as ``load_model`` prepares it for inference on the CPU
+    (channels-last memory where it is faster: the same weights, another summation order)."""
+    layout = torch.channels_last if channels_last_helps(torch.device("cpu")) else None
+    copied = copy.deepcopy(network).eval()
+    return copied.to(memory_format=layout) if layout is not None else copied
 
 
 @pytest.mark.parametrize("uri", ["models:/toy@champion", "models:/toy/1", "logged", "run"])
