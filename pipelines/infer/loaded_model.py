@@ -82,9 +82,10 @@ def prepare_for_inference(model: LoadedModel, device: str | None = None) -> Load
 
     Eval mode, no gradients, the device, channels-last memory for convolutional networks where
     it is faster (:func:`pipelines.precision.channels_last_helps`; numbers differ from the
-    default layout only in float rounding) and, for detectors, the score threshold of the model's processing config. Inference code only
-    reads the network afterwards: task threads of a batch share one model, and converting its
-    parameters in place while another thread runs it crashed the process (SIGSEGV).
+    default layout only in float rounding) and, for detectors, the score threshold of the
+    model's processing config. Inference code only reads the network afterwards: task threads
+    of a batch share one model, and converting its parameters in place while another thread
+    runs it crashed the process (SIGSEGV).
 
     Args:
         model: a model whose network nobody else uses yet.

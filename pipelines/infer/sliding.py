@@ -4,8 +4,9 @@
 overlap, batched windows) with what makes it faster without doing less work: several windows
 per forward pass, ``torch.inference_mode``, channels-last memory for convolutions, mixed
 precision (:mod:`pipelines.precision`: float16 on CUDA, bfloat16 on CPUs with native bf16), and
-stitching on the CPU when the blended output would not fit on the device. Optional test-time augmentation averages the probabilities of the image flipped along
-each spatial axis (``1 + dims`` passes).
+stitching on the CPU when the blended output would not fit on the device. Optional test-time
+augmentation averages the probabilities of the image flipped along each spatial axis
+(``1 + dims`` passes).
 """
 
 from __future__ import annotations

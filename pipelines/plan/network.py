@@ -184,9 +184,9 @@ def _describe(
     device, precision = probed_on
     rule = (
         f"{source} {budget.minutes:g} min ({budget.train_seconds:.0f} s of training), probe on "
-        f"{device} ({precision}): {probe_text} → {steps:,} steps → U-Net {'-'.join(map(str, filters))} "
-        f"(DynUNet, instance norm, {depth} poolings), patch {'×'.join(map(str, patch))}, "
-        f"batch {plan.batch_size}; widest width reaching {budget.steps_wanted:,} steps"
+        f"{device} ({precision}): {probe_text} → {steps:,} steps → "
+        f"U-Net {'-'.join(map(str, filters))} (DynUNet, instance norm, {depth} poolings), "
+        f"patch {'×'.join(map(str, patch))}, batch {plan.batch_size}; widest width reaching {budget.steps_wanted:,} steps"
     )
     return NetworkChoice(
         model=FAMILY,
