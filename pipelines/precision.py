@@ -16,6 +16,7 @@ import functools
 import torch
 
 __all__ = [
+    "autocast",
     "autocast_dtype",
     "channels_last_helps",
     "native_cpu_bf16",
@@ -31,6 +32,11 @@ _AUTOCAST_OF_PRECISION = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float1
 def native_cpu_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX tiles)."""
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in _NATIVE_BF16_CHECKS)
+
+
+def autocast(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device_type``; a no-op when ``dtype`` is ``None``."""
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
 
 def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:

@@ -11,7 +11,6 @@ augmentation averages the probabilities of the image flipped along each spatial 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -21,7 +20,7 @@ from torch import nn
 from data_contracts import InferenceOptions, ModelSpec
 from pipelines.interrupts import check_stop
 from pipelines.kinds import kind_adapter
-from pipelines.precision import autocast_dtype, channels_last_helps
+from pipelines.precision import autocast, autocast_dtype, channels_last_helps
 
 __all__ = ["choose_device", "probability_predictor", "sliding_probabilities", "window_options"]
 
@@ -72,13 +71,7 @@ def probability_predictor(
         check_stop()
         if channels_last and channels_last_helps(windows.device):  # as the network was loaded
             windows = windows.contiguous(memory_format=memory_format)
-        dtype = autocast_dtype(windows.device, amp)
-        precision = (
-            torch.autocast(windows.device.type, dtype=dtype)
-            if dtype is not None
-            else contextlib.nullcontext()
-        )
-        with precision:
+        with autocast(windows.device.type, autocast_dtype(windows.device, amp)):
             logits = network(windows).float()
         if spec.is_binary:
             foreground = torch.sigmoid(logits)

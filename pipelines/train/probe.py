@@ -8,17 +8,16 @@ backward, AdamW) on random data, under the same precision the training uses.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from pydantic import JsonValue
 
 from data_contracts import ModelSpec, TrainingPlan
 from pipelines.plan.network import FAMILY, filters_for
-from pipelines.precision import training_autocast_dtype
+from pipelines.precision import autocast, training_autocast_dtype
 from seg_models import build_loss, build_model
 
 __all__ = ["probe_device", "step_probe"]
@@ -90,7 +89,7 @@ def _time_steps(
 
     def step() -> None:
         optimiser.zero_grad(set_to_none=True)
-        with _autocast(device, precision):
+        with autocast(device, training_autocast_dtype(precision)):
             loss = loss_fn(network(images).float(), labels)
         loss.backward()
         optimiser.step()
@@ -104,17 +103,6 @@ def _time_steps(
         _synchronize(device)
         timed.append(time.perf_counter() - started)
     return min(timed)
-
-
-@contextlib.contextmanager
-def _autocast(device: str, precision: str) -> Iterator[None]:
-    """The autocast Lightning runs a training step under at ``precision``."""
-    dtype = training_autocast_dtype(precision)
-    if dtype is None:
-        yield
-        return
-    with torch.autocast(device, dtype=dtype):
-        yield
 
 
 def _synchronize(device: str) -> None:
