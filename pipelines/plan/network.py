@@ -54,11 +54,11 @@ MAX_DEPTH = {2: 5, 3: 4}
 MIN_DEPTH = 2
 MIN_FEATURE_MAP = 8
 #: Fewest optimiser steps a width must reach within the budget: a 3D patch holds ~100× the
-#: voxels of a 2D one, so it teaches more per step. In 3D, width pays more than steps past
-#: ~200: BraTS in 20 minutes on 2 cores, width 8 scored the same held-out whole-tumour Dice
-#: after 300 and after 509 steps (0.567, 0.565), where the baseline's width 16 reaches 0.78
-#: in ~300 (``BENCHMARKS.md`` A4).
-MIN_STEPS = {2: 1000, 3: 200}
+#: voxels of a 2D one, so it teaches more per step. BraTS in 20 minutes on 2 cores
+#: (``BENCHMARKS.md`` A4): width 8 scored the same held-out whole-tumour Dice after 300 and 509
+#: steps (0.567, 0.565) and width 16 0.710 after 278, but width 24 only 0.609 after 224 with
+#: the validation Dice still rising; so a width pays only once it gets ~400 steps.
+MIN_STEPS = {2: 1000, 3: 400}
 UNBUDGETED_MINUTES = 60.0
 _MIN_PATCH_MULTIPLES = 3
 

@@ -6,8 +6,9 @@ file; absent at inference) and ``case_id`` (see :func:`pipelines.preprocess.case
 Every pipeline is a deterministic part (load, reorient, resample, crop to the non-zero region,
 map labels, mark nodata, normalise), cacheable, followed for training by a random part (pad to
 the patch, one patch centred on foreground with probability ``plan.foreground_oversample``,
-flips on every axis, 90° rotations in a plane where the patch is square, and for volumes
-intensity scaling/shifting). Output: ``image`` ``(C, *S)`` float32, ``label`` ``(1, *S)``
+flips on every axis, 90° rotations in a plane where the patch is square; for volumes
+intensity scaling/shifting, for planar data nnU-Net's rotation, scaling, noise, blur,
+brightness and gamma). Output: ``image`` ``(C, *S)`` float32, ``label`` ``(1, *S)``
 int64 class indices (``0..K-1`` in plan order, :data:`IGNORE_INDEX` where no loss may look),
 and for instance labels ``instances`` ``(1, *S)`` int64 object ids.
 
@@ -25,11 +26,16 @@ from typing import Any
 
 import torch
 from monai.transforms import (
+    CastToTyped,
     Compose,
     CropForegroundd,
     LoadImaged,
     Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
     RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
     RandRotate90d,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -65,6 +71,10 @@ IMAGE_KEY, LABEL_KEY, INSTANCE_KEY = "image", "label", "instances"
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 _AUGMENT_PROB = 0.5
 _INTENSITY_PROB = 0.15
+#: Planar chips are rotated by any angle and scaled (per axis) by 0.8-1.25 this often, as
+#: nnU-Net's 2D spatial transform; its border is mirrored, so no empty corners are learned.
+_AFFINE_PROB = 0.3
+_SCALE_RANGE = (-0.2, 0.25)
 
 
 def _nonzero(image: torch.Tensor) -> torch.Tensor:
@@ -130,6 +140,37 @@ def _random_part(plan: TrainingPlan, crop_size: Sequence[int], squeeze: bool) ->
     return steps
 
 
+def _planar_augmentation(plan: TrainingPlan) -> list[Any]:
+    """nnU-Net's 2D augmentations beyond flips: rotation and scaling, then noise, blur,
+    brightness and gamma on the image.
+
+    Planar sets are often a few scenes or a few dozen images, which a network memorises within
+    a CPU budget (``BENCHMARKS.md`` A2: on one 450² scene the validation Dice peaked after 50
+    steps without them). Volumes keep flips, 90° rotations and intensity jitter only: within
+    the same budgets they are still under-trained (A4), where more augmentation slows learning.
+    """
+    keys = _spatial_keys(plan)
+    label_keys = keys[1:]
+    modes = ("bilinear", *("nearest",) * len(label_keys))
+    return [
+        RandAffined(
+            keys,
+            prob=_AFFINE_PROB,
+            rotate_range=(torch.pi,),
+            scale_range=(_SCALE_RANGE, _SCALE_RANGE),
+            mode=modes,
+            padding_mode="reflection",
+            allow_missing_keys=True,
+        ),
+        # resampling returns float labels; the loss and the instance maps want integers
+        CastToTyped(label_keys, dtype=torch.int64, allow_missing_keys=True),
+        RandGaussianNoised(IMAGE_KEY, prob=0.1, std=0.1),
+        RandGaussianSmoothd(IMAGE_KEY, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), prob=0.1),
+        RandScaleIntensityd(IMAGE_KEY, factors=0.25, prob=_INTENSITY_PROB),
+        RandAdjustContrastd(IMAGE_KEY, gamma=(0.7, 1.5), prob=_INTENSITY_PROB),
+    ]
+
+
 def volume_transforms(plan: TrainingPlan, *, train: bool) -> Compose:
     """NIfTI volumes: load, RAS, resample, crop to non-zero, labels, normalise (+ augment).
 
@@ -184,7 +225,8 @@ def planar_transforms(
         plan: a raster or image plan.
         loader: :class:`LoadRasterd` (GeoTIFF bands, nodata → NaN → ignored) or
             :class:`LoadImage2Dd` (PNG/TIFF, alpha dropped, channels matched to the plan).
-        train: add chip sampling weighted toward labelled pixels, flips and 90° rotations.
+        train: add chip sampling weighted toward labelled pixels, flips, 90° rotations and
+            :func:`_planar_augmentation`.
     """
     steps: list[Any] = [
         loader([IMAGE_KEY, LABEL_KEY], IMAGE_KEY, plan.in_channels, allow_missing_keys=True),
@@ -192,6 +234,7 @@ def planar_transforms(
     ]
     if train:
         steps += _random_part(plan, plan.patch_size, squeeze=False)
+        steps += _planar_augmentation(plan)
     return Compose(steps)
 
 
