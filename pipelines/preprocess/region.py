@@ -3,15 +3,20 @@
 A single scene or volume (one SpaceNet tile, one land-cover raster, one annotated scan) leaves
 no case to validate on, so there would be no best checkpoint and no score to register; with a
 handful of cases (three BraTS patients), holding one out whole takes a third or more of what
-there is to learn from. The end of every case along one axis is held out instead: the last
-``fraction`` of the rows (2D) or of the S axis (3D volumes, after orientation and resampling).
-Training reads each whole case with its held-out labels set to
-:data:`~pipelines.preprocess.array.IGNORE_INDEX` (no loss there); validation reads only the
-held-out parts. The image of a held-out part is seen in training context, its labels never.
+there is to learn from. A slab at one end of every case is held out instead: ``fraction`` of
+one axis, at the start or the end of it, whichever of those slabs has the class mix closest to
+the whole case's (after orientation and resampling). The fixed end of one axis can miss what
+is to be learned: the top of the S axis of a brain scan holds little tumour, and a validation
+score on it chose checkpoints almost at random (``BENCHMARKS.md`` A4). Training reads each
+whole case with its held-out labels set to :data:`~pipelines.preprocess.array.IGNORE_INDEX`
+(no loss there); validation reads only the held-out parts. The slab is chosen from the label
+alone, so training and validation choose the same one. The image of a held-out part is seen in
+training context, its labels never.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,17 +27,19 @@ from monai.transforms.transform import MapTransform
 from pipelines.preprocess.array import IGNORE_INDEX
 from pipelines.preprocess.transforms import IMAGE_KEY, LABEL_KEY
 
-__all__ = ["HeldOutRegion", "HoldOutRegiond"]
+__all__ = ["HeldOutRegion", "HoldOutRegiond", "Slab"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class HeldOutRegion:
-    """The end of each of a few cases held out for validation.
+    """A slab at one end of each of a few cases, held out for validation.
 
     Attributes:
-        case_ids: the cases, each trained on its start and validated on its end.
-        fraction: share of the axis held out, at its end.
-        spatial_dims: 2 (rows held out) or 3 (the S axis).
+        case_ids: the cases, each validated on one slab (:meth:`slab`) and trained on the rest.
+        fraction: share of the slab's axis held out.
+        spatial_dims: 2 or 3.
     """
 
     case_ids: tuple[str, ...]
@@ -40,23 +47,69 @@ class HeldOutRegion:
     spatial_dims: int
 
     @property
-    def axis(self) -> int:
-        """The held-out axis of a channel-first array: rows (2D) or S (3D)."""
-        return -2 if self.spatial_dims == 2 else -1
-
-    @property
     def description(self) -> str:
-        """E.g. ``"the last 20 % of the rows of sn4_atl_nw"`` or ``"… of each of pat0003,
-        pat0005"``."""
-        what = "rows" if self.spatial_dims == 2 else "slices (S axis)"
+        """E.g. ``"a 20 % end slab of sn4_atl_nw"`` or ``"… of each of pat0003, pat0005"``."""
         cases = ", ".join(self.case_ids)
         of = "of" if len(self.case_ids) == 1 else "of each of"
-        return f"the last {self.fraction:.0%} of the {what} {of} {cases}"
+        return f"a {self.fraction:.0%} end slab (the most typical) {of} {cases}"
 
     def start(self, length: int) -> int:
-        """First held-out index along an axis of ``length`` (at least one index each side)."""
+        """First index of a slab at the end of an axis of ``length`` (one index each side)."""
         held = max(1, round(length * self.fraction))
         return max(1, min(length - 1, length - held))
+
+    def slab(self, label: torch.Tensor) -> Slab:
+        """The held-out slab of a channel-first ``label``: of the slabs at either end of each
+        spatial axis, the one whose class shares are closest (total variation) to the whole
+        label's; the end of the rows (2D) or of the S axis (3D) wins ties."""
+        spatial = label.shape[1:]
+        candidates = []
+        usual = 1 if label.ndim == 3 else label.ndim - 1  # rows or S: the tie-breaker
+        for axis in [usual, *(other for other in range(1, label.ndim) if other != usual)]:
+            start = self.start(spatial[axis - 1])
+            candidates += [
+                Slab(axis, start, spatial[axis - 1]),
+                Slab(axis, 0, spatial[axis - 1] - start),
+            ]
+        classes = int(label.max()) + 1
+        if classes <= 0:  # nothing but ignored labels
+            return candidates[0]
+        whole = _shares(label, classes)
+        distances = [
+            float((_shares(slab.narrow(label), classes) - whole).abs().sum()) for slab in candidates
+        ]
+        return candidates[distances.index(min(distances))]
+
+
+@dataclass(frozen=True)
+class Slab:
+    """``start:stop`` along ``axis`` of a channel-first array."""
+
+    axis: int
+    start: int
+    stop: int
+
+    def narrow(self, array: torch.Tensor) -> torch.Tensor:
+        """The slab of ``array`` (a view)."""
+        return array.narrow(self.axis, self.start, self.stop - self.start)
+
+    def describe(self, ndim: int) -> str:
+        """E.g. ``"the last 20 rows"`` or ``"the first 12 slices along A"`` (``ndim``: the
+        array's, channels included)."""
+        end = "first" if self.start == 0 else "last"
+        what = (
+            ("rows", "columns")[self.axis - 1]
+            if ndim == 3
+            else f"slices along {'RAS'[self.axis - 1]}"
+        )
+        return f"the {end} {self.stop - self.start} {what}"
+
+
+def _shares(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Share of each class ``0..classes-1`` among ``labels`` (``IGNORE_INDEX`` left out)."""
+    valid = labels[labels >= 0].long()
+    counts = torch.bincount(valid, minlength=classes).double()
+    return counts / counts.sum().clamp(min=1.0)
 
 
 class HoldOutRegiond(MapTransform):
@@ -64,8 +117,8 @@ class HoldOutRegiond(MapTransform):
 
     Args:
         region: what is held out.
-        mode: ``"ignore"`` sets the label's held-out part to ``IGNORE_INDEX``; ``"crop"`` keeps
-            only the held-out part of the image and the label.
+        mode: ``"ignore"`` sets the label's held-out slab to ``IGNORE_INDEX``; ``"crop"`` keeps
+            only the held-out slab of the image and the label.
     """
 
     def __init__(self, region: HeldOutRegion, mode: Literal["ignore", "crop"]) -> None:
@@ -77,14 +130,14 @@ class HoldOutRegiond(MapTransform):
         item = dict(data)
         if item.get("case_id") not in self.region.case_ids or LABEL_KEY not in item:
             return item
-        axis = self.region.axis
-        start = self.region.start(item[LABEL_KEY].shape[axis])
+        label = torch.as_tensor(item[LABEL_KEY])
+        slab = self.region.slab(label)
         if self.mode == "ignore":
-            label = torch.as_tensor(item[LABEL_KEY]).clone()
-            label.narrow(axis % label.ndim, start, label.shape[axis] - start).fill_(IGNORE_INDEX)
+            label = label.clone()
+            slab.narrow(label).fill_(IGNORE_INDEX)
             item[LABEL_KEY] = label
             return item
+        logger.info("%s: validating on %s", item["case_id"], slab.describe(label.ndim))
         for key in (IMAGE_KEY, LABEL_KEY):
-            array = item[key]
-            item[key] = array.narrow(axis % array.ndim, start, array.shape[axis] - start).clone()
+            item[key] = slab.narrow(item[key]).clone()
         return item

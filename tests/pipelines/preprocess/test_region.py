@@ -10,7 +10,7 @@ import torch
 from data_contracts import ConfigError, TrainConfig
 from pipelines.ingest import ingest
 from pipelines.preprocess.array import IGNORE_INDEX
-from pipelines.preprocess.region import HeldOutRegion, HoldOutRegiond
+from pipelines.preprocess.region import HeldOutRegion, HoldOutRegiond, Slab
 from pipelines.preprocess.transforms import IMAGE_KEY, LABEL_KEY
 from pipelines.services.model_registry import validation_key
 from pipelines.services.training import train_from_manifest
@@ -45,9 +45,28 @@ def test_training_ignores_the_held_out_rows_and_validation_reads_only_them() -> 
 
 def test_volumes_hold_out_the_end_of_the_s_axis_and_both_sides_keep_an_index() -> None:
     region = HeldOutRegion(("scan",), 0.5, spatial_dims=3)
-    assert region.axis == -1 and "slices" in region.description
+    uniform = torch.zeros(1, 4, 4, 6, dtype=torch.int64)
+    assert region.slab(uniform) == Slab(axis=3, start=3, stop=6)  # a tie: the end of S
+    assert region.slab(uniform).describe(4) == "the last 3 slices along S"
     assert region.start(3) == 1 and HeldOutRegion(("scan",), 0.01, 3).start(3) == 2
     assert HeldOutRegion(("scan",), 0.99, 3).start(3) == 1
+
+
+def test_the_slab_with_the_most_typical_classes_is_held_out_by_both_sides() -> None:
+    """Objects only in the top rows: the last rows would validate on background alone."""
+    label = torch.zeros(1, 10, 10, dtype=torch.int64)
+    label[:, :5, 2:9] = 1  # 35 % foreground; the first two columns have none
+    region = HeldOutRegion(("scene",), 0.2, spatial_dims=2)
+    slab = region.slab(label)
+    assert slab == Slab(axis=2, start=8, stop=10)  # last two columns: 50 % foreground
+    assert slab.describe(label.ndim) == "the last 2 columns"
+    item = {"case_id": "scene", IMAGE_KEY: label.float() * 3, LABEL_KEY: label}
+    trained = HoldOutRegiond(region, "ignore")(item)[LABEL_KEY]
+    validated = HoldOutRegiond(region, "crop")(item)
+    assert (trained[:, :, 8:] == IGNORE_INDEX).all() and (trained[:, :, :8] >= 0).all()
+    assert torch.equal(validated[LABEL_KEY], label[:, :, 8:])
+    assert torch.equal(validated[IMAGE_KEY], label[:, :, 8:].float() * 3)
+    assert region.slab(torch.full_like(label, IGNORE_INDEX)) == Slab(1, 8, 10)
 
 
 def test_a_single_semantic_case_is_validated_on_its_held_out_rows(tmp_path: Path) -> None:
@@ -78,7 +97,7 @@ def test_without_a_validation_share_there_is_no_region_and_no_registering(
     assert not (tmp_path / "again" / "checkpoints").exists()  # refused before training
 
 
-def test_fewer_than_five_cases_all_train_and_each_validates_on_its_end(tmp_path: Path) -> None:
+def test_fewer_than_five_cases_all_train_and_each_validates_on_an_end_slab(tmp_path: Path) -> None:
     make_raster_dataset(tmp_path / "data", n_tiles=3, size=(40, 32), seed=5)
     manifest = ingest(tmp_path / "data", workdir=tmp_path / "work")
     cases = sorted(manifest.labelled_cases, key=lambda case: case.case_id)
@@ -86,7 +105,8 @@ def test_fewer_than_five_cases_all_train_and_each_validates_on_its_end(tmp_path:
     assert prepared.held_out == HeldOutRegion(tuple(c.case_id for c in cases), 0.2, 2)
     assert prepared.train_cases == prepared.val_cases == cases
     assert "of each of" in prepared.held_out.description
-    assert [item[IMAGE_KEY].shape[-2:] for item in prepared.val_set] == [(8, 32)] * 3
+    slabs = {(8, 32), (40, 6)}  # 20 % of the rows or of the columns, whichever is most typical
+    assert {tuple(item[IMAGE_KEY].shape[-2:]) for item in prepared.val_set} <= slabs
 
 
 def test_five_cases_or_an_explicit_split_hold_out_whole_cases(tmp_path: Path) -> None:
