@@ -48,7 +48,8 @@ class HeldOutRegion:
 
     @property
     def description(self) -> str:
-        """E.g. ``"a 20 % end slab of sn4_atl_nw"`` or ``"… of each of pat0003, pat0005"``."""
+        """E.g. ``"a 20% end slab (the most typical) of sn4_atl_nw"`` or ``"… of each of
+        pat0003, pat0005"``."""
         cases = ", ".join(self.case_ids)
         of = "of" if len(self.case_ids) == 1 else "of each of"
         return f"a {self.fraction:.0%} end slab (the most typical) {of} {cases}"
