@@ -13,12 +13,7 @@ kind (dimensionality, resampling, normalisation) comes from its adapter (:mod:`p
 - **Patch size**: volumes start from the median shape after resampling, rounded up to a
   multiple of 16 (3D, 4 poolings) or 32 (2D, 5 poolings); 2D data starts from 256×256 capped to
   the median image size. While :func:`estimate_memory_mb` for a batch of 2 exceeds the budget,
-  the physically largest axis shrinks by one multiple. When the whole dataset holds fewer than
-  :data:`MIN_PATCHES_IN_DATASET` patches (one or two scenes), the largest axis shrinks further,
-  to no less than two multiples: a patch as large as the training set shows every step the same
-  pixels, and the network learns the scene's layout instead of its classes (``BENCHMARKS.md``
-  A1). nnU-Net's rule assumes dozens of images; the network's depth follows the patch
-  (:mod:`pipelines.plan.network`).
+  the physically largest axis shrinks by one multiple.
 - **Batch size**: as many patches as fit the budget, at most 5 % of the dataset's voxels per
   batch, never fewer than 2.
 - **Normalisation** per channel: CT channels (by name or Hounsfield-like range) → ``ct`` with the
@@ -50,7 +45,6 @@ from pipelines.kinds import KindAdapter, kind_adapter
 __all__ = [
     "BASE_WIDTH",
     "INSTANCE_CLASS_NAMES",
-    "MIN_PATCHES_IN_DATASET",
     "estimate_memory_mb",
     "intensity_window",
     "make_plan",
@@ -69,10 +63,6 @@ _PATCH_2D = 256
 _ANISOTROPY = 3.0
 _DATASET_FRACTION = 0.05
 _MIN_BATCH = 2
-#: Fewest patches the dataset must hold (its voxels over the patch's) before the patch stops
-#: shrinking; the smallest patch is two :func:`patch_divisor` multiples per axis.
-MIN_PATCHES_IN_DATASET = 8
-_MIN_PATCH_MULTIPLES = 2
 INSTANCE_CLASS_NAMES = ("background", "interior", "boundary")
 
 
@@ -160,30 +150,6 @@ def _fit_patch(
     return tuple(patch)
 
 
-def _fit_patch_to_data(
-    patch: Sequence[int], spacing: Sequence[float], divisor: int, dataset_voxels: float
-) -> tuple[int, ...]:
-    """Shrink the physically largest axis by ``divisor`` until the dataset holds
-    :data:`MIN_PATCHES_IN_DATASET` patches, keeping every axis ≥ two multiples."""
-    fitted = list(patch)
-    floor = _MIN_PATCH_MULTIPLES * divisor
-    while dataset_voxels < MIN_PATCHES_IN_DATASET * math.prod(fitted):
-        shrinkable = [i for i, size in enumerate(fitted) if size - divisor >= floor]
-        if not shrinkable:
-            break
-        axis = max(shrinkable, key=lambda i: (fitted[i] * spacing[i], fitted[i]))
-        fitted[axis] -= divisor
-    if list(patch) != fitted:
-        logger.info(
-            "the dataset holds %.1f patches of %s: patch %s instead (at least %d to sample from)",
-            dataset_voxels / math.prod(patch),
-            "×".join(map(str, patch)),
-            "×".join(map(str, fitted)),
-            MIN_PATCHES_IN_DATASET,
-        )
-    return tuple(fitted)
-
-
 def _batch_size(patch: Sequence[int], budget_mb: int, dataset_voxels: float) -> int:
     fits = int(budget_mb // max(estimate_memory_mb(patch, 1), 1e-9))
     cap = int(_DATASET_FRACTION * dataset_voxels // float(np.prod(patch)))
@@ -238,13 +204,11 @@ def _spatial_plan(
         shapes = _resampled_shapes(adapter, manifest, fingerprint, target)
         start = [_round_up(v, divisor) for v in np.median(shapes, axis=0)[:dims]]
         patch = _fit_patch(start, target[:dims], divisor, budget_mb)
-        voxels = float(np.prod(shapes, axis=1).sum())
-        return target[:dims], _fit_patch_to_data(patch, target[:dims], divisor, voxels), voxels
+        return target[:dims], patch, float(np.prod(shapes, axis=1).sum())
     median = fingerprint.median_shape
     start = [max(divisor, min(_PATCH_2D, size) // divisor * divisor) for size in median]
     patch = _fit_patch(start, (1.0, 1.0), divisor, budget_mb)
-    voxels = float(np.prod(median)) * max(fingerprint.n_cases, 1)
-    return None, _fit_patch_to_data(patch, (1.0, 1.0), divisor, voxels), voxels
+    return None, patch, float(np.prod(median)) * max(fingerprint.n_cases, 1)
 
 
 def make_plan(

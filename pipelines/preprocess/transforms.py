@@ -75,9 +75,6 @@ _INTENSITY_PROB = 0.15
 #: nnU-Net's 2D spatial transform; its border is mirrored, so no empty corners are learned.
 _AFFINE_PROB = 0.3
 _SCALE_RANGE = (-0.2, 0.25)
-#: Images with more channels than RGB are multispectral: their classes are spectral signatures,
-#: which noise, blur and gamma distort, so they get the spatial augmentations only.
-_MAX_PHOTOMETRIC_CHANNELS = 3
 
 
 def _nonzero(image: torch.Tensor) -> torch.Tensor:
@@ -145,19 +142,17 @@ def _random_part(plan: TrainingPlan, crop_size: Sequence[int], squeeze: bool) ->
 
 def _planar_augmentation(plan: TrainingPlan) -> list[Any]:
     """nnU-Net's 2D augmentations beyond flips: rotation and scaling, then noise, blur,
-    brightness and gamma on the image (grey and RGB only).
+    brightness and gamma on the image.
 
     Planar sets are often a few scenes or a few dozen images, which a network memorises within
     a CPU budget (``BENCHMARKS.md`` A2: on one 450² scene the validation Dice peaked after 50
     steps without them). Volumes keep flips, 90° rotations and intensity jitter only: within
     the same budgets they are still under-trained (A4), where more augmentation slows learning.
-    Multispectral rasters (more than 3 bands) skip the photometric part: land cover is told
-    apart by band ratios that gamma and noise change (A1).
     """
     keys = _spatial_keys(plan)
     label_keys = keys[1:]
     modes = ("bilinear", *("nearest",) * len(label_keys))
-    spatial: list[Any] = [
+    return [
         RandAffined(
             keys,
             prob=_AFFINE_PROB,
@@ -169,11 +164,6 @@ def _planar_augmentation(plan: TrainingPlan) -> list[Any]:
         ),
         # resampling returns float labels; the loss and the instance maps want integers
         CastToTyped(label_keys, dtype=torch.int64, allow_missing_keys=True),
-    ]
-    if plan.in_channels > _MAX_PHOTOMETRIC_CHANNELS:
-        return spatial
-    return [
-        *spatial,
         RandGaussianNoised(IMAGE_KEY, prob=0.1, std=0.1),
         RandGaussianSmoothd(IMAGE_KEY, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), prob=0.1),
         RandScaleIntensityd(IMAGE_KEY, factors=0.25, prob=_INTENSITY_PROB),
