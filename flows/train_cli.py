@@ -82,7 +82,9 @@ def train(
     loss: Annotated[
         str | None,
         typer.Option(
-            help="Loss name or sum, e.g. dice+ce, dice+focal, 0.5*dice+ce (Mask R-CNN has its own)."
+            help="Loss name or sum, e.g. dice+ce, dice+focal, 0.5*dice+ce (Mask R-CNN has its "
+            "own). Default: dice+ce with nnU-Net's Dice (summed over the batch, foreground "
+            "classes only)."
         ),
     ] = None,
     max_minutes: Annotated[

@@ -31,6 +31,11 @@ from seg_models.losses import loss_terms
 logger = logging.getLogger(__name__)
 
 WEIGHTED_CE = "weighted_ce"
+#: nnU-Net's Dice term, which the default loss takes: numerator and denominator summed over the
+#: batch, foreground classes only. Per-image Dice with the background pushes every class that
+#: a patch lacks toward zero and lets the background's near-perfect score dilute the rest.
+PLANNED_DICE = "dice"
+PLANNED_DICE_OPTIONS: dict[str, JsonValue] = {"batch": True, "include_background": False}
 MIN_CLASS_FREQUENCY = 1e-4
 """A class rarer than this (or absent) is weighted as if this frequent: its weight stays finite."""
 
@@ -120,7 +125,7 @@ def _semantic_route(
     plan: TrainingPlan, config: TrainConfig, fingerprint: DatasetFingerprint
 ) -> TrainingRoute:
     spec = spec_for(plan, config)
-    loss_options = loss_options_for(config.loss, config.loss_options, plan, fingerprint)
+    loss_options = loss_options_for(config.loss, planned_loss_options(config), plan, fingerprint)
     module = SegmentationModule(
         spec.model_dump(),
         loss=config.loss,
@@ -142,6 +147,24 @@ def _semantic_route(
         class_names=plan.class_names,
         loss_options=loss_options,
     )
+
+
+def planned_loss_options(config: TrainConfig) -> dict[str, JsonValue]:
+    """``config.loss_options``, or nnU-Net's Dice options when the loss is left to segflow.
+
+    With neither ``--loss`` nor ``loss_options`` given, the default ``dice+ce`` takes
+    :data:`PLANNED_DICE_OPTIONS` (logged); a loss or options the user names are kept as given.
+    """
+    if "loss" in config.model_fields_set or config.loss_options:
+        return dict(config.loss_options)
+    if PLANNED_DICE not in loss_terms(config.loss):
+        return {}
+    logger.info(
+        "loss: %s with nnU-Net's Dice (summed over the batch, foreground classes only); "
+        "--loss or loss_options in the YAML change it",
+        config.loss,
+    )
+    return {PLANNED_DICE: dict(PLANNED_DICE_OPTIONS)}
 
 
 def loss_options_for(

@@ -1,4 +1,5 @@
-"""``weighted_ce`` without weights trains on the fingerprint's inverse class frequencies."""
+"""The loss options a training gets: ``weighted_ce`` without weights trains on the fingerprint's
+inverse class frequencies, and the default loss takes nnU-Net's Dice."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from pipelines.train.route import (
     MIN_CLASS_FREQUENCY,
     inverse_frequency_weights,
     loss_options_for,
+    planned_loss_options,
     route_for,
 )
+from seg_models.losses import DiceLoss
 
 PLAN = TrainingPlan(
     dataset_name="tiles",
@@ -132,3 +135,26 @@ def test_a_class_without_pixels_is_weighted_finitely_with_a_warning(
 def test_an_unknown_loss_is_a_loss_error() -> None:
     with pytest.raises(LossError, match="unknown loss 'tversky'"):
         loss_options_for("dice+tversky", {}, PLAN, FINGERPRINT)
+
+
+def test_the_default_loss_takes_nnunets_dice(caplog: pytest.LogCaptureFixture) -> None:
+    """No --loss: dice+ce whose Dice sums over the batch and leaves out the background."""
+    config = TrainConfig(model="unet", model_options=TINY_UNET, accelerator="cpu")
+    with caplog.at_level(logging.INFO, logger="pipelines.train.route"):
+        route = route_for(PLAN, config, FINGERPRINT)
+    assert route.loss_options == {"dice": {"batch": True, "include_background": False}}
+    (dice,) = [term for term in route.module.loss_fn.modules() if isinstance(term, DiceLoss)]
+    assert dice.batch and not dice.include_background
+    assert "nnU-Net's Dice" in caplog.text
+    route.module.loss_fn(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8)))
+
+
+@pytest.mark.parametrize(
+    ("loss", "options"), [("dice+ce", {}), ("dice+focal", {}), (None, {"dice": {"batch": False}})]
+)
+def test_a_loss_or_options_the_user_names_are_kept(
+    loss: str | None, options: dict[str, Any]
+) -> None:
+    given: dict[str, Any] = {"loss_options": options} | ({"loss": loss} if loss else {})
+    config = TrainConfig(model="unet", model_options=TINY_UNET, accelerator="cpu", **given)
+    assert planned_loss_options(config) == options
