@@ -35,7 +35,6 @@ WEIGHTED_CE = "weighted_ce"
 #: batch, foreground classes only. Per-image Dice with the background pushes every class that
 #: a patch lacks toward zero and lets the background's near-perfect score dilute the rest.
 PLANNED_DICE = "dice"
-PLANNED_DICE_OPTIONS: dict[str, JsonValue] = {"batch": True, "include_background": False}
 MIN_CLASS_FREQUENCY = 1e-4
 """A class rarer than this (or absent) is weighted as if this frequent: its weight stays finite."""
 
@@ -125,7 +124,9 @@ def _semantic_route(
     plan: TrainingPlan, config: TrainConfig, fingerprint: DatasetFingerprint
 ) -> TrainingRoute:
     spec = spec_for(plan, config)
-    loss_options = loss_options_for(config.loss, planned_loss_options(config), plan, fingerprint)
+    loss_options = loss_options_for(
+        config.loss, planned_loss_options(config, plan), plan, fingerprint
+    )
     module = SegmentationModule(
         spec.model_dump(),
         loss=config.loss,
@@ -149,22 +150,26 @@ def _semantic_route(
     )
 
 
-def planned_loss_options(config: TrainConfig) -> dict[str, JsonValue]:
+def planned_loss_options(config: TrainConfig, plan: TrainingPlan) -> dict[str, JsonValue]:
     """``config.loss_options``, or nnU-Net's Dice options when the loss is left to segflow.
 
-    With neither ``--loss`` nor ``loss_options`` given, the default ``dice+ce`` takes
-    :data:`PLANNED_DICE_OPTIONS` (logged); a loss or options the user names are kept as given.
+    With neither ``--loss`` nor ``loss_options`` given, the Dice term of the default
+    ``dice+ce`` sums over the batch and leaves out class index 0 when it is the background
+    (label value 0; land cover whose 0 is nodata has no background class). A loss or options
+    the user names are kept as given.
     """
     if "loss" in config.model_fields_set or config.loss_options:
         return dict(config.loss_options)
     if PLANNED_DICE not in loss_terms(config.loss):
         return {}
+    has_background = plan.class_values[0] == 0
     logger.info(
-        "loss: %s with nnU-Net's Dice (summed over the batch, foreground classes only); "
-        "--loss or loss_options in the YAML change it",
+        "loss: %s with nnU-Net's Dice (summed over the batch, %s); --loss or loss_options in "
+        "the YAML change it",
         config.loss,
+        "foreground classes only" if has_background else "every class: none is background",
     )
-    return {PLANNED_DICE: dict(PLANNED_DICE_OPTIONS)}
+    return {PLANNED_DICE: {"batch": True, "include_background": not has_background}}
 
 
 def loss_options_for(

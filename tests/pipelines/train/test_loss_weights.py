@@ -157,4 +157,12 @@ def test_a_loss_or_options_the_user_names_are_kept(
 ) -> None:
     given: dict[str, Any] = {"loss_options": options} | ({"loss": loss} if loss else {})
     config = TrainConfig(model="unet", model_options=TINY_UNET, accelerator="cpu", **given)
-    assert planned_loss_options(config) == options
+    assert planned_loss_options(config, PLAN) == options
+
+
+def test_without_a_background_class_the_dice_keeps_every_class() -> None:
+    """Land cover whose value 0 is nodata: class index 0 is a real class and stays in the Dice."""
+    config = TrainConfig(model="unet", model_options=TINY_UNET, accelerator="cpu")
+    no_background = PLAN.model_copy(update={"class_values": (1, 2, 3)})
+    options = planned_loss_options(config, no_background)
+    assert options == {"dice": {"batch": True, "include_background": True}}
