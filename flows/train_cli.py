@@ -83,8 +83,8 @@ def train(
         str | None,
         typer.Option(
             help="Loss name or sum, e.g. dice+ce, dice+focal, 0.5*dice+ce (Mask R-CNN has its "
-            "own). Default: dice+ce with nnU-Net's Dice (summed over the batch, foreground "
-            "classes only)."
+            "own). Default: dice+ce with nnU-Net's Dice (summed over the batch, the "
+            "background class left out)."
         ),
     ] = None,
     max_minutes: Annotated[

@@ -31,9 +31,6 @@ from seg_models.losses import loss_terms
 logger = logging.getLogger(__name__)
 
 WEIGHTED_CE = "weighted_ce"
-#: nnU-Net's Dice term, which the default loss takes: numerator and denominator summed over the
-#: batch, foreground classes only. Per-image Dice with the background pushes every class that
-#: a patch lacks toward zero and lets the background's near-perfect score dilute the rest.
 PLANNED_DICE = "dice"
 MIN_CLASS_FREQUENCY = 1e-4
 """A class rarer than this (or absent) is weighted as if this frequent: its weight stays finite."""
@@ -155,14 +152,15 @@ def planned_loss_options(config: TrainConfig, plan: TrainingPlan) -> dict[str, J
 
     With neither ``--loss`` nor ``loss_options`` given, the Dice term of the default
     ``dice+ce`` sums over the batch and leaves out class index 0 when it is the background
-    (label value 0; land cover whose 0 is nodata has no background class). A loss or options
-    the user names are kept as given.
+    (label value 0; land cover whose 0 is nodata has no background class): per-image Dice with
+    the background pushes every class a patch lacks toward zero, and the background's
+    near-perfect score dilutes the rest. A loss or options the user names are kept as given.
     """
     if "loss" in config.model_fields_set or config.loss_options:
         return dict(config.loss_options)
     if PLANNED_DICE not in loss_terms(config.loss):
         return {}
-    has_background = plan.class_values[0] == 0
+    has_background = len(foreground_indices(plan.class_values)) < plan.num_classes
     logger.info(
         "loss: %s with nnU-Net's Dice (summed over the batch, %s); --loss or loss_options in "
         "the YAML change it",
