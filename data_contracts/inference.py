@@ -58,6 +58,9 @@ class InferenceOptions(Contract):
             uint8, value / 255).
         on_drift: what to do with an input that lies outside the model's training data:
             ``warn`` (segment it, flag it), ``skip`` (do not segment it) or ``fail``.
+        postprocess: apply the model's post-processing (``processing.postprocess``: the
+            plan's keep-largest-foreground, or what was logged with it); off writes the
+            network's labels as they are.
 
     Raises:
         UsageError: a value out of its range, or an unknown option (when constructed).
@@ -77,6 +80,7 @@ class InferenceOptions(Contract):
     read_threads: int | None = Field(default=None, ge=1)
     uncertainty: bool = False
     on_drift: Literal["warn", "skip", "fail"] = "warn"
+    postprocess: bool = True
 
     if not TYPE_CHECKING:  # type checkers keep pydantic's signature, with every field typed
 

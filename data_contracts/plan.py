@@ -12,6 +12,7 @@ from pydantic import Field, JsonValue, model_validator
 
 from data_contracts._base import Contract
 from data_contracts.dataset import CaseKind, LabelKind
+from data_contracts.postprocess import PostprocessConfig
 
 NormalizationScheme = Literal["ct", "zscore", "zscore_nonzero", "percentile", "none"]
 
@@ -50,6 +51,9 @@ class DatasetFingerprint(Contract):
         class_frequencies: label value → fraction of labelled pixels.
         modality_hint: ``"ct"`` when channel names or intensities say CT, else ``"mr"``/``"other"``.
         median_object_size: instance labels: median object size in pixels (voxels).
+        foreground_component_share: semantic labels with a background (value 0): the smallest,
+            over the measured cases, share of a case's foreground (every other class, as one
+            region) held by its largest connected component; ``None`` when not measured.
     """
 
     dataset_name: str
@@ -62,6 +66,7 @@ class DatasetFingerprint(Contract):
     class_frequencies: dict[int, float] = Field(default_factory=dict)
     modality_hint: Literal["ct", "mr", "other"] = "other"
     median_object_size: float | None = Field(default=None, ge=0)
+    foreground_component_share: float | None = Field(default=None, ge=0, le=1)
 
 
 class ChannelNormalization(Contract):
@@ -141,6 +146,9 @@ class TrainingPlan(Contract):
             objects (they join their neighbour or vanish); about a tenth of the median object.
         overrides: fields the user set explicitly (flag or YAML), for the record.
         network: the network chosen for ``--model auto`` (``None`` when the user named one).
+        postprocess: the clean-up ``segflow segment`` applies to this model's label maps,
+            chosen from the training labels (logged with the model as
+            ``processing.postprocess``).
     """
 
     dataset_name: str
@@ -160,6 +168,7 @@ class TrainingPlan(Contract):
     min_instance_seed: int = Field(default=0, ge=0)
     overrides: tuple[str, ...] = ()
     network: NetworkChoice | None = None
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingPlan:

@@ -12,8 +12,9 @@ from data_contracts._base import Contract
 class PostprocessConfig(Contract):
     """How a predicted label map is cleaned before it is written.
 
-    The steps run per foreground class in a fixed order: opening → small objects → holes →
-    keep largest. Every default leaves the labels unchanged.
+    Keep-largest-foreground runs first, on every foreground class as one region; then the
+    steps run per foreground class in a fixed order: opening → small objects → holes → keep
+    largest. Every default leaves the labels unchanged.
 
     Sizes are physical so that one setting means the same thing whatever the resolution:
 
@@ -26,6 +27,10 @@ class PostprocessConfig(Contract):
             unit above) become background; 0 turns the step off.
         fill_holes: fill background cavities fully enclosed by a class with that class
             (2D holes in images and rasters, 3D cavities in volumes).
+        keep_largest_foreground: every foreground class together as one region (a tumour and
+            its sub-regions, one organ with its parts): only that region's largest connected
+            component stays, the others become background (nnU-Net's first post-processing
+            step).
         keep_largest: class values of which only the largest connected component is kept
             (e.g. one liver per scan); the others become background.
         opening_radius: radius in pixels/voxels of the disk/ball of a morphological opening
@@ -40,6 +45,7 @@ class PostprocessConfig(Contract):
 
     min_object_size: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     fill_holes: bool = False
+    keep_largest_foreground: bool = False
     keep_largest: tuple[Annotated[int, Field(ge=0)], ...] = ()
     opening_radius: int = Field(default=0, ge=0)
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -58,6 +64,12 @@ class PostprocessConfig(Contract):
         return bool(
             self.min_object_size > 0
             or self.fill_holes
+            or self.keep_largest_foreground
             or self.keep_largest
             or self.opening_radius > 0
         )
+
+    @property
+    def needs_whole_map(self) -> bool:
+        """True when a step looks at whole components (keep largest), not a neighbourhood."""
+        return bool(self.keep_largest_foreground or self.keep_largest)

@@ -109,6 +109,14 @@ def segment(
     tta: Annotated[
         bool, typer.Option(help="Test-time augmentation: average over flips (volumes, images).")
     ] = False,
+    postprocess: Annotated[
+        bool,
+        typer.Option(
+            help="Apply the model's post-processing (the plan's choice, e.g. keep only the "
+            "largest foreground component of a one-tumour or one-organ dataset; plan.json and "
+            "each output's lineage say which). --no-postprocess writes the network's labels."
+        ),
+    ] = True,
     overlap: Annotated[
         float | None,
         typer.Option(help="Window overlap, 0 to <1 (default 0.5 volumes, 0.25 2D)."),
@@ -211,6 +219,7 @@ def segment(
         polygons=polygons,
         probabilities=probabilities,
         tta=tta,
+        postprocess=postprocess,
         overlap=overlap,
         batch_size=batch_size,
         device=device,

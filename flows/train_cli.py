@@ -83,8 +83,8 @@ def train(
         str | None,
         typer.Option(
             help="Loss name or sum, e.g. dice+ce, dice+focal, 0.5*dice+ce (Mask R-CNN has its "
-            "own). Default: dice+ce with nnU-Net's Dice (summed over the batch, the "
-            "background class left out)."
+            "own). Default: dice+ce with nnU-Net's Dice (the background class left out; "
+            "summed over the batch in 2D, per patch in 3D)."
         ),
     ] = None,
     max_minutes: Annotated[
@@ -147,6 +147,10 @@ def train(
 ) -> None:
     """Train a segmentation model on a manifest: plan from the data, train, validate, track in
     MLflow, and optionally register (champion only when it beats the current one).
+
+    The plan also chooses the post-processing that segflow segment applies to the model's
+    predictions: keep only the largest foreground component when every training case holds
+    one foreground object (a tumour, a spinal cord, an organ); --plan 'postprocess={}' drops it.
 
     Examples:
 

@@ -59,12 +59,6 @@ class RasterOutputs:
     quality: FileQuality | None = None
 
 
-def _is_noop(config: PostprocessConfig) -> bool:
-    return not (
-        config.min_object_size or config.fill_holes or config.keep_largest or config.opening_radius
-    )
-
-
 class _BlockPostprocessor:
     """Buffers finished bands; post-processes blocks of rows with a halo, then writes them."""
 
@@ -190,7 +184,7 @@ def segment_raster(
         postprocess, block_rows = _block_plan(postprocess, dataset.width, dataset.height, source)
         writer = (
             None
-            if _is_noop(postprocess)
+            if not postprocess.changes_labels
             else _BlockPostprocessor(
                 write_labels, postprocess, _pixel_spacing(dataset.transform), block_rows
             )
@@ -284,7 +278,7 @@ def _block_plan(
     config: PostprocessConfig, width: int, height: int, source: Path
 ) -> tuple[PostprocessConfig, int]:
     """Rows per post-processing block: the whole scene when keep-largest needs it and fits."""
-    if not config.keep_largest:
+    if not config.needs_whole_map:
         return config, POSTPROCESS_BLOCK_ROWS
     if width * height <= WHOLE_SCENE_PIXELS:
         return config, height
@@ -294,7 +288,8 @@ def _block_plan(
         width,
         height,
     )
-    return config.model_copy(update={"keep_largest": ()}), POSTPROCESS_BLOCK_ROWS
+    whole_map_off = {"keep_largest": (), "keep_largest_foreground": False}
+    return config.model_copy(update=whole_map_off), POSTPROCESS_BLOCK_ROWS
 
 
 def _pixel_spacing(transform: Any) -> tuple[float, float]:

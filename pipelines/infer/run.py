@@ -54,8 +54,11 @@ class CaseResult:
     quality: FileQuality | None = None
 
 
-def postprocess_config(model: LoadedModel) -> PostprocessConfig:
-    """The model's post-processing (``processing["postprocess"]``), or none."""
+def postprocess_config(model: LoadedModel, options: InferenceOptions) -> PostprocessConfig:
+    """The model's post-processing (``processing["postprocess"]``), or none (also when
+    ``options.postprocess`` is off)."""
+    if not options.postprocess:
+        return PostprocessConfig()
     return PostprocessConfig.model_validate(model.processing.get("postprocess") or {})
 
 
@@ -209,6 +212,7 @@ def _segment_checked(
     base_quality: FileQuality,
 ) -> CaseResult:
     started = time.monotonic()
+    postprocess = postprocess_config(model, options)
     lineage = lineage_record(
         source=case.channels[0],
         source_sha256=case.checksum(),
@@ -220,6 +224,7 @@ def _segment_checked(
             "tta": options.tta,
             "overlap": options.overlap,
             "channels": [str(p) for p in case.channels],
+            "postprocess": postprocess.model_dump(mode="json", exclude_defaults=True),
         },
     )
     lineage["quality"] = base_quality.model_dump(mode="json")
@@ -231,7 +236,7 @@ def _segment_checked(
         channels=case.channels,
         out_dir=out,
         options=window_options(options, model.plan.kind),  # the kind's windows where unset
-        postprocess=postprocess_config(model),
+        postprocess=postprocess,
         lineage=lineage,
         progress=progress,
         on_quality=measured.append,

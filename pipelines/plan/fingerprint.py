@@ -10,7 +10,8 @@ Intensities are sampled by each kind's adapter (:mod:`pipelines.kinds`), never f
 volumes from their foreground voxels (label > 0, nnU-Net's choice; all voxels when a case has
 no foreground), rasters from their valid (non-nodata, finite) pixels window by window, images
 from all pixels. Class frequencies come from the manifest's label counts without re-reading
-any label.
+any label; the foreground's connected components (:mod:`pipelines.plan.components`) are measured
+on whole label maps of a sample of cases.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from data_contracts import (
     VolumeGeometry,
 )
 from pipelines.kinds import kind_adapter
+from pipelines.plan.components import foreground_component_share
 
 __all__ = [
     "ChannelSampler",
@@ -260,6 +262,7 @@ def compute_fingerprint(
         class_frequencies=class_frequencies(manifest),
         modality_hint=adapter.modality_hint(channels),
         median_object_size=median_object_size(manifest),
+        foreground_component_share=foreground_component_share(manifest, seed=seed),
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from data_contracts import ConfigError, MissingFileError, TrainingPlan
+from data_contracts import ConfigError, MissingFileError, PostprocessConfig, TrainingPlan
 from pipelines.files import write_text_atomic
 from pipelines.kinds import kind_adapter
 
@@ -152,6 +152,15 @@ def _norm_text(
     return scheme
 
 
+def _postprocess_text(config: PostprocessConfig) -> str:
+    if not config.changes_labels:
+        return "none"
+    steps = config.model_dump(exclude_defaults=True)
+    if steps.pop("keep_largest_foreground", False):
+        steps = {"keep the largest foreground component": True, **steps}
+    return ", ".join(key if value is True else f"{key} {value}" for key, value in steps.items())
+
+
 def plan_table(plan: TrainingPlan) -> list[tuple[str, str]]:
     """The plan as (field, value) rows for printing (overridden fields marked with ``*``)."""
     spacing = "native grid" if plan.target_spacing is None else _join(plan.target_spacing)
@@ -173,6 +182,7 @@ def plan_table(plan: TrainingPlan) -> list[tuple[str, str]]:
         ("ignore_value", "none" if plan.ignore_value is None else str(plan.ignore_value)),
         ("foreground_oversample", f"{plan.foreground_oversample:g}"),
         ("memory_budget_mb", f"{plan.memory_budget_mb} MiB"),
+        ("postprocess", _postprocess_text(plan.postprocess)),
     ]
     if plan.label_kind == "instance":
         rows.append(("min_instance_seed", f"{plan.min_instance_seed} px"))

@@ -21,6 +21,8 @@ kind (dimensionality, resampling, normalisation) comes from its adapter (:mod:`p
   ``zscore_nonzero``; raster bands and image channels → ``percentile`` with p0.5/p99.5.
 - **Classes**: label values sorted, background (0) first; instance labels become the
   background/interior/boundary classes of the nuclei route.
+- **Post-processing**: keep only the largest foreground component when the training labels
+  hold one foreground region per case (:mod:`pipelines.plan.components`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from data_contracts import (
     TrainingPlan,
 )
 from pipelines.kinds import KindAdapter, kind_adapter
+from pipelines.plan.components import planned_postprocess
 
 __all__ = [
     "BASE_WIDTH",
@@ -255,6 +258,7 @@ def make_plan(
         normalization=_normalization(adapter, fingerprint),
         memory_budget_mb=memory_budget_mb,
         min_instance_seed=_min_instance_seed(fingerprint),
+        postprocess=planned_postprocess(fingerprint),
     )
 
 

@@ -88,7 +88,9 @@ def postprocess_labels(
 ) -> np.ndarray:
     """Clean a label map class by class, in physical units.
 
-    For each foreground class value, in ascending order:
+    First, with ``keep_largest_foreground``, every foreground class together is one region and
+    only its largest connected component stays. Then, for each foreground class value, in
+    ascending order:
 
     1. **opening** with a disk (2D) or ball (3D) of ``opening_radius`` pixels/voxels: removes
        specks and thin spurs;
@@ -124,6 +126,9 @@ def postprocess_labels(
     connectivity = array.ndim if config.connectivity is None else config.connectivity
     connectivity = min(connectivity, array.ndim)
     max_removed = _largest_removed_size(config.min_object_size, voxel_volume(spacing))
+    if config.keep_largest_foreground:
+        foreground = work != background
+        work[foreground & ~_largest_component(foreground, connectivity)] = background
     for value in np.unique(work):
         if value == background:
             continue

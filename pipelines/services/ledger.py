@@ -71,7 +71,7 @@ _OUTPUT_OPTIONS = ("polygons", "probabilities", "tta", "overlap")
 # Options that change what is written too (blending; the entropy map), hashed only when set
 # off their defaults:
 # the hash of every setting that existed before them stays the same (no finished file redone).
-_BLENDING_OPTIONS = ("mode", "sigma_scale", "uncertainty")
+_BLENDING_OPTIONS = ("mode", "sigma_scale", "uncertainty", "postprocess")
 
 
 def config_hash(options: InferenceOptions, model: LoadedModel | ModelCard) -> str:
@@ -92,6 +92,8 @@ def config_hash(options: InferenceOptions, model: LoadedModel | ModelCard) -> st
     plan = model.plan.model_dump(mode="json")
     if plan.get("network") is None:  # plans before ``--model auto`` hashed without the field
         plan.pop("network", None)
+    if not model.plan.postprocess.changes_labels:  # nor before the planned post-processing
+        plan.pop("postprocess", None)
     settings = {
         "options": hashed,
         "plan": plan,

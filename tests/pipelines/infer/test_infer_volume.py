@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from data_contracts import (
     DatasetManifest,
     InferenceOptions,
     MissingFileError,
+    PostprocessConfig,
     UnsupportedFormatError,
 )
 from pipelines.infer.in_memory import predict_image, predict_volume
@@ -25,6 +28,7 @@ from pipelines.infer.inputs import case_id_of, discover_inputs
 from pipelines.infer.run import segment_case
 from pipelines.infer.sliding import probability_predictor, sliding_probabilities
 from pipelines.ingest import ingest, write_manifest
+from pipelines.postprocess.labels import postprocess_labels
 from pipelines.services.batch import BatchReport, run_batch
 from pipelines.synthetic import make_image_dataset, make_volume_dataset, pack_archive
 from pipelines.synthetic.models import oracle_model
@@ -207,3 +211,29 @@ def test_instance_images_become_uint16_instance_maps(tmp_path: Path) -> None:
     # The oracle cannot tell a rim from an interior (same intensity): check the foreground only.
     overlap = ((written > 0) & (truth > 0)).sum() / ((written > 0) | (truth > 0)).sum()
     assert overlap > 0.7
+
+
+@pytest.mark.parametrize("switched_on", [True, False])
+def test_the_models_postprocessing_runs_unless_switched_off(
+    volumes: tuple[Path, DatasetManifest], tmp_path: Path, switched_on: bool
+) -> None:
+    _, manifest = volumes
+    case = manifest.cases[0]
+    truth = _truth(case).astype(np.uint8)
+    cleaning = PostprocessConfig(keep_largest_foreground=True)
+    expected = postprocess_labels(truth, cleaning, spacing=(1.0, 1.0, 1.0))
+    assert (expected != truth).sum() > 100  # the case has a second foreground region
+    model = oracle_model(manifest)
+    processing = {**model.processing, "postprocess": {"keep_largest_foreground": True}}
+    model = dataclasses.replace(model, processing=processing)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for channel in case.channels:
+        shutil.copy(channel.path, folder / Path(channel.path).name)
+    options = InferenceOptions(postprocess=switched_on)
+    assert _done(run_batch(folder, model, tmp_path / "out", options)) == [case.case_id]
+    mask = np.asarray(nib.load(tmp_path / "out" / f"{case.case_id}.nii.gz").dataobj)
+    assert (mask == (expected if switched_on else truth)).mean() > 0.995
+    lineage = json.loads((tmp_path / "out" / f"{case.case_id}.lineage.json").read_text())
+    recorded = {"keep_largest_foreground": True} if switched_on else {}
+    assert lineage["settings"]["postprocess"] == recorded

@@ -127,6 +127,22 @@ def test_keep_largest_only_for_listed_classes() -> None:
     np.testing.assert_array_equal(out == 2, labels == 2)
 
 
+def test_keep_largest_foreground_treats_every_class_as_one_region() -> None:
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[1:5, 1:5, 1:5] = 2  # edema around…
+    labels[2:4, 2:4, 2:4] = 4  # …an enhancing core: one region of two classes
+    labels[5, 5, 5] = 1  # touches the region by a corner only: still one region
+    labels[7, 7, 7] = 4  # a stray voxel of the core's class, far away
+    labels[6:8, 0:2, 6:8] = 1  # a small region of a third class
+    config = PostprocessConfig(keep_largest_foreground=True)
+    assert config.changes_labels and config.needs_whole_map
+    out = postprocess_labels(labels, config, spacing=(1, 1, 1))
+    assert out[7, 7, 7] == 0 and (out[6:8, 0:2, 6:8] == 0).all()
+    np.testing.assert_array_equal(out[:6, :6, :6], labels[:6, :6, :6])
+    faces_only = PostprocessConfig(keep_largest_foreground=True, connectivity=1)
+    assert postprocess_labels(labels, faces_only, spacing=(1, 1, 1))[5, 5, 5] == 0
+
+
 def test_opening_removes_one_pixel_spurs_and_specks() -> None:
     labels = np.zeros((15, 15), np.uint8)
     labels[3:10, 3:10] = 1

@@ -23,6 +23,7 @@ from data_contracts import (
     InferenceOptions,
     ModelSpec,
     OutputError,
+    PostprocessConfig,
     TrainingPlan,
 )
 from pipelines.infer.inputs import InferenceInput
@@ -248,10 +249,14 @@ def test_config_hash_tracks_what_changes_outputs(model: LoadedModel) -> None:
         {"overlap": 0.1},
         {"mode": "constant"},
         {"sigma_scale": 0.25},
+        {"postprocess": False},
     ):
         assert config_hash(InferenceOptions(**changed), model) != base  # type: ignore[arg-type]
     other_plan = model.plan.model_copy(update={"patch_size": (16, 16)})
     assert config_hash(InferenceOptions(), dataclasses.replace(model, plan=other_plan)) != base
+    cleaned = PostprocessConfig(keep_largest_foreground=True)
+    planned = model.plan.model_copy(update={"postprocess": cleaned})
+    assert config_hash(InferenceOptions(), dataclasses.replace(model, plan=planned)) != base
 
 
 def _pinned_model() -> LoadedModel:

@@ -14,6 +14,7 @@ from data_contracts import (
     ChannelStats,
     DatasetFingerprint,
     LossError,
+    PostprocessConfig,
     TrainConfig,
     TrainingPlan,
 )
@@ -145,7 +146,7 @@ def test_the_default_loss_takes_nnunets_dice(caplog: pytest.LogCaptureFixture) -
     assert route.loss_options == {"dice": {"batch": True, "include_background": False}}
     (dice,) = [term for term in route.module.loss_fn.modules() if isinstance(term, DiceLoss)]
     assert dice.batch and not dice.include_background
-    assert "nnU-Net's Dice" in caplog.text
+    assert "nnU-Net's 2D Dice (summed over the batch" in caplog.text
     route.module.loss_fn(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8)))
 
 
@@ -166,3 +167,21 @@ def test_without_a_background_class_the_dice_keeps_every_class() -> None:
     no_background = PLAN.model_copy(update={"class_values": (1, 2, 3)})
     options = planned_loss_options(config, no_background)
     assert options == {"dice": {"batch": True, "include_background": True}}
+
+
+def test_in_3d_the_dice_is_taken_per_patch() -> None:
+    """nnU-Net's 3D full-resolution plans: no batch Dice; the background stays out."""
+    config = TrainConfig(model="unet", model_options=TINY_UNET, accelerator="cpu")
+    volumes = PLAN.model_copy(update={"kind": "volume", "spatial_dims": 3, "patch_size": (16,) * 3})
+    options = planned_loss_options(config, volumes)
+    assert options == {"dice": {"batch": False, "include_background": False}}
+
+
+def test_the_plans_postprocessing_is_logged_with_the_model() -> None:
+    config = TrainConfig(model="unet", model_options=TINY_UNET, accelerator="cpu")
+    assert route_for(PLAN, config, FINGERPRINT).processing == {}
+    cleaned = PLAN.model_copy(
+        update={"postprocess": PostprocessConfig(keep_largest_foreground=True)}
+    )
+    route = route_for(cleaned, config, FINGERPRINT)
+    assert route.processing == {"postprocess": {"keep_largest_foreground": True}}
