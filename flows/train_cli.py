@@ -83,8 +83,8 @@ def train(
         str | None,
         typer.Option(
             help="Loss name or sum, e.g. dice+ce, dice+focal, 0.5*dice+ce (Mask R-CNN has its "
-            "own). Default: dice+ce with nnU-Net's Dice (the background class left out; "
-            "summed over the batch in 2D, per patch in 3D)."
+            "own). Default: dice+ce; in 2D with nnU-Net's Dice (summed over the batch, the "
+            "background class left out), in 3D per patch with the background."
         ),
     ] = None,
     max_minutes: Annotated[

@@ -41,7 +41,7 @@ ONE_REGION_SHARE = 0.9
 #: Cases whose label maps are read whole for the measure (a seeded sample beyond it).
 MEASURED_CASES = 20
 #: Label maps larger than this are not read whole (large rasters stream everywhere else).
-MAX_VOXELS = 2**27
+MAX_VOXELS = 2**26
 
 
 def largest_component_share(label: np.ndarray, ignore_value: int | None = None) -> float | None:

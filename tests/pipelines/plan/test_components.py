@@ -96,3 +96,11 @@ def test_rule_threshold(one_region: DatasetManifest, share: float | None, expect
         update={"foreground_component_share": share}
     )
     assert planned_postprocess(fingerprint).keep_largest_foreground is expected
+
+
+def test_label_maps_too_large_to_read_whole_are_not_measured(
+    one_region: DatasetManifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pipelines.plan.components.MAX_VOXELS", 100)
+    assert foreground_component_share(one_region) is None
+    assert not make_plan(compute_fingerprint(one_region), one_region).postprocess.changes_labels

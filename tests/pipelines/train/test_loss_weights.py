@@ -169,12 +169,13 @@ def test_without_a_background_class_the_dice_keeps_every_class() -> None:
     assert options == {"dice": {"batch": True, "include_background": True}}
 
 
-def test_in_3d_the_dice_is_taken_per_patch() -> None:
-    """nnU-Net's 3D full-resolution plans: no batch Dice; the background stays out."""
+def test_in_3d_the_dice_is_taken_per_patch_with_the_background() -> None:
+    """BraTS (A4) scored 0.73 with this Dice, 0.64 with the batch Dice, 0.66 without the
+    background."""
     config = TrainConfig(model="unet", model_options=TINY_UNET, accelerator="cpu")
     volumes = PLAN.model_copy(update={"kind": "volume", "spatial_dims": 3, "patch_size": (16,) * 3})
     options = planned_loss_options(config, volumes)
-    assert options == {"dice": {"batch": False, "include_background": False}}
+    assert options == {"dice": {"batch": False, "include_background": True}}
 
 
 def test_the_plans_postprocessing_is_logged_with_the_model() -> None:
