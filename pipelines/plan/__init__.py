@@ -2,9 +2,11 @@
 
 Owns :func:`compute_fingerprint` (shapes, spacings, intensity statistics, class frequencies),
 :func:`make_plan` (2D/3D, target spacing, patch and batch size for a memory budget,
-normalisation per channel, classes, post-processing), overrides from flags or YAML, and plan JSON files.
-Imports ``data_contracts``, ``pipelines.io`` and ``pipelines.kinds`` (per-kind measurement and
-normalisation); never torch, MONAI or Prefect.
+normalisation per channel, classes, post-processing), overrides from flags or YAML, and plan
+JSON files.
+Imports ``data_contracts``, ``pipelines.io``, ``pipelines.kinds`` (per-kind measurement and
+normalisation) and ``pipelines.postprocess`` (connected components); never torch, MONAI or
+Prefect.
 """
 
 from pipelines.plan.fingerprint import compute_fingerprint, ras_shape_and_spacing

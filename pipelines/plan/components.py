@@ -19,10 +19,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from data_contracts import Case, DatasetFingerprint, DatasetManifest, PostprocessConfig
 from pipelines.kinds import kind_adapter
+from pipelines.postprocess.labels import largest_component
 
 __all__ = [
     "MAX_VOXELS",
@@ -51,12 +51,10 @@ def largest_component_share(label: np.ndarray, ignore_value: int | None = None) 
     foreground = values != 0
     if ignore_value is not None:
         foreground &= values != ignore_value
-    structure = np.ones((3,) * foreground.ndim, dtype=bool)
-    components, count = ndimage.label(foreground, structure=structure)
-    if count == 0:
+    total = int(np.count_nonzero(foreground))
+    if total == 0:
         return None
-    sizes = np.bincount(components.ravel())[1:]
-    return float(sizes.max() / sizes.sum())
+    return float(np.count_nonzero(largest_component(foreground, foreground.ndim)) / total)
 
 
 def _measurable(case: Case, ignore_value: int | None) -> bool:

@@ -19,7 +19,13 @@ from skimage.morphology import ball, disk, opening, remove_small_objects
 
 from data_contracts import PostprocessConfig, UsageError
 
-__all__ = ["pixel_area", "postprocess_labels", "probabilities_to_labels", "voxel_volume"]
+__all__ = [
+    "largest_component",
+    "pixel_area",
+    "postprocess_labels",
+    "probabilities_to_labels",
+    "voxel_volume",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +134,7 @@ def postprocess_labels(
     max_removed = _largest_removed_size(config.min_object_size, voxel_volume(spacing))
     if config.keep_largest_foreground:
         foreground = work != background
-        work[foreground & ~_largest_component(foreground, connectivity)] = background
+        work[foreground & ~largest_component(foreground, connectivity)] = background
     for value in np.unique(work):
         if value == background:
             continue
@@ -137,7 +143,7 @@ def postprocess_labels(
         if config.fill_holes:
             work[ndi.binary_fill_holes(mask) & (work == background)] = value
         if int(value) in config.keep_largest:
-            work[(work == value) & ~_largest_component(work == value, connectivity)] = background
+            work[(work == value) & ~largest_component(work == value, connectivity)] = background
     result = work if inside is None else np.where(inside, work, array)
     logger.debug("post-processing changed %d pixels", int(np.count_nonzero(result != array)))
     return result
@@ -184,7 +190,7 @@ def _clean_class(
     return np.asarray(mask, dtype=bool)
 
 
-def _largest_component(mask: np.ndarray, connectivity: int) -> np.ndarray:
+def largest_component(mask: np.ndarray, connectivity: int) -> np.ndarray:
     """The largest connected component of ``mask`` (the first one on ties)."""
     components = label_components(mask, connectivity=connectivity)  # type: ignore[no-untyped-call]
     sizes = np.bincount(components.ravel())
