@@ -16,11 +16,12 @@ from data_contracts import ChannelNormalization, LabelValueError
 
 __all__ = [
     "IGNORE_INDEX",
+    "foreground_indices",
     "map_labels",
     "mark_nonfinite",
     "normalize_channel",
     "normalize_channels",
-    "pos_neg_indices",
+    "patch_centre_indices",
 ]
 
 IGNORE_INDEX = -100
@@ -151,24 +152,43 @@ def mark_nonfinite(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return torch.where(bad, torch.full_like(label, IGNORE_INDEX), label)
 
 
-def pos_neg_indices(
-    label: torch.Tensor, *, max_count: int = 100_000, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat voxel indices of foreground (class > 0) and background (class 0) of ``(1, *S)``.
+def foreground_indices(class_values: Sequence[int]) -> list[int]:
+    """Class indices of the foreground: every class but the one whose label value is 0.
 
-    Ignored voxels are in neither (MONAI's own helper would count :data:`IGNORE_INDEX` as
-    foreground). Each list is subsampled to ``max_count`` with a fixed seed, so the result is
-    deterministic and can be cached; when both are empty every voxel is background. Returned as
-    int64 tensors (``torch.load(weights_only=True)`` reads them back from a disk cache).
+    Datasets whose value 0 is ignored (land cover: 0 = no data) have no background class, so
+    all their classes count.
+    """
+    return [index for index, value in enumerate(class_values) if value != 0]
+
+
+def _subsample(index: NDArray[np.int64], max_count: int, rng: np.random.Generator) -> torch.Tensor:
+    if index.size > max_count:
+        index = np.sort(rng.choice(index, size=max_count, replace=False))
+    return torch.from_numpy(index.astype(np.int64))
+
+
+def patch_centre_indices(
+    label: torch.Tensor,
+    foreground: Sequence[int],
+    *,
+    max_count: int = 100_000,
+    seed: int = 0,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Flat voxel indices that patch centres are drawn from, for a class-index label ``(1, *S)``.
+
+    Returns one list per class of ``foreground`` (in that order) and the rest: the voxels of
+    every other class (the background) or, when there are none (a dataset without a background
+    class, a case that is all foreground), every labelled voxel; every voxel when nothing is
+    labelled. Ignored voxels are never in a foreground list. Each list is subsampled to
+    ``max_count`` with a fixed seed, so the result is deterministic and can be cached; int64
+    tensors (``torch.load(weights_only=True)`` reads them back from a disk cache).
     """
     flat = np.asarray(label.detach().cpu()).reshape(-1)
     rng = np.random.default_rng(seed)
-    found: list[NDArray[np.int64]] = []
-    for mask in (flat > 0, flat == 0):
-        index = np.flatnonzero(mask)
-        if index.size > max_count:
-            index = np.sort(rng.choice(index, size=max_count, replace=False))
-        found.append(index.astype(np.int64))
-    if found[0].size == 0 and found[1].size == 0:
-        found[1] = np.arange(flat.size, dtype=np.int64)
-    return torch.from_numpy(found[0]), torch.from_numpy(found[1])
+    per_class = [_subsample(np.flatnonzero(flat == index), max_count, rng) for index in foreground]
+    labelled = flat != IGNORE_INDEX
+    rest = labelled & ~np.isin(flat, np.asarray(list(foreground), dtype=flat.dtype))
+    for candidate in (rest, labelled):
+        if candidate.any():
+            return per_class, _subsample(np.flatnonzero(candidate), max_count, rng)
+    return per_class, torch.arange(flat.size, dtype=torch.int64)

@@ -176,9 +176,10 @@ def _dataset(
             transform, HoldOutRegiond(held_out, "ignore" if train else "crop")
         )
     if cache_dir is not None:
-        # "slab": held-out parts chosen by class mix (a cache of the fixed-end rule is stale)
+        # "slab": held-out parts chosen by class mix (a cache of the fixed-end rule is stale);
+        # "classes": training items hold per-class patch centres (older caches lack them)
         held = f"-held-{held_out.fraction:g}-slab" if held_out else ""
-        part = ("train" if train else "val") + held
+        part = ("train-classes" if train else "val") + held
         folder = cache_dir / cache_key(plan, cases) / part
         folder.mkdir(parents=True, exist_ok=True)
         transform = _plain_tensors_before_random(transform)

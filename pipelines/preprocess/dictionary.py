@@ -21,7 +21,7 @@ from pipelines.preprocess.array import (
     map_labels,
     mark_nonfinite,
     normalize_channels,
-    pos_neg_indices,
+    patch_centre_indices,
 )
 
 __all__ = [
@@ -29,12 +29,13 @@ __all__ = [
     "MapLabelsd",
     "MarkNonFinited",
     "NormalizeChannelsd",
-    "PosNegIndicesd",
-    "RandPosNegPatchd",
+    "PatchCentresd",
+    "RandClassPatchd",
 ]
 
 FG_KEY = "_fg_indices"
 BG_KEY = "_bg_indices"
+CLASSES_KEY = "_class_indices"
 
 
 def _source(value: Any) -> str | None:
@@ -183,41 +184,54 @@ class MarkNonFinited(MapTransform):
         return d
 
 
-class PosNegIndicesd(MapTransform):
-    """Store foreground/background voxel indices of the label (deterministic, so cacheable).
+class PatchCentresd(MapTransform):
+    """Store the voxels patch centres are drawn from (deterministic, so cacheable).
+
+    One index list per foreground class and one for the rest (see
+    :func:`.array.patch_centre_indices`), read by :class:`RandClassPatchd`.
 
     Args:
-        keys: the label key.
+        keys: the label key (class indices).
+        foreground: the foreground class indices (``foreground_indices(plan.class_values)``).
         max_count: indices kept per list (a seeded subsample).
         allow_missing_keys: skip absent keys.
     """
 
     def __init__(
-        self, keys: KeysCollection, max_count: int = 100_000, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        foreground: Sequence[int],
+        max_count: int = 100_000,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.foreground = list(foreground)
         self.max_count = max_count
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[FG_KEY], d[BG_KEY] = pos_neg_indices(
-                torch.as_tensor(d[key]), max_count=self.max_count
+            d[CLASSES_KEY], d[BG_KEY] = patch_centre_indices(
+                torch.as_tensor(d[key]), self.foreground, max_count=self.max_count
             )
         return d
 
 
-class RandPosNegPatchd(Randomizable, MapTransform):
-    """One random patch, centred on foreground with probability ``pos_fraction``.
+class RandClassPatchd(Randomizable, MapTransform):
+    """One random patch; with probability ``oversample`` centred on a class chosen uniformly.
 
-    Wraps MONAI's ``RandCropByPosNegLabeld`` (with the indices of :class:`PosNegIndicesd`) and
-    returns a single dict instead of a list, so any ``DataLoader`` collates the samples.
+    nnU-Net's foreground oversampling: a patch is centred, with probability ``oversample``, on a
+    voxel of one foreground class picked uniformly among those the case holds, so a rare class
+    is seen as often as a common one; otherwise on a voxel of the rest (the background, or any
+    labelled voxel where every class is foreground). Wraps MONAI's ``RandCropByPosNegLabeld``
+    (with the lists of :class:`PatchCentresd`) and returns a single dict instead of a list, so
+    any ``DataLoader`` collates the samples.
 
     Args:
         keys: keys to crop (image, label, instances…).
         label_key: the label the indices were computed from.
         spatial_size: patch size; inputs must be at least this large (pad first).
-        pos_fraction: ``plan.foreground_oversample``.
+        oversample: ``plan.foreground_oversample``.
         allow_missing_keys: skip absent keys.
     """
 
@@ -226,7 +240,7 @@ class RandPosNegPatchd(Randomizable, MapTransform):
         keys: KeysCollection,
         label_key: str,
         spatial_size: Sequence[int],
-        pos_fraction: float,
+        oversample: float,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
@@ -234,8 +248,8 @@ class RandPosNegPatchd(Randomizable, MapTransform):
             keys=keys,
             label_key=label_key,
             spatial_size=list(spatial_size),
-            pos=pos_fraction,
-            neg=1.0 - pos_fraction,
+            pos=oversample,
+            neg=1.0 - oversample,
             num_samples=1,
             fg_indices_key=FG_KEY,
             bg_indices_key=BG_KEY,
@@ -244,18 +258,27 @@ class RandPosNegPatchd(Randomizable, MapTransform):
 
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
-    ) -> RandPosNegPatchd:
-        """Seed the wrapped cropper (MONAI's ``Compose`` and ``DataLoader`` workers call this)."""
+    ) -> RandClassPatchd:
+        """Seed the class choice and the wrapped cropper (``Compose`` and workers call this)."""
+        super().set_random_state(None if seed is None else (seed + 1) % 2**32, state)
         self.cropper.set_random_state(seed, state)
         return self
 
     def randomize(self, data: Any = None) -> None:
-        """Randomness lives in the wrapped cropper."""
+        """The class is chosen in ``__call__``; the rest of the randomness is the cropper's."""
+
+    def _class_voxels(self, per_class: Sequence[torch.Tensor]) -> torch.Tensor:
+        present = [voxels for voxels in per_class if voxels.numel()]
+        if not present:
+            return torch.zeros(0, dtype=torch.int64)
+        return present[int(self.R.randint(len(present)))]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        d[FG_KEY] = self._class_voxels(d.pop(CLASSES_KEY))
         with warnings.catch_warnings():
             # A case without foreground (or background) falls back to the other kind.
             warnings.filterwarnings("ignore", message="Num foregrounds")
-            patches = self.cropper(data)
+            patches = self.cropper(d)
         patch: dict[Hashable, Any] = patches[0]
         return patch

@@ -5,8 +5,9 @@ file; absent at inference) and ``case_id`` (see :func:`pipelines.preprocess.case
 
 Every pipeline is a deterministic part (load, reorient, resample, crop to the non-zero region,
 map labels, mark nodata, normalise), cacheable, followed for training by a random part (pad to
-the patch, one patch centred on foreground with probability ``plan.foreground_oversample``,
-flips on every axis, 90° rotations in a plane where the patch is square; for volumes
+the patch, one patch centred with probability ``plan.foreground_oversample`` on a foreground
+class picked uniformly among the case's, nnU-Net's oversampling, else on the background; flips
+on every axis, 90° rotations in a plane where the patch is square; for volumes
 intensity scaling/shifting, for planar data nnU-Net's rotation, scaling, noise, blur,
 brightness and gamma). Output: ``image`` ``(C, *S)`` float32, ``label`` ``(1, *S)``
 int64 class indices (``0..K-1`` in plan order, :data:`IGNORE_INDEX` where no loss may look),
@@ -46,14 +47,14 @@ from monai.transforms import (
 
 from data_contracts import TrainingPlan
 from pipelines.kinds import kind_adapter
-from pipelines.preprocess.array import IGNORE_INDEX
+from pipelines.preprocess.array import IGNORE_INDEX, foreground_indices
 from pipelines.preprocess.dictionary import (
     InstancesToClassesd,
     MapLabelsd,
     MarkNonFinited,
     NormalizeChannelsd,
-    PosNegIndicesd,
-    RandPosNegPatchd,
+    PatchCentresd,
+    RandClassPatchd,
 )
 from pipelines.preprocess.loaders import LoadImage2Dd, LoadRasterd
 
@@ -118,8 +119,8 @@ def _random_part(plan: TrainingPlan, crop_size: Sequence[int], squeeze: bool) ->
         SpatialPadd(IMAGE_KEY, crop_size, value=0),
         SpatialPadd(LABEL_KEY, crop_size, value=IGNORE_INDEX),
         SpatialPadd(INSTANCE_KEY, crop_size, value=0, allow_missing_keys=True),
-        PosNegIndicesd(LABEL_KEY),
-        RandPosNegPatchd(
+        PatchCentresd(LABEL_KEY, foreground_indices(plan.class_values)),
+        RandClassPatchd(
             keys, LABEL_KEY, crop_size, plan.foreground_oversample, allow_missing_keys=True
         ),
     ]
@@ -225,8 +226,8 @@ def planar_transforms(
         plan: a raster or image plan.
         loader: :class:`LoadRasterd` (GeoTIFF bands, nodata → NaN → ignored) or
             :class:`LoadImage2Dd` (PNG/TIFF, alpha dropped, channels matched to the plan).
-        train: add chip sampling weighted toward labelled pixels, flips, 90° rotations and
-            :func:`_planar_augmentation`.
+        train: add class-balanced chip sampling (chips are centred on labelled pixels only),
+            flips, 90° rotations and :func:`_planar_augmentation`.
     """
     steps: list[Any] = [
         loader([IMAGE_KEY, LABEL_KEY], IMAGE_KEY, plan.in_channels, allow_missing_keys=True),

@@ -17,8 +17,7 @@ from pipelines.infer.tiled_instances import TileConfig, segment_with_network
 from pipelines.instance_targets import three_class_to_instances
 from pipelines.kinds import kind_adapter
 from pipelines.metrics import instance_scores, semantic_scores
-from pipelines.preprocess.array import IGNORE_INDEX
-from pipelines.train.module import foreground_indices
+from pipelines.preprocess.array import IGNORE_INDEX, foreground_indices
 
 
 @dataclass

@@ -28,15 +28,6 @@ def plain_tensors(batch: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def foreground_indices(class_values: Sequence[int]) -> list[int]:
-    """Class indices that are scored: every class but the one whose label value is 0.
-
-    Datasets whose value 0 is ignored (land cover: 0 = no data) have no background class, so
-    all their classes count.
-    """
-    return [index for index, value in enumerate(class_values) if value != 0]
-
-
 def dice_per_class(
     prediction: torch.Tensor,
     target: torch.Tensor,

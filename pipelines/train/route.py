@@ -16,6 +16,7 @@ from pydantic import JsonValue
 
 from data_contracts import ConfigError, DatasetFingerprint, ModelSpec, TrainConfig, TrainingPlan
 from pipelines.plan.network import AUTO_MODEL
+from pipelines.preprocess.array import foreground_indices
 from pipelines.train.budget import horizon_epochs
 from pipelines.train.maskrcnn import (
     MASK_THRESHOLD,
@@ -25,7 +26,7 @@ from pipelines.train.maskrcnn import (
     maskrcnn_module,
     maskrcnn_spec,
 )
-from pipelines.train.module import SegmentationModule, foreground_indices
+from pipelines.train.module import SegmentationModule
 from seg_models.losses import loss_terms
 
 logger = logging.getLogger(__name__)

@@ -235,6 +235,6 @@ def test_resume_is_exact_with_random_patch_augmentation(tmp_path: Path) -> None:
 def test_foreground_indices_skip_only_value_zero(
     class_values: tuple[int, ...], expected: list[int]
 ) -> None:
-    from pipelines.train.module import foreground_indices
+    from pipelines.preprocess.array import foreground_indices
 
     assert foreground_indices(class_values) == expected
