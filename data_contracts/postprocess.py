@@ -30,7 +30,9 @@ class PostprocessConfig(Contract):
         keep_largest_foreground: every foreground class together as one region (a tumour and
             its sub-regions, one organ with its parts): only that region's largest connected
             component stays, the others become background (nnU-Net's first post-processing
-            step).
+            step). Where class 0 is the background, inference also decides that region first
+            from the probabilities: foreground where class 0 is below 0.5, then the most
+            probable foreground class (``pipelines.infer.stream.class_indices``).
         keep_largest: class values of which only the largest connected component is kept
             (e.g. one liver per scan); the others become background.
         opening_radius: radius in pixels/voxels of the disk/ball of a morphological opening

@@ -112,9 +112,10 @@ def segment(
     postprocess: Annotated[
         bool,
         typer.Option(
-            help="Apply the model's post-processing (the plan's choice, e.g. keep only the "
-            "largest foreground component of a one-tumour or one-organ dataset; plan.json and "
-            "each output's lineage say which). --no-postprocess writes the network's labels."
+            help="Apply the model's post-processing (the plan's choice, e.g. for a one-tumour "
+            "or one-organ dataset: the foreground decided as one region, then only its largest "
+            "component kept; plan.json and each output's lineage say which). "
+            "--no-postprocess writes the network's argmax labels."
         ),
     ] = True,
     overlap: Annotated[

@@ -149,8 +149,9 @@ def train(
     MLflow, and optionally register (champion only when it beats the current one).
 
     The plan also chooses the post-processing that segflow segment applies to the model's
-    predictions: keep only the largest foreground component when every training case holds
-    one foreground object (a tumour, a spinal cord, an organ); --plan 'postprocess={}' drops it.
+    predictions: when every training case holds one foreground object (a tumour, a spinal cord,
+    an organ), decide the foreground as one region (background probability below 0.5) and keep
+    only its largest component; --plan 'postprocess={}' drops it.
 
     Examples:
 

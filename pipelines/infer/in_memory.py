@@ -21,7 +21,13 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
-from data_contracts import ChannelCountError, FileQuality, InferenceOptions, TrainingPlan
+from data_contracts import (
+    ChannelCountError,
+    FileQuality,
+    InferenceOptions,
+    PostprocessConfig,
+    TrainingPlan,
+)
 from pipelines.infer.confidence import ConfidenceAccumulator
 from pipelines.infer.loaded_model import LoadedModel, network_on
 from pipelines.infer.sliding import (
@@ -31,12 +37,19 @@ from pipelines.infer.sliding import (
     sliding_probabilities,
     window_options,
 )
+from pipelines.infer.stream import class_indices
 from pipelines.instance_targets import three_class_to_instances
 from pipelines.io.nifti import open_volume
 from pipelines.preprocess.loaders import LoadImage2Dd
 from pipelines.preprocess.transforms import IMAGE_KEY, planar_transforms, volume_transforms
 
-__all__ = ["Prediction", "class_values_of", "predict_image", "predict_volume"]
+__all__ = [
+    "Prediction",
+    "class_values_of",
+    "foreground_first",
+    "predict_image",
+    "predict_volume",
+]
 
 _PRED_KEY = "pred"
 
@@ -65,6 +78,16 @@ def class_values_of(classes: np.ndarray, plan: TrainingPlan) -> np.ndarray:
     values = np.asarray(plan.class_values, dtype=np.int64)
     dtype = np.uint8 if values.max(initial=0) <= 255 else np.uint16
     return np.asarray(values[classes], dtype=dtype)
+
+
+def foreground_first(postprocess: PostprocessConfig, plan: TrainingPlan) -> bool:
+    """Whether labels decide the foreground as one region first (``class_indices``).
+
+    So when the post-processing treats the foreground as one region
+    (``keep_largest_foreground``, which the plan sets where the training labels are one object)
+    and class 0 is the background.
+    """
+    return postprocess.keep_largest_foreground and tuple(plan.class_values[:1]) == (0,)
 
 
 def _check_channels(count: int, plan: TrainingPlan, path: Path, names: Sequence[str]) -> None:
@@ -100,7 +123,11 @@ def _slicewise(
 
 
 def _finish(
-    probabilities: torch.Tensor, plan: TrainingPlan, keep: bool, uncertainty: bool = False
+    probabilities: torch.Tensor,
+    plan: TrainingPlan,
+    keep: bool,
+    uncertainty: bool = False,
+    one_region: bool = False,
 ) -> Prediction:
     array = probabilities.numpy().astype(np.float32, copy=False)
     confidence = ConfidenceAccumulator()
@@ -110,8 +137,8 @@ def _finish(
     if plan.label_kind == "instance":
         instances = three_class_to_instances(array, min_seed_size=plan.min_instance_seed)
         return Prediction(instances, kept, instance=True, quality=quality, entropy=uncertain)
-    dtype = np.uint8 if array.shape[0] <= 256 else np.uint16
-    return Prediction(array.argmax(axis=0).astype(dtype), kept, quality=quality, entropy=uncertain)
+    classes = class_indices(array, foreground_first=one_region)
+    return Prediction(classes, kept, quality=quality, entropy=uncertain)
 
 
 def predict_volume(
@@ -120,6 +147,7 @@ def predict_volume(
     options: InferenceOptions | None = None,
     *,
     keep_probabilities: bool = False,
+    one_region: bool = False,
 ) -> Prediction:
     """Segment one NIfTI case (one file per channel, or one 4D file) in its source grid.
 
@@ -129,6 +157,7 @@ def predict_volume(
         options: sliding windows (unset overlap and batch size: the kind's defaults), TTA,
             device (default: CUDA when present).
         keep_probabilities: also return the probabilities (source grid).
+        one_region: decide the foreground as one region first (:func:`foreground_first`).
 
     Raises:
         ChannelCountError: the case has another number of channels than the model.
@@ -161,7 +190,7 @@ def predict_volume(
         item
     )[_PRED_KEY]
     source = torch.as_tensor(inverted).float()
-    return _finish(source, plan, keep_probabilities, options.uncertainty)
+    return _finish(source, plan, keep_probabilities, options.uncertainty, one_region)
 
 
 def predict_image(
@@ -170,10 +199,11 @@ def predict_image(
     options: InferenceOptions | None = None,
     *,
     keep_probabilities: bool = False,
+    one_region: bool = False,
 ) -> Prediction:
     """Segment one 2D image (PNG/TIFF) held in memory; pixels keep their places.
 
-    ``options``: as for :func:`predict_volume`.
+    ``options``, ``keep_probabilities``, ``one_region``: as for :func:`predict_volume`.
 
     Raises:
         ChannelCountError: the image's channels cannot be matched to the model's.
@@ -194,4 +224,4 @@ def predict_image(
     probabilities = sliding_probabilities(
         predictor, plain, plan.patch_size, len(plan.class_values), options, device=target
     )
-    return _finish(probabilities, plan, keep_probabilities, options.uncertainty)
+    return _finish(probabilities, plan, keep_probabilities, options.uncertainty, one_region)

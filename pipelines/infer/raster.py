@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from data_contracts import ChannelCountError, FileQuality, InferenceOptions, PostprocessConfig
 from pipelines.infer.confidence import ConfidenceAccumulator
-from pipelines.infer.in_memory import class_values_of
+from pipelines.infer.in_memory import class_values_of, foreground_first
 from pipelines.infer.loaded_model import LoadedModel, network_on
 from pipelines.infer.sliding import choose_device, probability_predictor, window_options
 from pipelines.infer.stream import class_indices, stream_raster
@@ -181,6 +181,7 @@ def segment_raster(
             block = np.where(valid, labels, nodata).astype(dtype)
             mask.write(block, Window(0, row, width, len(block)))
 
+        one_region = foreground_first(postprocess, plan)
         postprocess, block_rows = _block_plan(postprocess, dataset.width, dataset.height, source)
         writer = (
             None
@@ -191,7 +192,7 @@ def segment_raster(
         )
 
         def sink(window: Window, probabilities: np.ndarray, valid: np.ndarray) -> None:
-            classes = class_indices(probabilities)
+            classes = class_indices(probabilities, foreground_first=one_region)
             entropy = confidence.add(probabilities, valid, classes != 0)
             if entropy_writer is not None:
                 scaled_entropy = np.rint(entropy * 255).astype(np.uint8)

@@ -208,7 +208,7 @@ class VolumeKind:
 
     def segment(self, job: SegmentJob) -> dict[str, Path]:
         """Predict in the source grid, post-process with the source spacing, write NIfTI."""
-        from pipelines.infer.in_memory import class_values_of, predict_volume
+        from pipelines.infer.in_memory import class_values_of, foreground_first, predict_volume
         from pipelines.postprocess.labels import postprocess_labels
         from pipelines.write.nifti import (
             write_nifti_map,
@@ -218,7 +218,11 @@ class VolumeKind:
 
         model, source = job.model, job.channels[0]
         prediction = predict_volume(
-            model, job.channels, job.options, keep_probabilities=job.options.probabilities
+            model,
+            job.channels,
+            job.options,
+            keep_probabilities=job.options.probabilities,
+            one_region=foreground_first(job.postprocess, model.plan),
         )
         spacing = tuple(float(z) for z in nifti.open_volume(source).header.get_zooms()[:3])  # type: ignore[no-untyped-call]
         labels = postprocess_labels(

@@ -23,10 +23,11 @@ from data_contracts import (
     PostprocessConfig,
     UnsupportedFormatError,
 )
-from pipelines.infer.in_memory import predict_image, predict_volume
+from pipelines.infer.in_memory import foreground_first, predict_image, predict_volume
 from pipelines.infer.inputs import case_id_of, discover_inputs
 from pipelines.infer.run import segment_case
 from pipelines.infer.sliding import probability_predictor, sliding_probabilities
+from pipelines.infer.stream import class_indices
 from pipelines.ingest import ingest, write_manifest
 from pipelines.postprocess.labels import postprocess_labels
 from pipelines.services.batch import BatchReport, run_batch
@@ -213,10 +214,31 @@ def test_instance_images_become_uint16_instance_maps(tmp_path: Path) -> None:
     assert overlap > 0.7
 
 
+def test_foreground_first_where_the_foreground_is_one_region_beside_a_background(
+    volumes: tuple[Path, DatasetManifest],
+) -> None:
+    plan = oracle_model(volumes[1]).plan
+    one_region = PostprocessConfig(keep_largest_foreground=True)
+    assert foreground_first(one_region, plan)
+    assert not foreground_first(PostprocessConfig(), plan)
+    no_background = plan.model_copy(update={"class_values": (1, 2)})
+    assert not foreground_first(one_region, no_background)
+
+
 @pytest.mark.parametrize("switched_on", [True, False])
 def test_the_models_postprocessing_runs_unless_switched_off(
-    volumes: tuple[Path, DatasetManifest], tmp_path: Path, switched_on: bool
+    volumes: tuple[Path, DatasetManifest],
+    tmp_path: Path,
+    switched_on: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    decisions: list[bool] = []
+
+    def spy(probabilities: np.ndarray, *, foreground_first: bool = False) -> np.ndarray:
+        decisions.append(foreground_first)
+        return class_indices(probabilities, foreground_first=foreground_first)
+
+    monkeypatch.setattr("pipelines.infer.in_memory.class_indices", spy)
     _, manifest = volumes
     case = manifest.cases[0]
     truth = _truth(case).astype(np.uint8)
@@ -237,3 +259,4 @@ def test_the_models_postprocessing_runs_unless_switched_off(
     lineage = json.loads((tmp_path / "out" / f"{case.case_id}.lineage.json").read_text())
     recorded = {"keep_largest_foreground": True} if switched_on else {}
     assert lineage["settings"]["postprocess"] == recorded
+    assert decisions == [switched_on]
