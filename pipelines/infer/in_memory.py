@@ -81,9 +81,9 @@ def class_values_of(classes: np.ndarray, plan: TrainingPlan) -> np.ndarray:
 
 
 def foreground_first(postprocess: PostprocessConfig, plan: TrainingPlan) -> bool:
-    """Whether labels decide the foreground as one region first (``class_indices``).
+    """Whether the labels decide the foreground as one region first (``class_indices``).
 
-    So when the post-processing treats the foreground as one region
+    True when the post-processing treats the foreground as one region
     (``keep_largest_foreground``, which the plan sets where the training labels are one object)
     and class 0 is the background.
     """
