@@ -172,27 +172,44 @@ def planned_loss_options(config: TrainConfig, plan: TrainingPlan) -> dict[str, J
       within a few hundred steps the rare tumour sub-classes are not learnt, and the
       background's term is the one that teaches the tumour's outline.
 
+    Where the plan's foreground is one region split into sub-classes (``keep_largest_foreground``
+    with three classes or more, class 0 the background: BraTS), the Dice also scores that region
+    as a whole (``foreground_region``), as the outer region of nnU-Net's region-based training;
+    inference decides it first too (``pipelines.infer.stream.class_indices``).
+
     A loss or options the user names are kept as given.
     """
     if "loss" in config.model_fields_set or config.loss_options:
         return dict(config.loss_options)
     if PLANNED_DICE not in loss_terms(config.loss):
         return {}
+    region = _one_foreground_region(plan)
+    also = "; the foreground also scored as one region" if region else ""
     if plan.spatial_dims == 3:
         logger.info(
-            "loss: %s with a 3D Dice per patch, background included; --loss or loss_options "
+            "loss: %s with a 3D Dice per patch, background included%s; --loss or loss_options "
             "in the YAML change it",
             config.loss,
+            also,
         )
-        return {PLANNED_DICE: {"batch": False, "include_background": True}}
-    has_background = len(foreground_indices(plan.class_values)) < plan.num_classes
-    logger.info(
-        "loss: %s with nnU-Net's 2D Dice (summed over the batch, %s); --loss or loss_options "
-        "in the YAML change it",
-        config.loss,
-        "foreground classes only" if has_background else "every class: none is background",
-    )
-    return {PLANNED_DICE: {"batch": True, "include_background": not has_background}}
+        dice: dict[str, JsonValue] = {"batch": False, "include_background": True}
+    else:
+        has_background = len(foreground_indices(plan.class_values)) < plan.num_classes
+        logger.info(
+            "loss: %s with nnU-Net's 2D Dice (summed over the batch, %s%s); --loss or "
+            "loss_options in the YAML change it",
+            config.loss,
+            "foreground classes only" if has_background else "every class: none is background",
+            also,
+        )
+        dice = {"batch": True, "include_background": not has_background}
+    return {PLANNED_DICE: {**dice, "foreground_region": True} if region else dice}
+
+
+def _one_foreground_region(plan: TrainingPlan) -> bool:
+    """The plan keeps one foreground object made of several classes, beside a background."""
+    one_object = plan.postprocess.keep_largest_foreground and plan.num_classes > 2
+    return one_object and tuple(plan.class_values[:1]) == (0,)
 
 
 def loss_options_for(

@@ -25,6 +25,10 @@ class DiceLoss(SegLoss):
             single channel).
         batch: sum the statistics over the batch before dividing.
         smooth: added to numerator and denominator.
+        foreground_region: with three classes or more, also score every class but 0 together
+            as one region (probability ``1 − p₀``), one more term of the mean: the outer region
+            of region-based training (nnU-Net's BraTS whole tumour), for labels whose
+            foreground is one object split into sub-classes.
         ignore_index: target value to ignore.
     """
 
@@ -34,12 +38,14 @@ class DiceLoss(SegLoss):
         include_background: bool = True,
         batch: bool = False,
         smooth: float = 1e-5,
+        foreground_region: bool = False,
         ignore_index: int | None = None,
     ) -> None:
         super().__init__(ignore_index=ignore_index)
         self.include_background = include_background
         self.batch = batch
         self.smooth = smooth
+        self.foreground_region = foreground_region
 
     def compute(self, p: Prepared) -> torch.Tensor:
         """Mean Dice loss over images and classes."""
@@ -50,7 +56,12 @@ class DiceLoss(SegLoss):
             smooth_dr=self.smooth,
             batch=self.batch,
         )
-        loss: torch.Tensor = dice(p.probs, p.onehot)
+        probs, onehot = p.probs, p.onehot
+        if self.foreground_region and not p.binary and probs.shape[1] > 2:
+            # ignored pixels are zero in both, so the region's sums skip them too
+            probs = torch.cat([probs, probs[:, 1:].sum(dim=1, keepdim=True)], dim=1)
+            onehot = torch.cat([onehot, onehot[:, 1:].sum(dim=1, keepdim=True)], dim=1)
+        loss: torch.Tensor = dice(probs, onehot)
         return loss
 
 

@@ -78,6 +78,26 @@ def test_dice_of_perfect_is_zero_and_of_disjoint_is_one(classes: int, spatial) -
     assert dice(disjoint, target).item() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_foreground_region_adds_the_dice_of_every_class_but_0_as_one() -> None:
+    """A prediction right about the region but wrong about its sub-classes scores better."""
+    target = torch.zeros((1, 8, 8), dtype=torch.int64)
+    target[0, 2:6, 2:6] = 1
+    target[0, 3:5, 3:5] = 2
+    swapped = torch.where(target > 0, 3 - target, target)
+    logits = 50 * torch.nn.functional.one_hot(swapped, 3).movedim(-1, 1).float()
+    plain = build_loss("dice")(logits, target).item()
+    region = build_loss("dice", foreground_region=True)(logits, target).item()
+    # classes: background right, 1 and 2 wrong (loss 1 each); the region right (loss 0)
+    assert plain == pytest.approx(2 / 3, abs=1e-4) and region == pytest.approx(2 / 4, abs=1e-4)
+    two_classes = logits[:, :2], target.clamp(max=1)
+    assert build_loss("dice", foreground_region=True)(*two_classes).item() == pytest.approx(
+        build_loss("dice")(*two_classes).item()
+    )
+    ignored = torch.where(target == 0, IGNORE, target)
+    with_ignore = build_loss("dice", foreground_region=True, ignore_index=IGNORE)
+    assert torch.isfinite(with_ignore(logits, ignored))
+
+
 @pytest.mark.parametrize(("classes", "spatial"), MODES)
 def test_log_cosh_dice_is_log_cosh_of_dice(classes: int, spatial) -> None:
     logits, target = _data(classes, spatial)
@@ -174,7 +194,12 @@ def test_bad_loss_requests_raise_loss_error(name: str, options: dict, match: str
     ("name", "options", "reason", "hint"),
     [
         ("tversky", {}, "unknown loss 'tversky'", "choose from balanced_ce, ce, combo"),
-        ("dice", {"gamma": 2.0}, "accepts no option gamma", "dice takes batch, include_back"),
+        (
+            "dice",
+            {"gamma": 2.0},
+            "accepts no option gamma",
+            "dice takes batch, foreground_region, include_back",
+        ),
         ("weighted_ce", {}, "'weighted_ce' needs the option weight", "weighted_ce takes weight"),
         ("dice+weighted_ce", {}, "needs the option weight", "loss_options:"),
         ("weighted_ce", {"weight": None}, "invalid options for loss", "weighted_ce takes weight"),

@@ -178,6 +178,20 @@ def test_in_3d_the_dice_is_taken_per_patch_with_the_background() -> None:
     assert options == {"dice": {"batch": False, "include_background": True}}
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_one_foreground_region_of_several_classes_is_also_scored_whole(dims: int) -> None:
+    """BraTS: the plan keeps one tumour of several classes, so the Dice scores it whole too."""
+    config = TrainConfig(model="unet", model_options=TINY_UNET, accelerator="cpu")
+    one_region = {"postprocess": PostprocessConfig(keep_largest_foreground=True)}
+    shape = {"spatial_dims": dims, "patch_size": (16,) * dims, "kind": "volume"}
+    plan = PLAN.model_copy(update={**one_region, **shape})
+    assert planned_loss_options(config, plan)["dice"]["foreground_region"] is True  # type: ignore[index,call-overload]
+    binary = plan.model_copy(update={"class_values": (0, 1), "class_names": ("bg", "cord")})
+    assert "foreground_region" not in planned_loss_options(config, binary)["dice"]  # type: ignore[operator]
+    no_background = plan.model_copy(update={"class_values": (1, 2, 3)})
+    assert "foreground_region" not in planned_loss_options(config, no_background)["dice"]  # type: ignore[operator]
+
+
 def test_the_plans_postprocessing_is_logged_with_the_model() -> None:
     config = TrainConfig(model="unet", model_options=TINY_UNET, accelerator="cpu")
     assert route_for(PLAN, config, FINGERPRINT).processing == {}
