@@ -186,6 +186,12 @@ class TrainingPlan(Contract):
             )
         if self.ignore_value is not None and self.ignore_value in self.class_values:
             raise ValueError(f"ignore_value {self.ignore_value} is also a class value")
+        threshold = self.postprocess.threshold
+        if threshold is not None and len(self.class_values) > 2 and self.class_values[0] != 0:
+            raise ValueError(
+                f"postprocess threshold {threshold:g} needs class value 0 (the background) "
+                f"first; this plan's classes are {list(self.class_values)}"
+            )
         return self
 
     @property

@@ -30,15 +30,20 @@ class PostprocessConfig(Contract):
         keep_largest_foreground: every foreground class together as one region (a tumour and
             its sub-regions, one organ with its parts): only that region's largest connected
             component stays, the others become background (nnU-Net's first post-processing
-            step). Where class 0 is the background, inference also decides that region first
-            from the probabilities: foreground where class 0 is below 0.5, then the most
-            probable foreground class (``pipelines.infer.stream.class_indices``).
+            step). Where class 0 is the background and there are more than two classes,
+            inference also decides that region first from the probabilities: foreground where
+            class 0 is at most 0.5 (or below ``1 − threshold``), then the most probable
+            foreground class (``pipelines.postprocess.decision``).
         keep_largest: class values of which only the largest connected component is kept
             (e.g. one liver per scan); the others become background.
         opening_radius: radius in pixels/voxels of the disk/ball of a morphological opening
             that removes thin spurs and specks; 0 turns the step off.
-        threshold: for binary models, the foreground probability at or above which a pixel is
-            foreground; ``None`` takes the argmax over classes.
+        threshold: the foreground probability (``1 − P(class 0)``; for two classes, the
+            second class's) at or above which a pixel is foreground; it then takes its most
+            probable foreground class. Lower it to trade precision for recall (a model that
+            under-segments). Class 0 must be the background when there are more than two
+            classes. ``None`` takes the argmax over classes (or 0.5 with
+            ``keep_largest_foreground``, above).
         connectivity: neighbourhood of connected components: 1 for faces only (4-/6-connected),
             2 adds edges (8-connected in 2D, 18 in 3D), 3 adds corners (26 in 3D); ``None`` is
             full connectivity for the array's dimensionality. Values above the number of
@@ -59,6 +64,11 @@ class PostprocessConfig(Contract):
         if len(set(values)) != len(values):
             raise ValueError(f"keep_largest lists a class value twice: {values}")
         return values
+
+    @property
+    def changes_output(self) -> bool:
+        """True when the labels differ from the argmax's: a threshold or a morphological step."""
+        return self.threshold is not None or self.changes_labels
 
     @property
     def changes_labels(self) -> bool:

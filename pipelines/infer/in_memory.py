@@ -25,7 +25,6 @@ from data_contracts import (
     ChannelCountError,
     FileQuality,
     InferenceOptions,
-    PostprocessConfig,
     TrainingPlan,
 )
 from pipelines.infer.confidence import ConfidenceAccumulator
@@ -37,16 +36,15 @@ from pipelines.infer.sliding import (
     sliding_probabilities,
     window_options,
 )
-from pipelines.infer.stream import class_indices
 from pipelines.instance_targets import three_class_to_instances
 from pipelines.io.nifti import open_volume
+from pipelines.postprocess.decision import class_indices
 from pipelines.preprocess.loaders import LoadImage2Dd
 from pipelines.preprocess.transforms import IMAGE_KEY, planar_transforms, volume_transforms
 
 __all__ = [
     "Prediction",
     "class_values_of",
-    "foreground_first",
     "predict_image",
     "predict_volume",
 ]
@@ -78,16 +76,6 @@ def class_values_of(classes: np.ndarray, plan: TrainingPlan) -> np.ndarray:
     values = np.asarray(plan.class_values, dtype=np.int64)
     dtype = np.uint8 if values.max(initial=0) <= 255 else np.uint16
     return np.asarray(values[classes], dtype=dtype)
-
-
-def foreground_first(postprocess: PostprocessConfig, plan: TrainingPlan) -> bool:
-    """Whether the labels decide the foreground as one region first (``class_indices``).
-
-    True when the post-processing treats the foreground as one region
-    (``keep_largest_foreground``, which the plan sets where the training labels are one object)
-    and class 0 is the background.
-    """
-    return postprocess.keep_largest_foreground and tuple(plan.class_values[:1]) == (0,)
 
 
 def _check_channels(count: int, plan: TrainingPlan, path: Path, names: Sequence[str]) -> None:
@@ -127,7 +115,7 @@ def _finish(
     plan: TrainingPlan,
     keep: bool,
     uncertainty: bool = False,
-    one_region: bool = False,
+    foreground_cut: float | None = None,
 ) -> Prediction:
     array = probabilities.numpy().astype(np.float32, copy=False)
     confidence = ConfidenceAccumulator()
@@ -137,7 +125,7 @@ def _finish(
     if plan.label_kind == "instance":
         instances = three_class_to_instances(array, min_seed_size=plan.min_instance_seed)
         return Prediction(instances, kept, instance=True, quality=quality, entropy=uncertain)
-    classes = class_indices(array, foreground_first=one_region)
+    classes = class_indices(array, foreground_cut=foreground_cut)
     return Prediction(classes, kept, quality=quality, entropy=uncertain)
 
 
@@ -147,7 +135,7 @@ def predict_volume(
     options: InferenceOptions | None = None,
     *,
     keep_probabilities: bool = False,
-    one_region: bool = False,
+    foreground_cut: float | None = None,
 ) -> Prediction:
     """Segment one NIfTI case (one file per channel, or one 4D file) in its source grid.
 
@@ -157,7 +145,8 @@ def predict_volume(
         options: sliding windows (unset overlap and batch size: the kind's defaults), TTA,
             device (default: CUDA when present).
         keep_probabilities: also return the probabilities (source grid).
-        one_region: decide the foreground as one region first (:func:`foreground_first`).
+        foreground_cut: decide the foreground first, where ``1 − P(class 0)`` reaches this
+            (:func:`pipelines.postprocess.decision.foreground_cut`); ``None``: the argmax.
 
     Raises:
         ChannelCountError: the case has another number of channels than the model.
@@ -190,7 +179,7 @@ def predict_volume(
         item
     )[_PRED_KEY]
     source = torch.as_tensor(inverted).float()
-    return _finish(source, plan, keep_probabilities, options.uncertainty, one_region)
+    return _finish(source, plan, keep_probabilities, options.uncertainty, foreground_cut)
 
 
 def predict_image(
@@ -199,11 +188,11 @@ def predict_image(
     options: InferenceOptions | None = None,
     *,
     keep_probabilities: bool = False,
-    one_region: bool = False,
+    foreground_cut: float | None = None,
 ) -> Prediction:
     """Segment one 2D image (PNG/TIFF) held in memory; pixels keep their places.
 
-    ``options``, ``keep_probabilities``, ``one_region``: as for :func:`predict_volume`.
+    ``options``, ``keep_probabilities``, ``foreground_cut``: as for :func:`predict_volume`.
 
     Raises:
         ChannelCountError: the image's channels cannot be matched to the model's.
@@ -224,4 +213,4 @@ def predict_image(
     probabilities = sliding_probabilities(
         predictor, plain, plan.patch_size, len(plan.class_values), options, device=target
     )
-    return _finish(probabilities, plan, keep_probabilities, options.uncertainty, one_region)
+    return _finish(probabilities, plan, keep_probabilities, options.uncertainty, foreground_cut)

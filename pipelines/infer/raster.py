@@ -28,11 +28,12 @@ from rasterio.windows import Window
 
 from data_contracts import ChannelCountError, FileQuality, InferenceOptions, PostprocessConfig
 from pipelines.infer.confidence import ConfidenceAccumulator
-from pipelines.infer.in_memory import class_values_of, foreground_first
+from pipelines.infer.in_memory import class_values_of
 from pipelines.infer.loaded_model import LoadedModel, network_on
 from pipelines.infer.sliding import choose_device, probability_predictor, window_options
-from pipelines.infer.stream import class_indices, stream_raster
+from pipelines.infer.stream import stream_raster
 from pipelines.io.raster import bounded_gdal_env, open_raster
+from pipelines.postprocess.decision import class_indices, foreground_cut
 from pipelines.postprocess.labels import pixel_area, postprocess_labels
 from pipelines.preprocess.array import normalize_channels
 from pipelines.write.geotiff import GeoTiffMaskWriter, mask_dtype
@@ -181,7 +182,7 @@ def segment_raster(
             block = np.where(valid, labels, nodata).astype(dtype)
             mask.write(block, Window(0, row, width, len(block)))
 
-        one_region = foreground_first(postprocess, plan)
+        cut = foreground_cut(postprocess, plan)
         postprocess, block_rows = _block_plan(postprocess, dataset.width, dataset.height, source)
         writer = (
             None
@@ -192,7 +193,7 @@ def segment_raster(
         )
 
         def sink(window: Window, probabilities: np.ndarray, valid: np.ndarray) -> None:
-            classes = class_indices(probabilities, foreground_first=one_region)
+            classes = class_indices(probabilities, foreground_cut=cut)
             entropy = confidence.add(probabilities, valid, classes != 0)
             if entropy_writer is not None:
                 scaled_entropy = np.rint(entropy * 255).astype(np.uint8)

@@ -36,6 +36,7 @@ from pipelines.infer.strips import (
     threaded_handle,
     window_starts,
 )
+from pipelines.postprocess.decision import class_indices
 
 __all__ = [
     "Normalizer",
@@ -247,43 +248,6 @@ def _block_cache_bytes(dataset: rasterio.DatasetReader) -> int:
 
 def _threads(requested: int | None) -> int:
     return requested if requested is not None else os.cpu_count() or 1
-
-
-def class_indices(
-    probabilities: NDArray[np.floating], *, foreground_first: bool = False
-) -> NDArray[np.unsignedinteger]:
-    """``argmax`` over the first axis (ties go to the first class): uint8, or uint16 past 256.
-
-    One comparison pass per class instead of NumPy's ``argmax`` along a non-last axis, which
-    walks the array with a stride of a whole plane and is several times slower.
-
-    With ``foreground_first`` (a plan whose foreground is one region, class 0 the background),
-    that region is decided first: a pixel is foreground where class 0's probability is below
-    0.5, and takes its most probable foreground class. Plain argmax hands the background a
-    pixel whose foreground probability is split among classes (a tumour's core shared by
-    necrosis and enhancing tumour, each below the background). Two classes: the same as argmax.
-    """
-    if foreground_first and len(probabilities) > 2:
-        return _foreground_then_class(probabilities)
-    dtype = np.uint8 if len(probabilities) <= 256 else np.uint16
-    labels = np.zeros(probabilities.shape[1:], dtype=dtype)
-    if len(probabilities) == 2:
-        np.greater(probabilities[1], probabilities[0], out=labels, casting="unsafe")
-        return labels
-    best = probabilities[0].copy()
-    for index, channel in enumerate(probabilities[1:], start=1):
-        labels[channel > best] = index
-        np.maximum(best, channel, out=best)
-    return labels
-
-
-def _foreground_then_class(probabilities: NDArray[np.floating]) -> NDArray[np.unsignedinteger]:
-    """1 + the argmax over the foreground classes where class 0 is below 0.5, else 0."""
-    among_foreground = class_indices(probabilities[1:])
-    labels: NDArray[np.unsignedinteger] = np.where(
-        probabilities[0] < 0.5, among_foreground.astype(np.uint32) + 1, 0
-    ).astype(np.uint8 if len(probabilities) <= 256 else np.uint16)
-    return labels
 
 
 def _hand_off(accumulator: _RowAccumulator, strips: StripReader, strip: int, sink: Sink) -> None:

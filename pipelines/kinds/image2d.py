@@ -159,8 +159,9 @@ class ImageKind(PlanarKind):
         """Semantic or instance labels (U-Net with boundary, or tiled Mask R-CNN) as a PNG,
         probabilities as a float TIFF."""
         from pipelines.infer.confidence import ConfidenceAccumulator
-        from pipelines.infer.in_memory import class_values_of, foreground_first, predict_image
+        from pipelines.infer.in_memory import class_values_of, predict_image
         from pipelines.infer.maskrcnn import scored_instances
+        from pipelines.postprocess.decision import foreground_cut
         from pipelines.postprocess.labels import postprocess_labels
         from pipelines.write.image2d import write_label_image, write_probability_image
 
@@ -178,7 +179,7 @@ class ImageKind(PlanarKind):
                 job.channels[0],
                 job.options,
                 keep_probabilities=job.options.probabilities,
-                one_region=foreground_first(job.postprocess, model.plan),
+                foreground_cut=foreground_cut(job.postprocess, model.plan),
             )
             if prediction.instance:
                 labels = prediction.classes.astype(np.uint16)

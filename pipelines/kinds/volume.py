@@ -208,7 +208,8 @@ class VolumeKind:
 
     def segment(self, job: SegmentJob) -> dict[str, Path]:
         """Predict in the source grid, post-process with the source spacing, write NIfTI."""
-        from pipelines.infer.in_memory import class_values_of, foreground_first, predict_volume
+        from pipelines.infer.in_memory import class_values_of, predict_volume
+        from pipelines.postprocess.decision import foreground_cut
         from pipelines.postprocess.labels import postprocess_labels
         from pipelines.write.nifti import (
             write_nifti_map,
@@ -222,7 +223,7 @@ class VolumeKind:
             job.channels,
             job.options,
             keep_probabilities=job.options.probabilities,
-            one_region=foreground_first(job.postprocess, model.plan),
+            foreground_cut=foreground_cut(job.postprocess, model.plan),
         )
         spacing = tuple(float(z) for z in nifti.open_volume(source).header.get_zooms()[:3])  # type: ignore[no-untyped-call]
         labels = postprocess_labels(

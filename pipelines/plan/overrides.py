@@ -153,9 +153,11 @@ def _norm_text(
 
 
 def _postprocess_text(config: PostprocessConfig) -> str:
-    if not config.changes_labels:
-        return "none"
     steps = config.model_dump(exclude_defaults=True)
+    if not steps:
+        return "none"
+    if "threshold" in steps:
+        steps = {f"foreground at probability ≥ {steps.pop('threshold'):g}": True, **steps}
     if steps.pop("keep_largest_foreground", False):
         steps = {"keep the largest foreground component": True, **steps}
     return ", ".join(key if value is True else f"{key} {value}" for key, value in steps.items())

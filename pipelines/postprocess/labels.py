@@ -1,4 +1,4 @@
-"""Class probabilities → label maps, and label clean-up in physical units.
+"""Label clean-up in physical units (probabilities → labels: :mod:`.decision`).
 
 Every function here is an array operation: no files, no geometry objects beyond a spacing or an
 affine transform. Sizes are physical (mm³, CRS units², pixels for plain images) so that one
@@ -23,48 +23,10 @@ __all__ = [
     "largest_component",
     "pixel_area",
     "postprocess_labels",
-    "probabilities_to_labels",
     "voxel_volume",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def probabilities_to_labels(
-    probabilities: np.ndarray, *, threshold: float | None = None
-) -> np.ndarray:
-    """Class indices from per-class probabilities.
-
-    Args:
-        probabilities: ``(K, *S)`` probabilities (softmax over K classes, or one sigmoid
-            channel when K is 1).
-        threshold: for binary models (K of 1 or 2), the foreground probability (the last
-            channel) at or above which a pixel is labelled 1. ``None`` takes the argmax over
-            classes (0.5 on the single channel when K is 1).
-
-    Returns:
-        ``S``-shaped class indices: uint8 for up to 256 classes, uint16 beyond.
-
-    Raises:
-        UsageError: fewer than 2 dimensions, too many classes, or a threshold with K > 2.
-    """
-    array = np.asarray(probabilities)
-    if array.ndim < 2 or array.shape[0] < 1:
-        raise UsageError(f"probabilities must be (K, *S) with K >= 1, got shape {array.shape}")
-    n_classes = array.shape[0]
-    if n_classes > 65536:
-        raise UsageError(f"{n_classes} classes do not fit uint16 class indices")
-    if threshold is not None and n_classes > 2:
-        raise UsageError(
-            f"a threshold applies to binary models (K = 1 or 2), got K = {n_classes}",
-            hint="drop the threshold to take the argmax over classes",
-        )
-    if n_classes <= 2 and (threshold is not None or n_classes == 1):
-        cut = 0.5 if threshold is None else threshold
-        return np.asarray(array[-1] >= cut, dtype=np.uint8)
-    dtype = np.uint8 if n_classes <= 256 else np.uint16
-    classes: np.ndarray = np.argmax(array, axis=0).astype(dtype)
-    return classes
 
 
 def pixel_area(transform: Affine) -> float:

@@ -92,7 +92,7 @@ def config_hash(options: InferenceOptions, model: LoadedModel | ModelCard) -> st
     plan = model.plan.model_dump(mode="json")
     if plan.get("network") is None:  # plans before ``--model auto`` hashed without the field
         plan.pop("network", None)
-    if not model.plan.postprocess.changes_labels:  # nor before the planned post-processing
+    if not model.plan.postprocess.changes_output:  # nor before the planned post-processing
         plan.pop("postprocess", None)
     settings = {
         "options": hashed,

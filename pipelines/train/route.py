@@ -16,6 +16,7 @@ from pydantic import JsonValue
 
 from data_contracts import ConfigError, DatasetFingerprint, ModelSpec, TrainConfig, TrainingPlan
 from pipelines.plan.network import AUTO_MODEL
+from pipelines.postprocess.decision import one_foreground_region
 from pipelines.preprocess.array import foreground_indices
 from pipelines.train.budget import horizon_epochs
 from pipelines.train.maskrcnn import (
@@ -152,7 +153,7 @@ def _semantic_route(
 
 def planned_processing(plan: TrainingPlan) -> dict[str, JsonValue]:
     """The plan's post-processing as the model's ``processing.postprocess``, when it has one."""
-    if not plan.postprocess.changes_labels:
+    if not plan.postprocess.changes_output:
         return {}
     return {"postprocess": plan.postprocess.model_dump(mode="json", exclude_defaults=True)}
 
@@ -175,7 +176,7 @@ def planned_loss_options(config: TrainConfig, plan: TrainingPlan) -> dict[str, J
     Where the plan's foreground is one region split into sub-classes (``keep_largest_foreground``
     with three classes or more, class 0 the background: BraTS), the Dice also scores that region
     as a whole (``foreground_region``), as the outer region of nnU-Net's region-based training;
-    inference decides it first too (``pipelines.infer.stream.class_indices``).
+    inference decides it first too (``pipelines.postprocess.decision``).
 
     A loss or options the user names are kept as given.
     """
@@ -183,7 +184,7 @@ def planned_loss_options(config: TrainConfig, plan: TrainingPlan) -> dict[str, J
         return dict(config.loss_options)
     if PLANNED_DICE not in loss_terms(config.loss):
         return {}
-    region = _one_foreground_region(plan)
+    region = one_foreground_region(plan.postprocess, plan)
     also = "; the foreground also scored as one region" if region else ""
     if plan.spatial_dims == 3:
         logger.info(
@@ -204,12 +205,6 @@ def planned_loss_options(config: TrainConfig, plan: TrainingPlan) -> dict[str, J
         )
         dice = {"batch": True, "include_background": not has_background}
     return {PLANNED_DICE: {**dice, "foreground_region": True} if region else dice}
-
-
-def _one_foreground_region(plan: TrainingPlan) -> bool:
-    """The plan keeps one foreground object made of several classes, beside a background."""
-    one_object = plan.postprocess.keep_largest_foreground and plan.num_classes > 2
-    return one_object and tuple(plan.class_values[:1]) == (0,)
 
 
 def loss_options_for(

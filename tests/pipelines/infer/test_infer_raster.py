@@ -94,3 +94,25 @@ def test_a_raster_with_too_few_bands_fails_alone(
     assert "two_bands.tif" in error and "has 2 band(s); the model expects 3" in error
     assert not (tmp_path / "out" / "two_bands.tif").exists()
     assert len(discover_inputs(folder, workdir=tmp_path).cases) == 2
+
+
+@pytest.mark.parametrize("threshold", [0.4, 0.9])
+def test_the_models_threshold_cuts_the_foreground(
+    tiles: tuple[Path, DatasetManifest], tmp_path: Path, threshold: float
+) -> None:
+    _, manifest = tiles
+    model = oracle_model(manifest, patch=(64, 64))
+    assert model.plan.class_values[0] == 0
+    source = Path(manifest.cases[0].channels[0].path)
+    config = PostprocessConfig(threshold=threshold)
+    outputs = segment_raster(
+        model, source, tmp_path / "m.tif", probabilities_path=tmp_path / "p.tif", postprocess=config
+    )
+    assert outputs.probabilities is not None
+    with rasterio.open(outputs.mask) as mask, rasterio.open(outputs.probabilities) as probs:
+        labels, foreground = mask.read(1), 1 - probs.read(1) / 255
+    valid = labels != 255
+    clearly_in = valid & (foreground >= threshold + 0.005)
+    clearly_out = valid & (foreground < threshold - 0.005)
+    assert clearly_in.any() and clearly_out.any()
+    assert (labels[clearly_in] != 0).all() and (labels[clearly_out] == 0).all()

@@ -23,12 +23,12 @@ from data_contracts import (
     PostprocessConfig,
     UnsupportedFormatError,
 )
-from pipelines.infer.in_memory import foreground_first, predict_image, predict_volume
+from pipelines.infer.in_memory import predict_image, predict_volume
 from pipelines.infer.inputs import case_id_of, discover_inputs
 from pipelines.infer.run import segment_case
 from pipelines.infer.sliding import probability_predictor, sliding_probabilities
-from pipelines.infer.stream import class_indices
 from pipelines.ingest import ingest, write_manifest
+from pipelines.postprocess.decision import class_indices, foreground_cut
 from pipelines.postprocess.labels import postprocess_labels
 from pipelines.services.batch import BatchReport, run_batch
 from pipelines.synthetic import make_image_dataset, make_volume_dataset, pack_archive
@@ -214,15 +214,19 @@ def test_instance_images_become_uint16_instance_maps(tmp_path: Path) -> None:
     assert overlap > 0.7
 
 
-def test_foreground_first_where_the_foreground_is_one_region_beside_a_background(
+def test_the_foreground_is_cut_first_where_it_is_one_region_beside_a_background(
     volumes: tuple[Path, DatasetManifest],
 ) -> None:
     plan = oracle_model(volumes[1]).plan
     one_region = PostprocessConfig(keep_largest_foreground=True)
-    assert foreground_first(one_region, plan)
-    assert not foreground_first(PostprocessConfig(), plan)
-    no_background = plan.model_copy(update={"class_values": (1, 2)})
-    assert not foreground_first(one_region, no_background)
+    assert foreground_cut(one_region, plan) == 0.5
+    assert foreground_cut(PostprocessConfig(), plan) is None
+    no_background = plan.model_copy(update={"class_values": (1, 2, 3)})
+    assert foreground_cut(one_region, no_background) is None
+    binary = plan.model_copy(update={"class_values": (0, 1), "class_names": ("a", "b")})
+    assert foreground_cut(one_region, binary) is None  # two classes: the argmax already is
+    assert foreground_cut(PostprocessConfig(threshold=0.3), binary) == 0.3
+    assert foreground_cut(one_region.model_copy(update={"threshold": 0.7}), plan) == 0.7
 
 
 @pytest.mark.parametrize("switched_on", [True, False])
@@ -232,11 +236,11 @@ def test_the_models_postprocessing_runs_unless_switched_off(
     switched_on: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    decisions: list[bool] = []
+    decisions: list[float | None] = []
 
-    def spy(probabilities: np.ndarray, *, foreground_first: bool = False) -> np.ndarray:
-        decisions.append(foreground_first)
-        return class_indices(probabilities, foreground_first=foreground_first)
+    def spy(probabilities: np.ndarray, *, foreground_cut: float | None = None) -> np.ndarray:
+        decisions.append(foreground_cut)
+        return class_indices(probabilities, foreground_cut=foreground_cut)
 
     monkeypatch.setattr("pipelines.infer.in_memory.class_indices", spy)
     _, manifest = volumes
@@ -259,4 +263,4 @@ def test_the_models_postprocessing_runs_unless_switched_off(
     lineage = json.loads((tmp_path / "out" / f"{case.case_id}.lineage.json").read_text())
     recorded = {"keep_largest_foreground": True} if switched_on else {}
     assert lineage["settings"]["postprocess"] == recorded
-    assert decisions == [switched_on]
+    assert decisions == [0.5 if switched_on else None]

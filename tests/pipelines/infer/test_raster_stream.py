@@ -261,21 +261,19 @@ def test_class_indices_is_argmax_with_ties_to_the_first_class(n_classes: int) ->
     np.testing.assert_array_equal(labels, probabilities.argmax(axis=0))
 
 
-def test_foreground_first_decides_the_region_before_the_class() -> None:
+def test_a_foreground_cut_decides_the_region_before_the_class() -> None:
     # per pixel: background, necrosis, edema; the middle pixel's tumour is split in two
     probabilities = np.array(
-        [[0.7, 0.4, 0.5, 0.2], [0.2, 0.3, 0.25, 0.3], [0.1, 0.3, 0.25, 0.5]], dtype=np.float32
+        [[0.7, 0.4, 0.55, 0.2], [0.2, 0.3, 0.2, 0.3], [0.1, 0.3, 0.25, 0.5]], dtype=np.float32
     )[:, None, :]
     assert class_indices(probabilities).tolist() == [[0, 0, 0, 2]]
-    assert class_indices(probabilities, foreground_first=True).tolist() == [[0, 1, 0, 2]]
+    assert class_indices(probabilities, foreground_cut=0.5).tolist() == [[0, 1, 0, 2]]
     binary = probabilities[:2] / probabilities[:2].sum(axis=0)
-    np.testing.assert_array_equal(
-        class_indices(binary, foreground_first=True), class_indices(binary)
-    )
+    np.testing.assert_array_equal(class_indices(binary, foreground_cut=0.5), class_indices(binary))
     many = np.full((300, 1, 2), 0.001, dtype=np.float32)
     many[0, 0, 0], many[299, 0, 1] = 0.9, 0.4
-    assert class_indices(many, foreground_first=True).tolist() == [[0, 299]]
-    assert class_indices(many, foreground_first=True).dtype == np.uint16
+    assert class_indices(many, foreground_cut=0.5).tolist() == [[0, 299]]
+    assert class_indices(many, foreground_cut=0.5).dtype == np.uint16
 
 
 @pytest.mark.parametrize(

@@ -15,15 +15,13 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.warp import transform as warp_points
 
-from data_contracts import PostprocessConfig, UsageError
-from pipelines.postprocess.labels import (
-    pixel_area,
-    postprocess_labels,
-    probabilities_to_labels,
-    voxel_volume,
-)
+from data_contracts import ChannelNormalization, PostprocessConfig, TrainingPlan, UsageError
+from pipelines.plan.overrides import plan_table
+from pipelines.postprocess.decision import class_indices
+from pipelines.postprocess.labels import pixel_area, postprocess_labels, voxel_volume
 from pipelines.postprocess.polygons import label_polygons, write_polygons
 from pipelines.synthetic.rasters import custom_albers_wkt
+from pipelines.train.route import planned_processing
 
 # ---------------------------------------------------------------- config and helpers
 
@@ -49,17 +47,43 @@ def test_pixel_area_and_voxel_volume() -> None:
         voxel_volume((1.0, 0.0))
 
 
-def test_probabilities_to_labels() -> None:
+def test_class_indices_take_the_argmax_or_cut_the_foreground_first() -> None:
     probabilities = np.array([[[0.7, 0.2]], [[0.2, 0.3]], [[0.1, 0.5]]])  # (3, 1, 2)
-    labels = probabilities_to_labels(probabilities)
+    labels = class_indices(probabilities)
     assert labels.dtype == np.uint8 and labels.tolist() == [[0, 2]]
+    # foreground 0.3 and 0.8: a cut of 0.25 makes the first pixel its likeliest foreground class
+    assert class_indices(probabilities, foreground_cut=0.25).tolist() == [[1, 2]]
+    assert class_indices(probabilities, foreground_cut=0.9).tolist() == [[0, 0]]
     binary = np.array([[[0.7, 0.4]], [[0.3, 0.6]]])
-    assert probabilities_to_labels(binary, threshold=0.25).tolist() == [[1, 1]]
-    assert probabilities_to_labels(binary).tolist() == [[0, 1]]
-    assert probabilities_to_labels(binary[1:], threshold=0.5).tolist() == [[0, 1]]
-    assert probabilities_to_labels(np.zeros((300, 2, 2))).dtype == np.uint16
-    with pytest.raises(UsageError):
-        probabilities_to_labels(probabilities, threshold=0.5)
+    assert class_indices(binary, foreground_cut=0.25).tolist() == [[1, 1]]
+    assert class_indices(binary, foreground_cut=0.6).tolist() == [[0, 1]]  # at the cut
+    assert class_indices(binary).tolist() == [[0, 1]]
+    assert class_indices(np.zeros((300, 2, 2))).dtype == np.uint16
+
+
+def test_a_threshold_needs_a_background_first_beyond_two_classes() -> None:
+    plan = TrainingPlan(
+        dataset_name="tiles",
+        kind="raster",
+        spatial_dims=2,
+        patch_size=(32, 32),
+        batch_size=2,
+        in_channels=1,
+        class_values=(0, 1, 2),
+        class_names=("background", "road", "water"),
+        normalization=(ChannelNormalization(scheme="zscore"),),
+        postprocess=PostprocessConfig(threshold=0.3),
+    )
+    assert dict(plan_table(plan))["postprocess"] == "foreground at probability ≥ 0.3"
+    with pytest.raises(ValidationError, match="class value 0"):
+        TrainingPlan.model_validate({**plan.model_dump(), "class_values": (1, 2, 3)})
+    binary = {**plan.model_dump(), "class_values": (1, 2), "class_names": ("a", "b")}
+    assert TrainingPlan.model_validate(binary).postprocess.threshold == 0.3
+    assert PostprocessConfig(threshold=0.3).changes_output
+    assert not PostprocessConfig(threshold=0.3).changes_labels
+    # the model keeps it: ``segflow segment`` reads it from the model's processing
+    assert planned_processing(plan) == {"postprocess": {"threshold": 0.3}}
+    assert planned_processing(plan.model_copy(update={"postprocess": PostprocessConfig()})) == {}
 
 
 # ---------------------------------------------------------------- postprocess_labels
