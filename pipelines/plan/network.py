@@ -10,8 +10,12 @@ The rules, nnU-Net's where it has one (each stays overridable with ``--model``,
 - **Depth.** Pool while the deepest feature map of a patch keeps at least
   :data:`MIN_FEATURE_MAP` pixels on its shortest axis (at least 2 poolings, at most 5 in 2D and
   4 in 3D).
-- **Normalisation.** Instance norm: with a few patches per step batch statistics are noisy,
-  and images of different modalities (fluorescence and bright-field) get their own statistics.
+- **Normalisation** (:func:`network_norm`). Instance norm for volumes and 2D images, whose
+  intensities are relative (MR scans, fluorescence and bright-field in one set): each patch
+  gets its own statistics. Batch norm for georeferenced rasters, whose calibrated band values
+  carry the class: instance norm takes each window's own mean away, so a window mostly of one
+  class (a town) looks like the training tiles' mix, and the class is lost (``BENCHMARKS.md``
+  A1: developed land IoU 0.02-0.04 with instance norm, 0.26 with batch norm).
 - **Width from a budget.** A probe times a few training steps per candidate width on this
   device (:mod:`pipelines.train.probe`); the widest of :data:`WIDTHS` whose steps reach
   :data:`MIN_STEPS` within the training seconds of the budget is chosen. When even the
@@ -42,6 +46,7 @@ __all__ = [
     "choose_network",
     "filters_for",
     "network_depth",
+    "network_norm",
 ]
 
 AUTO_MODEL = "auto"
@@ -92,6 +97,11 @@ def network_depth(patch_size: Sequence[int], spatial_dims: int) -> int:
     shortest = min(patch_size)
     depth = math.floor(math.log2(max(shortest, 1) / MIN_FEATURE_MAP))
     return max(MIN_DEPTH, min(MAX_DEPTH[spatial_dims], depth))
+
+
+def network_norm(plan: TrainingPlan) -> str:
+    """``"batch"`` for georeferenced rasters (absolute band values), else ``"instance"``."""
+    return "batch" if plan.kind == "raster" else "instance"
 
 
 def filters_for(base_width: int, depth: int, spatial_dims: int) -> list[int]:
@@ -178,6 +188,7 @@ def _describe(
 ) -> NetworkChoice:
     dims = plan.spatial_dims
     filters = filters_for(width, depth, dims)
+    norm = network_norm(plan)
     steps = _steps(budget.train_seconds, per_step)
     if not budget.given:
         steps = min(steps, budget.steps_wanted)
@@ -187,12 +198,12 @@ def _describe(
     rule = (
         f"{source} {budget.minutes:g} min ({budget.train_seconds:.0f} s of training), probe on "
         f"{device} ({precision}): {probe_text} → {steps:,} steps → "
-        f"U-Net {'-'.join(map(str, filters))} (DynUNet, instance norm, {depth} poolings), "
+        f"U-Net {'-'.join(map(str, filters))} (DynUNet, {norm} norm, {depth} poolings), "
         f"patch {'×'.join(map(str, patch))}, batch {plan.batch_size}; widest width reaching {budget.steps_wanted:,} steps"
     )
     return NetworkChoice(
         model=FAMILY,
-        options={"depth": depth, "filters": list(filters), "norm": "instance"},
+        options={"depth": depth, "filters": list(filters), "norm": norm},
         depth=depth,
         base_width=width,
         budget_minutes=budget.minutes,

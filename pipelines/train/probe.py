@@ -16,7 +16,7 @@ import torch
 from pydantic import JsonValue
 
 from data_contracts import ModelSpec, TrainingPlan
-from pipelines.plan.network import FAMILY, filters_for
+from pipelines.plan.network import FAMILY, filters_for, network_norm
 from pipelines.precision import autocast, training_autocast_dtype
 from seg_models import build_loss, build_model
 
@@ -58,7 +58,11 @@ def step_probe(
             spatial_dims=plan.spatial_dims,
             in_channels=plan.in_channels,
             num_classes=plan.num_classes,
-            options={"depth": depth, "filters": list[JsonValue](filters)},
+            options={
+                "depth": depth,
+                "filters": list[JsonValue](filters),
+                "norm": network_norm(plan),
+            },
         )
         seconds = _time_steps(spec, tuple(patch_size), plan.batch_size, device, precision)
         logger.info(

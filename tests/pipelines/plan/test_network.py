@@ -81,11 +81,24 @@ def test_the_widest_width_that_reaches_the_steps_is_chosen_and_wider_ones_are_no
     assert choice.options == {
         "depth": 5,
         "filters": [16, 32, 64, 128, 256, 512],
-        "norm": "instance",
+        "norm": "batch",
     }
     assert planned.network == choice and planned.patch_size == (256, 256)
     for text in ("budget 10 min", "1,250 steps", "U-Net 16-32-64-128-256-512", "patch 256×256"):
         assert text in choice.rule
+
+
+@pytest.mark.parametrize(
+    ("kind", "norm"), [("raster", "batch"), ("image", "instance"), ("volume", "instance")]
+)
+def test_rasters_get_batch_norm_and_relative_intensities_instance_norm(
+    kind: str, norm: str
+) -> None:
+    plan = _plan((3, 64, 64)[-3 if kind == "volume" else -2 :]).model_copy(update={"kind": kind})
+    budget = Budget(minutes=60, train_seconds=3000, steps_wanted=100, given=True)
+    _, choice = choose_network(plan, budget, LinearProbe(0.01, plan.patch_size))
+    assert choice.options["norm"] == norm
+    assert f"DynUNet, {norm} norm" in choice.rule
 
 
 def test_the_choice_states_the_precision_the_probe_timed() -> None:
