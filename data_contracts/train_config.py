@@ -30,6 +30,12 @@ class TrainConfig(Contract):
         seed: seed of every random generator (recorded with the run).
         deterministic: use deterministic algorithms (slower on GPU).
         patience: validations without improvement of the validation Dice before stopping.
+        weights: the weights a training keeps (evaluates, logs and registers): ``final``,
+            ``best`` (the best validation's), or ``auto``: the final ones when early stopping
+            is off (a budget sets the epochs and no patience is given: the learning rate decays
+            to 0 at its end, and nnU-Net segments with its final checkpoint too), else the
+            best. A validation slab of one or two cases is a noisy judge: within a budget it
+            picked epoch 0 or 1 of 13-76 in four of ten benchmark runs (``BENCHMARKS.md``).
         val_every: validate every this many epochs.
         accelerator: ``auto`` (CUDA when present), ``cpu`` or ``gpu``.
         devices: number of devices, or ``auto``.
@@ -54,6 +60,7 @@ class TrainConfig(Contract):
     seed: int = 0
     deterministic: bool = False
     patience: int = Field(default=10, ge=1)
+    weights: Literal["auto", "final", "best"] = "auto"
     val_every: int = Field(default=1, ge=1)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int | Literal["auto"] = "auto"

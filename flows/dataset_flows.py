@@ -230,7 +230,8 @@ def _training_lines(summary: Mapping[str, Any]) -> list[str]:
     lines = [
         f"{summary['metric']}: **{summary['score']:.4f}** on {len(summary['validation_cases'])}"
         " validation cases",
-        f"epochs: {summary['epochs']} (stopped by {summary['stopped_by']})",
+        f"epochs: {summary['epochs']} (stopped by {summary['stopped_by']}); "
+        f"{summary.get('weights', 'best')} weights kept",
         f"MLflow run: `{summary['run_id']}`; model `{summary['model_uri']}`",
         f"manifest: `{summary['manifest']}`; workdir `{summary['workdir']}`",
     ]

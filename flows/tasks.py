@@ -153,6 +153,7 @@ def training_summary(report: Any, workdir: Path) -> dict[str, Any]:
         "score": float(report.evaluation.score),
         "epochs": report.result.epochs,
         "stopped_by": report.result.stopped_by,
+        "weights": report.result.weights,
         "workdir": str(workdir),
         "validation_cases": list(report.validation_cases),
         "validation_region": report.validation_region,

@@ -115,6 +115,14 @@ def train(
             "--plan", help="Plan override field=value, repeatable, e.g. --plan patch_size=96,96,64."
         ),
     ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights to keep and register: auto (default: the final ones when "
+            "--max-minutes sets the epochs, where the learning rate decays to 0 at the end, "
+            "as nnU-Net; the best validation's when early stopping runs), final or best."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every random generator.")] = None,
     deterministic: Annotated[
         bool | None, typer.Option(help="Deterministic algorithms (slower on GPU).")
@@ -173,6 +181,7 @@ def train(
         "max_minutes": max_minutes,
         "max_epochs": max_epochs,
         "steps_per_epoch": steps_per_epoch,
+        "weights": weights,
         "seed": seed,
         "deterministic": deterministic,
         "accelerator": accelerator,
@@ -241,7 +250,7 @@ def result_lines(summary: Mapping[str, Any]) -> list[Text]:
     """Score, epochs, MLflow run, model and registry decision: one short line each."""
     lines = [
         f"score {summary['score']:.3f} · epochs {summary['epochs']} "
-        f"(stopped by {summary['stopped_by']})",
+        f"(stopped by {summary['stopped_by']}) · {summary.get('weights', 'best')} weights kept",
         f"MLflow run {summary['run_id']}",
         f"model {summary['model_uri']}",
     ]

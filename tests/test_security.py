@@ -85,7 +85,7 @@ class _Payload:
 
 def test_a_checkpoint_carrying_code_is_refused(tmp_path: Path) -> None:
     from pipelines.train.trainer import TrainResult
-    from pipelines.train.validate import load_best
+    from pipelines.train.validate import load_kept
 
     hostile = tmp_path / "best.ckpt"
     torch.save({"state_dict": {}, "payload": _Payload()}, hostile)
@@ -98,7 +98,7 @@ def test_a_checkpoint_carrying_code_is_refused(tmp_path: Path) -> None:
 
     result = TrainResult(best_score=0.0, best_checkpoint=hostile, last_checkpoint=None, epochs=1)
     with pytest.raises(pickle.UnpicklingError):
-        load_best(Module(), result)  # type: ignore[arg-type]
+        load_kept(Module(), result)  # type: ignore[arg-type]
     assert not Path("/tmp/segflow-pwned").exists()
 
 

@@ -162,6 +162,9 @@ class KindAdapter(Protocol):
             ``<case>.lineage.json`` is written next to the outputs.
         default_overlap: sliding-window overlap when none is asked for.
         default_window_batch: windows per forward pass when none is asked for.
+        network_norm: the normalisation layers of the plan's network: ``"instance"`` where
+            intensities are relative (each scan or photo its own scale), ``"batch"`` where
+            calibrated values carry the class (reflectance of a raster's bands).
     """
 
     name: str
@@ -174,6 +177,7 @@ class KindAdapter(Protocol):
     lineage_in_outputs: bool
     default_overlap: float
     default_window_batch: int
+    network_norm: str
 
     # --- ingest -----------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class ImageKind(PlanarKind):
     name = "image"
     suffixes: tuple[str, ...] = (".png", ".tif", ".tiff")
     georeferenced = False
+    network_norm = "instance"
     fixed_channels = False
     lineage_in_outputs = False
 

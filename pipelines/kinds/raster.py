@@ -42,6 +42,7 @@ class RasterKind(PlanarKind):
     name = "raster"
     suffixes: tuple[str, ...] = (".tif", ".tiff")
     georeferenced = True
+    network_norm = "batch"
     fixed_channels = True
     lineage_in_outputs = True  # the mask's ``segflow_lineage`` tag
 

@@ -57,6 +57,7 @@ class VolumeKind:
     spatial_dims: Literal[2, 3] = 3
     target_spacing_unit: str | None = "mm (RAS)"
     georeferenced = False
+    network_norm = "instance"
     fixed_channels = True
     channels_in_separate_files = True
     lineage_in_outputs = False

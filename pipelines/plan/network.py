@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from data_contracts import NetworkChoice, TrainingPlan
+from pipelines.kinds import kind_adapter
 from pipelines.plan.planner import patch_divisor
 
 __all__ = [
@@ -100,8 +101,9 @@ def network_depth(patch_size: Sequence[int], spatial_dims: int) -> int:
 
 
 def network_norm(plan: TrainingPlan) -> str:
-    """``"batch"`` for georeferenced rasters (absolute band values), else ``"instance"``."""
-    return "batch" if plan.kind == "raster" else "instance"
+    """The kind's normalisation layers (``KindAdapter.network_norm``): ``"batch"`` for
+    georeferenced rasters (absolute band values), ``"instance"`` for volumes and images."""
+    return kind_adapter(plan.kind).network_norm
 
 
 def filters_for(base_width: int, depth: int, spatial_dims: int) -> list[int]:

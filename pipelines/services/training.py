@@ -235,6 +235,7 @@ def _log_evaluation(evaluation: Evaluation, result: TrainResult) -> None:
                 if value == value and abs(value) != float("inf"):  # MLflow rejects NaN/inf poorly
                     mlflow.log_metric(f"case.{case_id}.{class_name}.{name}", value)
     mlflow.log_param("stopped_by", result.stopped_by)
+    mlflow.log_param("weights", result.weights)
     if result.history:
         log_training_curves(result.history)
     if evaluation.overlays:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sized
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -33,6 +33,8 @@ from pipelines.train.module import SegmentationModule
 from pipelines.train.sampler import EpochSeededSampler
 
 logger = logging.getLogger(__name__)
+
+_LAST = "last"
 
 #: The trainer's last epoch when the budget sets it (adjusted from the first epoch on).
 UNBOUNDED_EPOCHS = 100_000
@@ -59,6 +61,8 @@ class TrainResult:
         epochs: epochs completed.
         history: metric name → one value per epoch.
         stopped_by: ``"epochs"``, ``"early_stopping"`` or ``"time_budget"``.
+        weights: which weights the training keeps, ``"final"`` or ``"best"``
+            (:func:`kept_weights`).
     """
 
     best_score: float
@@ -67,6 +71,15 @@ class TrainResult:
     epochs: int
     history: dict[str, list[float]] = field(default_factory=dict)
     stopped_by: str = "epochs"
+    weights: Literal["final", "best"] = "best"
+
+    @property
+    def kept_checkpoint(self) -> Path | None:
+        """The best checkpoint (else the last) when the best weights are kept, else ``None``:
+        the final weights are the module's own after :func:`fit`."""
+        if self.weights == "final":
+            return None
+        return self.best_checkpoint or self.last_checkpoint
 
 
 class _History(Callback):
@@ -158,13 +171,22 @@ def fit(
     """
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = ModelCheckpoint(
-        dirpath=checkpoint_dir, filename="best", monitor=monitor, mode="max", save_last=True
+        dirpath=checkpoint_dir, filename="best", monitor=monitor, mode="max"
+    )
+    # Lightning's ``save_last`` copies only epochs that improved the best: after a plateau a
+    # rerun would resume from the best epoch, not the last. This one writes every epoch's end.
+    latest = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename=_LAST,
+        save_top_k=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
     )
     stopper = EarlyStopping(
         monitor=monitor, mode="max", patience=_patience(config), check_on_train_epoch_end=False
     )
     history = _History(on_epoch)
-    callbacks: list[Callback] = [checkpoints, stopper, history, *(extra_callbacks or [])]
+    callbacks: list[Callback] = [checkpoints, latest, stopper, history, *(extra_callbacks or [])]
     deadline = deadline_of(config)
     timer = None
     if deadline is not None:
@@ -193,7 +215,7 @@ def fit(
         num_sanity_val_steps=0,
         limit_val_batches=1.0 if val_loader is not None else 0,
     )
-    last = checkpoint_dir / "last.ckpt"
+    last = checkpoint_dir / f"{_LAST}.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
     if ckpt_path:
         logger.info("resuming from %s", ckpt_path)
@@ -202,15 +224,23 @@ def fit(
             trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
         except SIGTERMException as error:
             raise _interrupted(trainer, last) from error
-    return _result(trainer, checkpoints, stopper, timer, history)
+    return _result(trainer, checkpoints, latest, stopper, timer, history, kept_weights(config))
 
 
 def _patience(config: TrainConfig) -> int:
     """``config.patience``; unbounded when the budget sets the epochs and no patience was given:
-    the learning rate then decays over the whole budget and the best checkpoint is kept."""
+    the learning rate then decays over the whole budget."""
     if budget_sets_epochs(config) and "patience" not in config.model_fields_set:
         return UNBOUNDED_EPOCHS
     return config.patience
+
+
+def kept_weights(config: TrainConfig) -> Literal["final", "best"]:
+    """``config.weights``; for ``auto``, the final weights when early stopping is off (the
+    learning rate has decayed to 0 at the end of the budget), else the best validation's."""
+    if config.weights != "auto":
+        return config.weights
+    return "final" if _patience(config) == UNBOUNDED_EPOCHS else "best"
 
 
 @contextlib.contextmanager
@@ -249,9 +279,11 @@ def _interrupted(trainer: L.Trainer, last: Path) -> TrainingInterrupted:
 def _result(
     trainer: L.Trainer,
     checkpoints: ModelCheckpoint,
+    latest: ModelCheckpoint,
     stopper: EarlyStopping,
     timer: TimeBudget | None,
     history: _History,
+    weights: Literal["final", "best"],
 ) -> TrainResult:
     stopped_by = "epochs"
     if stopper.stopped_epoch > 0:
@@ -262,10 +294,11 @@ def _result(
     return TrainResult(
         best_score=float(best) if best is not None else float("nan"),
         best_checkpoint=Path(checkpoints.best_model_path) if checkpoints.best_model_path else None,
-        last_checkpoint=Path(checkpoints.last_model_path) if checkpoints.last_model_path else None,
+        last_checkpoint=Path(latest.best_model_path) if latest.best_model_path else None,
         epochs=trainer.current_epoch,
         history=history.history,
         stopped_by=stopped_by,
+        weights=weights,
     )
 
 

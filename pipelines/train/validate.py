@@ -1,7 +1,7 @@
-"""Score a fitted training on its validation cases: its best checkpoint, or another model.
+"""Score a fitted training on its validation cases: the weights it keeps, or another model.
 
-:func:`evaluate` loads the best checkpoint of :func:`~pipelines.train.trainer.fit` into the
-prepared module and scores it with :func:`~pipelines.train.evaluate.evaluate_network`;
+:func:`evaluate` keeps the weights :func:`~pipelines.train.trainer.fit` chose (its final ones,
+or its best checkpoint loaded into the prepared module) and scores them with :func:`~pipelines.train.evaluate.evaluate_network`;
 :func:`score_loaded` scores a model loaded from the registry on the same cases (the champion a
 new version must beat).
 """
@@ -22,7 +22,7 @@ from pipelines.train.trainer import TrainResult
 def evaluate(
     prepared: PreparedTraining, result: TrainResult, *, keep_predictions: bool = False
 ) -> Evaluation:
-    """Load the best checkpoint (else the last) into the prepared module and score it.
+    """Score the kept weights (the final ones, or the best checkpoint loaded into the module).
 
     Args:
         prepared: the training that was fitted.
@@ -33,7 +33,7 @@ def evaluate(
         Per-case and overall validation scores, with overlays of a few cases.
     """
     route = prepared.route
-    load_best(route.module, result)
+    load_kept(route.module, result)
     return evaluate_network(
         route.module.network,
         route.spec,
@@ -58,12 +58,10 @@ def score_loaded(prepared: PreparedTraining, loaded: LoadedModel) -> float:
     ).score
 
 
-def load_best(module: L.LightningModule, result: TrainResult) -> None:
-    """Load the weights of the best checkpoint (else the last) into ``module``, weights only.
-
-    Does nothing when the training wrote no checkpoint.
-    """
-    checkpoint = result.best_checkpoint or result.last_checkpoint
+def load_kept(module: L.LightningModule, result: TrainResult) -> None:
+    """Load the kept checkpoint into ``module`` (weights only): nothing to load when the final
+    weights are kept (the module holds them) or when the training wrote no checkpoint."""
+    checkpoint = result.kept_checkpoint
     if checkpoint is None or not checkpoint.is_file():
         return
     state = torch.load(checkpoint, map_location=module.device, weights_only=True)

@@ -155,7 +155,9 @@ def test_default_train_shows_its_summary_in_80_columns(
     assert code == ExitCode.OK
     text = "\n".join(out)
     assert "Training plan" in text and "Training result" in text and "MLflow run" in text
-    assert re.search(r"^score \d\.\d{3} · epochs 1 \(stopped by epochs\)$", text, re.M)
+    assert re.search(
+        r"^score \d\.\d{3} · epochs 1 \(stopped by epochs\) · best weights kept$", text, re.M
+    )
 
 
 def test_json_reports_errors_in_its_one_object(

@@ -129,6 +129,7 @@ def test_auto_training_fits_the_whole_budget_and_states_its_choice(tmp_path: Pat
     assert run.data.tags["segflow.network_rule"] == report.plan.network.rule
     assert run.data.params["plan.network.model"] == "dynunet"
     assert report.result.stopped_by == "time_budget"
+    assert report.result.weights == "final" and run.data.params["weights"] == "final"
     # A short budget keeps ~12 s for registering and two closing passes, and the actual
     # closing is quicker; a 10-minute budget ended at −1.2 % on the real sets (BENCHMARKS.md).
     assert 0.65 * budget_seconds <= elapsed <= 1.05 * budget_seconds + 2.0

@@ -19,6 +19,8 @@ from pipelines.train import (
     make_loaders,
     seed_everything,
 )
+from pipelines.train.trainer import kept_weights
+from pipelines.train.validate import load_kept
 
 SPEC = {
     "name": "unet",
@@ -118,6 +120,47 @@ def test_resume_gives_the_same_next_step_loss(tmp_path: Path) -> None:
     _run(tmp_path / "b", epochs=2, callback=resumed)
     assert len(uninterrupted.losses) == 6 and len(resumed.losses) == 3
     assert resumed.losses == pytest.approx(uninterrupted.losses[3:], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"max_minutes": 10}, "final"),  # the budget sets the epochs: no early stopping
+        ({"max_minutes": 10, "patience": 5}, "best"),  # early stopping on
+        ({}, "best"),  # max_epochs with the default patience
+        ({"weights": "final"}, "final"),
+        ({"max_minutes": 10, "weights": "best"}, "best"),
+    ],
+)
+def test_a_budget_keeps_the_final_weights_and_early_stopping_the_best(
+    config: dict[str, Any], expected: str
+) -> None:
+    assert kept_weights(TrainConfig(**config)) == expected
+
+
+def test_the_kept_weights_are_evaluated_and_registered(tmp_path: Path) -> None:
+    final = _run(tmp_path / "final", epochs=3, weights="final")
+    assert final.weights == "final" and final.kept_checkpoint is None
+    best = _run(tmp_path / "best", epochs=3, weights="best")
+    assert best.kept_checkpoint == best.best_checkpoint is not None
+    module = SegmentationModule(
+        SPEC, loss="dice+ce", roi_size=(32, 32), class_names=("background", "square")
+    )
+    before = {name: value.clone() for name, value in module.state_dict().items()}
+    load_kept(module, final)  # the module already holds the final weights: nothing is loaded
+    assert all(torch.equal(value, before[name]) for name, value in module.state_dict().items())
+    load_kept(module, best)
+    saved = torch.load(best.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(value, saved[name]) for name, value in module.state_dict().items())
+
+
+def test_the_last_checkpoint_is_the_last_epoch_even_without_improvement(tmp_path: Path) -> None:
+    # a learning rate of ~0 keeps the validation Dice flat: only epoch 0 is ever "best"
+    result = _run(tmp_path, epochs=3, learning_rate=1e-30)
+    best = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    last = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    assert best["epoch"] == 0 and last["epoch"] == 2
+    assert result.last_checkpoint == tmp_path / "last.ckpt"
 
 
 def test_time_budget_stops_training(tmp_path: Path) -> None:
