@@ -172,14 +172,16 @@ def _dataset(
     items = [case_to_item(case) for case in cases]
     transform = plan_transforms(plan, train=train)
     if held_out is not None:
+        context = max(plan.patch_size) // 2
         transform = _before_random(
-            transform, HoldOutRegiond(held_out, "ignore" if train else "crop")
+            transform, HoldOutRegiond(held_out, "ignore" if train else "crop", context)
         )
     if cache_dir is not None:
         # "slab": held-out parts chosen by class mix (a cache of the fixed-end rule is stale);
-        # "classes": training items hold per-class patch centres (older caches lack them)
+        # "classes": training items hold per-class patch centres (older caches lack them);
+        # "context": validation slabs keep half a patch of context
         held = f"-held-{held_out.fraction:g}-slab" if held_out else ""
-        part = ("train-classes" if train else "val") + held
+        part = ("train-classes" if train else "val-context") + held
         folder = cache_dir / cache_key(plan, cases) / part
         folder.mkdir(parents=True, exist_ok=True)
         transform = _plain_tensors_before_random(transform)

@@ -9,7 +9,10 @@ the whole case's (after orientation and resampling). The fixed end of one axis c
 is to be learned: the top of the S axis of a brain scan holds little tumour, and a validation
 score on it chose checkpoints almost at random (``BENCHMARKS.md`` A4). Training reads each
 whole case with its held-out labels set to :data:`~pipelines.preprocess.array.IGNORE_INDEX`
-(no loss there); validation reads only the held-out parts. The slab is chosen from the label
+(no loss there); validation reads the held-out parts with half a patch of context beside them
+(labels ignored there), so that its windows see what inference sees: a 90-pixel strip alone,
+padded with zeros to a 256-pixel window, was predicted empty by a network that finds its
+buildings within the whole scene (``BENCHMARKS.md`` A2). The slab is chosen from the label
 alone, so training and validation choose the same one. The image of a held-out part is seen in
 training context, its labels never.
 """
@@ -94,6 +97,13 @@ class Slab:
         """The slab of ``array`` (a view)."""
         return array.narrow(self.axis, self.start, self.stop - self.start)
 
+    def widened(self, context: int, length: int) -> Slab:
+        """The slab with up to ``context`` more indices on its inner side (an axis of
+        ``length``)."""
+        if self.start == 0:
+            return Slab(self.axis, 0, min(length, self.stop + context))
+        return Slab(self.axis, max(0, self.start - context), self.stop)
+
     def describe(self, ndim: int) -> str:
         """E.g. ``"the last 20 rows"`` or ``"the first 12 slices along A"`` (``ndim``: the
         array's, channels included)."""
@@ -119,13 +129,18 @@ class HoldOutRegiond(MapTransform):
     Args:
         region: what is held out.
         mode: ``"ignore"`` sets the label's held-out slab to ``IGNORE_INDEX``; ``"crop"`` keeps
-            only the held-out slab of the image and the label.
+            the held-out slab of the image and the label, with ``context`` more indices of the
+            case on its inner side whose labels are ``IGNORE_INDEX``.
+        context: indices of context a validation crop keeps beside its slab (half a patch).
     """
 
-    def __init__(self, region: HeldOutRegion, mode: Literal["ignore", "crop"]) -> None:
+    def __init__(
+        self, region: HeldOutRegion, mode: Literal["ignore", "crop"], context: int = 0
+    ) -> None:
         super().__init__([IMAGE_KEY, LABEL_KEY], allow_missing_keys=True)
         self.region = region
         self.mode = mode
+        self.context = context
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         item = dict(data)
@@ -138,7 +153,18 @@ class HoldOutRegiond(MapTransform):
             slab.narrow(label).fill_(IGNORE_INDEX)
             item[LABEL_KEY] = label
             return item
-        logger.info("%s: validating on %s", item["case_id"], slab.describe(label.ndim))
+        crop = slab.widened(self.context, label.shape[slab.axis])
+        logger.info(
+            "%s: validating on %s (%d more as context)",
+            item["case_id"],
+            slab.describe(label.ndim),
+            (crop.stop - crop.start) - (slab.stop - slab.start),
+        )
         for key in (IMAGE_KEY, LABEL_KEY):
-            item[key] = slab.narrow(item[key]).clone()
+            if key in item:
+                item[key] = crop.narrow(torch.as_tensor(item[key])).clone()
+        context = Slab(slab.axis, slab.stop - crop.start, crop.stop - crop.start)
+        if slab.start != 0:
+            context = Slab(slab.axis, 0, slab.start - crop.start)
+        context.narrow(item[LABEL_KEY]).fill_(IGNORE_INDEX)
         return item

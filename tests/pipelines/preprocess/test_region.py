@@ -43,6 +43,36 @@ def test_training_ignores_the_held_out_rows_and_validation_reads_only_them() -> 
     assert HoldOutRegiond(region, "crop")(_item("other"))[IMAGE_KEY].shape == (2, 10, 4)  # type: ignore[union-attr]
 
 
+class _FirstRows(HeldOutRegion):
+    def slab(self, label: torch.Tensor) -> Slab:
+        return Slab(1, 0, 2)
+
+
+@pytest.mark.parametrize(("first", "context"), [(False, 3), (True, 3), (False, 50)])
+def test_validation_keeps_context_beside_the_slab_with_its_labels_ignored(
+    first: bool, context: int
+) -> None:
+    item = _item()
+    label = item[LABEL_KEY]
+    assert isinstance(label, torch.Tensor)
+    label[:, :, 0] = 0  # every row alike: the last rows are held out
+    region: HeldOutRegion = (
+        _FirstRows(("scene",), 0.2, 2) if first else HeldOutRegion(("scene",), 0.2, spatial_dims=2)
+    )
+    slab = region.slab(label)
+    assert (slab.start == 0) is first
+    validated = HoldOutRegiond(region, "crop", context)(item)
+    crop = slab.widened(context, 10)
+    assert crop.stop - crop.start == min(10, 2 + context)
+    image, kept = validated[IMAGE_KEY], validated[LABEL_KEY]
+    assert isinstance(image, torch.Tensor) and isinstance(kept, torch.Tensor)
+    assert torch.equal(image, crop.narrow(_item()[IMAGE_KEY]))  # type: ignore[arg-type]
+    scored = kept != IGNORE_INDEX
+    assert int(scored.sum()) == 2 * 4  # only the slab's two rows are scored…
+    inside = slice(0, 2) if first else slice(kept.shape[1] - 2, kept.shape[1])
+    assert torch.equal(kept[:, inside], slab.narrow(label))  # …with their own labels
+
+
 def test_volumes_hold_out_the_end_of_the_s_axis_and_both_sides_keep_an_index() -> None:
     region = HeldOutRegion(("scan",), 0.5, spatial_dims=3)
     uniform = torch.zeros(1, 4, 4, 6, dtype=torch.int64)
@@ -77,7 +107,9 @@ def test_a_single_semantic_case_is_validated_on_its_held_out_rows(tmp_path: Path
     assert prepared.held_out == HeldOutRegion((case.case_id,), 0.2, 2)
     assert prepared.train_cases == prepared.val_cases == [case]
     validation = prepared.val_set[0]
-    assert validation[IMAGE_KEY].shape[-2:] == (13, 48)  # the last 20 % of 64 rows
+    # the last 20 % of 64 rows, and half a 32² patch of context above them (labels ignored)
+    assert validation[IMAGE_KEY].shape[-2:] == (13 + 16, 48)
+    assert int((validation[LABEL_KEY] == IGNORE_INDEX).all(dim=-1).sum()) >= 16
     full = validation_key([case])
     assert validation_key([case], prepared.held_out.description) != full
 
@@ -105,7 +137,8 @@ def test_fewer_than_five_cases_all_train_and_each_validates_on_an_end_slab(tmp_p
     assert prepared.held_out == HeldOutRegion(tuple(c.case_id for c in cases), 0.2, 2)
     assert prepared.train_cases == prepared.val_cases == cases
     assert "of each of" in prepared.held_out.description
-    slabs = {(8, 32), (40, 6)}  # 20 % of the rows or of the columns, whichever is most typical
+    # 20 % of the rows or of the columns, whichever is most typical, and 8 of context
+    slabs = {(8 + 8, 32), (40, 6 + 8)}
     assert {tuple(item[IMAGE_KEY].shape[-2:]) for item in prepared.val_set} <= slabs
 
 
