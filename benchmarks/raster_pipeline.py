@@ -44,11 +44,11 @@ from data_contracts import ChannelNormalization, InferenceOptions
 from pipelines.infer.stream import (
     Predictor,
     Sink,
-    class_indices,
     stream_raster,
     window_starts,
 )
 from pipelines.io.raster import bounded_gdal_env, open_raster
+from pipelines.postprocess.decision import class_indices
 from pipelines.preprocess.array import normalize_channels
 from pipelines.write.geotiff import GeoTiffMaskWriter
 

@@ -36,14 +36,12 @@ from pipelines.infer.strips import (
     threaded_handle,
     window_starts,
 )
-from pipelines.postprocess.decision import class_indices
 
 __all__ = [
     "Normalizer",
     "Predictor",
     "Sink",
     "StreamSummary",
-    "class_indices",
     "stream_raster",
     "window_starts",
 ]

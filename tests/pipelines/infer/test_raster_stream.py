@@ -22,7 +22,8 @@ from data_contracts import (
     ModelError,
     UsageError,
 )
-from pipelines.infer.stream import Predictor, StreamSummary, class_indices, stream_raster
+from pipelines.infer.stream import Predictor, StreamSummary, stream_raster
+from pipelines.postprocess.decision import class_indices
 from pipelines.preprocess.array import normalize_channels
 
 torch.set_num_threads(1)
