@@ -15,6 +15,7 @@ from data_contracts.dataset import CaseKind, LabelKind
 from data_contracts.postprocess import PostprocessConfig
 
 NormalizationScheme = Literal["ct", "zscore", "zscore_nonzero", "percentile", "none"]
+MissingChannels = Literal["nodata", "predict"]
 
 
 class ChannelStats(Contract):
@@ -54,6 +55,9 @@ class DatasetFingerprint(Contract):
         foreground_component_share: semantic labels with a background (value 0): the smallest,
             over the measured cases, share of a case's foreground (every other class, as one
             region) held by its largest connected component; ``None`` when not measured.
+        partial_nodata_fraction: share of the measured pixels where some channels are nodata
+            and others are not (a raster's band with its own gaps, e.g. Landsat 7's SLC-off
+            stripes); 0 where every channel is missing together or nothing is.
     """
 
     dataset_name: str
@@ -67,6 +71,7 @@ class DatasetFingerprint(Contract):
     modality_hint: Literal["ct", "mr", "other"] = "other"
     median_object_size: float | None = Field(default=None, ge=0)
     foreground_component_share: float | None = Field(default=None, ge=0, le=1)
+    partial_nodata_fraction: float = Field(default=0.0, ge=0, le=1)
 
 
 class ChannelNormalization(Contract):
@@ -149,6 +154,11 @@ class TrainingPlan(Contract):
         postprocess: the clean-up ``segflow segment`` applies to this model's label maps,
             chosen from the training labels (logged with the model as
             ``processing.postprocess``).
+        missing_channels: what a pixel with some channels nodata and others not is:
+            ``nodata`` (ignored by training, written as nodata; the rule of older plans) or
+            ``predict`` (trained on and segmented, each missing channel set to 0 after
+            normalisation, in training as in inference; only pixels where every channel is
+            nodata are nodata). Planned ``predict`` when the training data holds such pixels.
     """
 
     dataset_name: str
@@ -169,6 +179,7 @@ class TrainingPlan(Contract):
     overrides: tuple[str, ...] = ()
     network: NetworkChoice | None = None
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    missing_channels: MissingChannels = "nodata"
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingPlan:
@@ -186,6 +197,11 @@ class TrainingPlan(Contract):
             )
         if self.ignore_value is not None and self.ignore_value in self.class_values:
             raise ValueError(f"ignore_value {self.ignore_value} is also a class value")
+        if self.missing_channels == "predict" and self.in_channels < 2:
+            raise ValueError(
+                "missing_channels 'predict' needs at least two channels: with one, a missing "
+                "channel is a missing pixel"
+            )
         threshold = self.postprocess.threshold
         if threshold is not None and len(self.class_values) > 2 and self.class_values[0] != 0:
             raise ValueError(

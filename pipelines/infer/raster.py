@@ -221,6 +221,7 @@ def segment_raster(
                 options,
                 normalize=lambda tile: normalize_channels(tile, plan.normalization),
                 sink=sink,
+                predict_partial=plan.missing_channels == "predict",
                 progress=progress,
             )
             if writer is not None:

@@ -165,6 +165,7 @@ def stream_raster(
     normalize: Normalizer,
     sink: Sink,
     bands: Sequence[int] | None = None,
+    predict_partial: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> StreamSummary:
     """Run ``predictor`` over ``dataset`` in sliding windows; hand finished bands to ``sink``.
@@ -185,8 +186,11 @@ def stream_raster(
         sink: called in row order with ``(window, probabilities, valid)`` for each finished band
             of full-width rows: ``probabilities`` float32 ``(K, rows, width)``, blended and
             divided by the summed weights; ``valid`` bool ``(rows, width)``, False where any
-            read band is nodata/masked. The arrays are reused afterwards: copy to keep them.
+            read band is nodata/masked (every band, with ``predict_partial``). The arrays are
+            reused afterwards: copy to keep them.
         bands: 1-based band indexes to read (default: all).
+        predict_partial: a pixel with some bands nodata and others not is valid (its missing
+            bands reach ``normalize`` as NaN, which it fills).
         progress: called with ``(windows done, windows in all)`` after each batch.
 
     Returns:
@@ -222,7 +226,7 @@ def stream_raster(
                 done, batches = done + len(cols), batches + 1
                 if progress is not None:
                     progress(done, total)
-            _hand_off(accumulator, strips, strip, sink)
+            _hand_off(accumulator, strips, strip, sink, any_band=predict_partial)
     nbytes = accumulator.nbytes + strips.pixels.nbytes + strips.masked.nbytes
     summary = StreamSummary(done, batches, nbytes, time.perf_counter() - started)
     logger.debug("streamed %s: %s", dataset.name, summary)
@@ -248,7 +252,9 @@ def _threads(requested: int | None) -> int:
     return requested if requested is not None else os.cpu_count() or 1
 
 
-def _hand_off(accumulator: _RowAccumulator, strips: StripReader, strip: int, sink: Sink) -> None:
+def _hand_off(
+    accumulator: _RowAccumulator, strips: StripReader, strip: int, sink: Sink, *, any_band: bool
+) -> None:
     """Give ``sink`` the rows that strip ``strip`` finished, then make room for the next one."""
     layout = strips.layout
     top, end = layout.rows[strip], layout.band_end(strip)
@@ -257,6 +263,7 @@ def _hand_off(accumulator: _RowAccumulator, strips: StripReader, strip: int, sin
         rows = slice(first + layout.pad_top - top, last + layout.pad_top - top)
         cols = slice(layout.pad_left, layout.pad_left + layout.width)
         probabilities = accumulator.finish(rows, cols)
-        sink(Window(0, first, layout.width, last - first), probabilities, strips.valid(rows))
+        valid = strips.valid(rows, any_band=any_band)
+        sink(Window(0, first, layout.width, last - first), probabilities, valid)
     same = strip + 1 < len(layout.rows) and layout.overlaps(strip + 1) == layout.overlaps(strip)
     accumulator.shift(end - top, same_weights=same)

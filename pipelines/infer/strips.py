@@ -235,15 +235,17 @@ class StripReader:
         masked = self._masked(self.rows, cols)
         return masked if masked.any() else None
 
-    def valid(self, rows: slice) -> NDArray[np.bool_]:
-        """``(rows, width)``: True where no band is nodata/masked, for buffer rows ``rows``."""
+    def valid(self, rows: slice, *, any_band: bool = False) -> NDArray[np.bool_]:
+        """``(rows, width)``: True where no band is nodata/masked (with ``any_band``: where
+        some band is not), for buffer rows ``rows``."""
         start, stop, _ = rows.indices(self.pixels.shape[1])
         valid = np.ones((stop - start, self.layout.width), dtype=bool)
         if self.nodata or self.read_masks:
             for first in range(start, stop, _VALID_ROWS):  # small temporaries
                 chunk = slice(first, min(first + _VALID_ROWS, stop))
                 masked = self._masked(chunk, slice(None))
-                valid[first - start : chunk.stop - start] = ~np.logical_or.reduce(masked, axis=0)
+                rule = np.logical_and if any_band else np.logical_or
+                valid[first - start : chunk.stop - start] = ~rule.reduce(masked, axis=0)
         return valid
 
     def _masked(self, rows: slice, cols: slice) -> NDArray[np.bool_]:

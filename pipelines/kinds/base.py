@@ -259,6 +259,11 @@ class KindAdapter(Protocol):
         """Add a sample of the case's intensities to each channel's sampler."""
         ...
 
+    def partial_nodata_share(self, case: Case) -> float:
+        """Share of the case's pixels where some channels are nodata and others are not
+        (sampled; 0 for kinds whose files have no per-channel nodata)."""
+        ...
+
     def modality_hint(self, channels: Sequence[ChannelStats]) -> ModalityHint:
         """``"ct"``, ``"mr"`` or ``"other"``, from the measured channels."""
         ...

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from data_contracts import ChannelNormalization, ChannelStats
+from data_contracts import Case, ChannelNormalization, ChannelStats
 from pipelines.kinds.base import ModalityHint
 from pipelines.plan.planner import intensity_window
 
@@ -26,6 +26,10 @@ class PlanarKind:
     def modality_hint(self, channels: Sequence[ChannelStats]) -> ModalityHint:
         """2D data is neither CT nor MR."""
         return "other"
+
+    def partial_nodata_share(self, case: Case) -> float:
+        """Images have no nodata (rasters override this)."""
+        return 0.0
 
     def channel_normalization(self, stats: ChannelStats) -> ChannelNormalization:
         """Bands and image channels: scale [p0.5, p99.5] to [0, 1]."""

@@ -194,11 +194,24 @@ class RasterKind(PlanarKind):
             geometry = raster.read_raster_geometry(channels[0], allow_ungeoreferenced=True)
             for path in channels:
                 with raster.open_raster(path) as dataset:
-                    bands, missing = _decimated(dataset)
+                    bands, masked = _decimated(dataset)
+                missing = np.asarray(masked.any(axis=0), dtype=bool)
                 nodata = max(nodata, float(missing.mean()) if missing.size else 0.0)
                 values.extend(nonzero_sample(band, ~missing, rng, count) for band in bands)
         shape, spacing = self.grid_axes(geometry)
         return InputSample(shape, spacing, tuple(values), _crs_units(geometry.crs_wkt), nodata)
+
+    def partial_nodata_share(self, case: Case) -> float:
+        """Share of the pixels where some bands are nodata and others are not, from the
+        decimated read the drift check uses (bands of one file compared with each other)."""
+        partial, total = 0, 0
+        with raster.bounded_gdal_env():
+            for record in case.channels:
+                with raster.open_raster(record.path) as dataset:
+                    _, masked = _decimated(dataset)
+                partial += int(np.count_nonzero(masked.any(axis=0) & ~masked.all(axis=0)))
+                total += masked.shape[1]
+        return partial / total if total else 0.0
 
     def read_fully(self, path: Path) -> None:
         """Decode every band."""
@@ -274,8 +287,8 @@ SAMPLE_GRID = 4
 
 def _decimated(dataset: rasterio.DatasetReader) -> tuple[np.ndarray, np.ndarray]:
     """Every band at most :data:`SAMPLE_SIDE` pixels a side (a scene with overviews or a
-    small one), else :data:`SAMPLE_GRID`² windows spread over it; and where any band is
-    masked."""
+    small one), else :data:`SAMPLE_GRID`² windows spread over it; and where each band is
+    masked, ``(bands, pixels)``."""
     height, width = dataset.height, dataset.width
     if dataset.overviews(1) or max(height, width) <= SAMPLE_SIDE * SAMPLE_GRID:
         scale = max(1.0, max(height, width) / SAMPLE_SIDE)
@@ -291,7 +304,9 @@ def _decimated(dataset: rasterio.DatasetReader) -> tuple[np.ndarray, np.ndarray]
             for col in cols
         ]
     data = np.concatenate([read.data.reshape(dataset.count, -1) for read in reads], axis=1)
-    masked = np.concatenate([np.ma.getmaskarray(read).any(axis=0).ravel() for read in reads])
+    masked = np.concatenate(
+        [np.ma.getmaskarray(read).reshape(dataset.count, -1) for read in reads], axis=1
+    )
     return np.asarray(data, dtype=np.float64), np.asarray(masked, dtype=bool)
 
 

@@ -151,6 +151,10 @@ class VolumeKind:
                 total=channel.size,
             )
 
+    def partial_nodata_share(self, case: Case) -> float:
+        """NIfTI volumes have no nodata value."""
+        return 0.0
+
     def modality_hint(self, channels: Sequence[ChannelStats]) -> ModalityHint:
         """``"ct"`` when any channel says CT by name or Hounsfield-like range, else ``"mr"``."""
         return "ct" if any(is_ct_channel(stats) for stats in channels) else "mr"

@@ -11,7 +11,8 @@ volumes from their foreground voxels (label > 0, nnU-Net's choice; all voxels wh
 no foreground), rasters from their valid (non-nodata, finite) pixels window by window, images
 from all pixels. Class frequencies come from the manifest's label counts without re-reading
 any label; the foreground's connected components (:mod:`pipelines.plan.components`) are measured
-on whole label maps of a sample of cases.
+on whole label maps of a sample of cases. Pixels where some channels are nodata and others are
+not (a raster band with gaps of its own) are counted on the drift check's decimated reads.
 """
 
 from __future__ import annotations
@@ -263,6 +264,7 @@ def compute_fingerprint(
         modality_hint=adapter.modality_hint(channels),
         median_object_size=median_object_size(manifest),
         foreground_component_share=foreground_component_share(manifest, seed=seed),
+        partial_nodata_fraction=float(np.mean([adapter.partial_nodata_share(c) for c in cases])),
     )
 
 

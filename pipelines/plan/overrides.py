@@ -23,6 +23,10 @@ __all__ = [
 ]
 
 _FIELDS = sorted(set(TrainingPlan.model_fields) - {"overrides"})
+_MISSING_CHANNELS_TEXT = {
+    "nodata": "nodata where any channel is nodata",
+    "predict": "predicted from the other channels (nodata only where every channel is)",
+}
 
 
 def apply_overrides(plan: TrainingPlan, overrides: Mapping[str, Any]) -> TrainingPlan:
@@ -186,6 +190,8 @@ def plan_table(plan: TrainingPlan) -> list[tuple[str, str]]:
         ("memory_budget_mb", f"{plan.memory_budget_mb} MiB"),
         ("postprocess", _postprocess_text(plan.postprocess)),
     ]
+    if plan.in_channels >= 2:
+        rows.append(("missing_channels", _MISSING_CHANNELS_TEXT[plan.missing_channels]))
     if plan.label_kind == "instance":
         rows.append(("min_instance_seed", f"{plan.min_instance_seed} px"))
     rows += [

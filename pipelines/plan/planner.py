@@ -23,6 +23,10 @@ kind (dimensionality, resampling, normalisation) comes from its adapter (:mod:`p
   background/interior/boundary classes of the nuclei route.
 - **Post-processing**: keep only the largest foreground component when the training labels
   hold one foreground region per case (:mod:`pipelines.plan.components`).
+- **Missing channels**: when at least :data:`PARTIAL_NODATA_SHARE` of the sampled pixels have
+  some channels nodata and others not (a band with gaps of its own), such pixels are trained on
+  and predicted, the missing channel set to 0 after normalisation (``predict``); otherwise
+  a pixel with any channel missing is nodata, as GDAL's per-band masks say (``nodata``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from pipelines.plan.components import planned_postprocess
 __all__ = [
     "BASE_WIDTH",
     "INSTANCE_CLASS_NAMES",
+    "PARTIAL_NODATA_SHARE",
     "estimate_memory_mb",
     "intensity_window",
     "make_plan",
@@ -67,6 +72,8 @@ _ANISOTROPY = 3.0
 _DATASET_FRACTION = 0.05
 _MIN_BATCH = 2
 INSTANCE_CLASS_NAMES = ("background", "interior", "boundary")
+PARTIAL_NODATA_SHARE = 0.01
+"""Share of pixels with some (not all) channels missing from which the plan predicts them."""
 
 
 def patch_divisor(spatial_dims: int) -> int:
@@ -259,6 +266,19 @@ def make_plan(
         memory_budget_mb=memory_budget_mb,
         min_instance_seed=_min_instance_seed(fingerprint),
         postprocess=planned_postprocess(fingerprint),
+        missing_channels=_missing_channels(fingerprint),
+    )
+
+
+def _missing_channels(fingerprint: DatasetFingerprint) -> Literal["nodata", "predict"]:
+    """``predict`` where the training data itself shows pixels with a channel missing: the
+    network then learns them from labelled examples (26 % of the labelled pixels of the
+    Landsat 7 land-cover tiles, band 7 only); a network that never saw one guesses."""
+    several = len(fingerprint.channels) >= 2
+    return (
+        "predict"
+        if several and fingerprint.partial_nodata_fraction >= PARTIAL_NODATA_SHARE
+        else "nodata"
     )
 
 

@@ -136,8 +136,11 @@ def map_labels(
     return out
 
 
-def mark_nonfinite(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Label ``(1, *S)`` with :data:`IGNORE_INDEX` wherever any channel of ``image`` is NaN/inf.
+def mark_nonfinite(
+    image: torch.Tensor, label: torch.Tensor, *, every_channel: bool = False
+) -> torch.Tensor:
+    """Label ``(1, *S)`` with :data:`IGNORE_INDEX` wherever any channel of ``image`` is NaN/inf
+    (with ``every_channel``: wherever all of them are).
 
     Raises:
         ValueError: the spatial shapes differ.
@@ -146,7 +149,8 @@ def mark_nonfinite(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"image {tuple(image.shape)} and label {tuple(label.shape)} differ in spatial shape"
         )
-    bad = ~torch.isfinite(image).all(dim=0, keepdim=True)
+    finite = torch.isfinite(image)
+    bad = ~(finite.any(dim=0, keepdim=True) if every_channel else finite.all(dim=0, keepdim=True))
     if not bool(bad.any()):
         return label
     return torch.where(bad, torch.full_like(label, IGNORE_INDEX), label)

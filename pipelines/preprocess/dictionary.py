@@ -160,27 +160,38 @@ def _like(reference: torch.Tensor, array: np.ndarray) -> torch.Tensor:
 
 
 class MarkNonFinited(MapTransform):
-    """Set the label to ``IGNORE_INDEX`` wherever any image channel is NaN/inf (nodata).
+    """Set the label to ``IGNORE_INDEX`` wherever any image channel is NaN/inf (nodata), or
+    only where every channel is.
 
     Run it after label mapping and before normalisation (which turns non-finite values to 0).
 
     Args:
         keys: label keys.
         image_key: the image whose non-finite pixels are looked at.
+        every_channel: ignore only pixels where every channel is non-finite (a plan that
+            predicts pixels with a missing channel, ``missing_channels="predict"``).
         allow_missing_keys: skip absent keys.
     """
 
     def __init__(
-        self, keys: KeysCollection, image_key: str = "image", allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        image_key: str = "image",
+        *,
+        every_channel: bool = False,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key = image_key
+        self.every_channel = every_channel
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         image = torch.as_tensor(d[self.image_key])
         for key in self.key_iterator(d):
-            d[key] = mark_nonfinite(image, torch.as_tensor(d[key]))
+            d[key] = mark_nonfinite(
+                image, torch.as_tensor(d[key]), every_channel=self.every_channel
+            )
         return d
 
 

@@ -100,7 +100,12 @@ def _label_and_intensity(plan: TrainingPlan) -> list[Any]:
         )
     return [
         labels,
-        MarkNonFinited(LABEL_KEY, image_key=IMAGE_KEY, allow_missing_keys=True),
+        MarkNonFinited(
+            LABEL_KEY,
+            image_key=IMAGE_KEY,
+            every_channel=plan.missing_channels == "predict",
+            allow_missing_keys=True,
+        ),
         NormalizeChannelsd(IMAGE_KEY, plan.normalization),
     ]
 
