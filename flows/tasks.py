@@ -154,6 +154,11 @@ def training_summary(report: Any, workdir: Path) -> dict[str, Any]:
         "epochs": report.result.epochs,
         "stopped_by": report.result.stopped_by,
         "weights": report.result.weights,
+        "foreground_cut": (
+            report.evaluation.foreground_cut.describe()
+            if report.evaluation.foreground_cut is not None
+            else None
+        ),
         "workdir": str(workdir),
         "validation_cases": list(report.validation_cases),
         "validation_region": report.validation_region,

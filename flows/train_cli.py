@@ -254,6 +254,8 @@ def result_lines(summary: Mapping[str, Any]) -> list[Text]:
         f"MLflow run {summary['run_id']}",
         f"model {summary['model_uri']}",
     ]
+    if summary.get("foreground_cut"):
+        lines.insert(1, str(summary["foreground_cut"]))
     registration = summary["registration"]
     if registration is not None:
         lines.append(

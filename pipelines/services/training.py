@@ -17,6 +17,7 @@ from typing import Any
 import mlflow
 
 from data_contracts import ConfigError, DatasetManifest, ModelSpec, TrainConfig, TrainingPlan
+from pipelines.plan import save_plan
 from pipelines.services.model_registry import (
     RegistrationResult,
     load_model,
@@ -33,7 +34,9 @@ from pipelines.services.tracking import (
     training_run,
 )
 from pipelines.train.evaluate import Evaluation
+from pipelines.train.foreground_cut import CutChoice, plan_with_cut
 from pipelines.train.prepare import PlanCallback, PreparedTraining, prepare
+from pipelines.train.route import planned_processing
 from pipelines.train.trainer import TrainResult, fit, make_loaders
 from pipelines.train.validate import evaluate, score_loaded
 
@@ -138,6 +141,7 @@ def train_from_manifest(
         _log_inputs(prepared, config)
         result = _fit(prepared, config, progress_bar)
         evaluation = evaluate(prepared, result, keep_predictions=keep_predictions)
+        _keep_validated_cut(prepared, evaluation.foreground_cut, workdir)
         model_uri, registration = _publish(prepared, result, evaluation, register)
     return TrainingReport(
         prepared.plan,
@@ -170,6 +174,27 @@ def _log_inputs(prepared: PreparedTraining, config: TrainConfig) -> None:
     if prepared.left_out:
         mlflow.set_tag("segflow.cases_left_out", str(len(prepared.left_out)))
         mlflow.log_dict(prepared.left_out, "cases_left_out.json")
+
+
+def _keep_validated_cut(
+    prepared: PreparedTraining, choice: CutChoice | None, workdir: Path
+) -> None:
+    """Log the foreground cut the validation chose; when it moved from 0.5, make it the plan's
+    threshold (in ``plan.json``, the model's plan and its ``processing.postprocess``)."""
+    if choice is None:
+        return
+    mlflow.set_tag("segflow.foreground_cut", choice.describe())
+    mlflow.log_param("foreground_cut", choice.cut)
+    for cut, dice in choice.dice_by_cut.items():
+        mlflow.log_metric(f"val_region_dice_cut_{cut:g}", dice)
+    if not choice.moved:
+        return
+    prepared.plan = plan_with_cut(prepared.plan, choice)
+    prepared.route.processing = {
+        **prepared.route.processing,
+        **planned_processing(prepared.plan),
+    }
+    save_plan(prepared.plan, workdir / "plan.json")
 
 
 def _fit(prepared: PreparedTraining, config: TrainConfig, progress_bar: bool) -> TrainResult:

@@ -18,6 +18,12 @@ from pipelines.instance_targets import three_class_to_instances
 from pipelines.kinds import kind_adapter
 from pipelines.metrics import instance_scores, semantic_scores
 from pipelines.preprocess.array import IGNORE_INDEX, foreground_indices
+from pipelines.train.foreground_cut import (
+    CutChoice,
+    choose_cut,
+    region_dice_by_cut,
+    tunes_foreground_cut,
+)
 
 
 @dataclass
@@ -32,6 +38,8 @@ class Evaluation:
         overlays: ``(case id, image, truth, prediction)`` 2D arrays for the run's PNGs.
         predictions: case id → ``(prediction, truth)`` in label values (semantic) or instance
             ids, in the preprocessed grid; kept only when asked (benchmarks score them).
+        foreground_cut: plans that decide foreground first (:mod:`.foreground_cut`): the cut
+            the validation cases chose; ``None`` for the others.
     """
 
     score: float
@@ -39,6 +47,7 @@ class Evaluation:
     per_case: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    foreground_cut: CutChoice | None = None
 
 
 def sliding_probabilities(
@@ -133,6 +142,7 @@ def evaluate_network(
     instance = plan.label_kind == "instance"
     evaluation = Evaluation(score=float("nan"), metric="val_dsb2018" if instance else "val_dice")
     scores: list[float] = []
+    region_dice: list[dict[float, float]] = []
     device = next(network.parameters()).device
     for case, item in zip(cases, items, strict=True):
         image = torch.as_tensor(item["image"]).to(device)
@@ -165,6 +175,8 @@ def evaluate_network(
             )
             evaluation.per_case[case.case_id] = per_class
             score = float(np.mean([metrics["dice"] for metrics in per_class.values()]))
+            if tunes_foreground_cut(plan):
+                region_dice.append(region_dice_by_cut(probabilities.numpy(), truth))
             if keep_predictions:
                 evaluation.predictions[case.case_id] = _as_label_values(prediction, truth, plan)
         scores.append(score)
@@ -173,6 +185,7 @@ def evaluate_network(
                 (case.case_id, *_slice_for_overlay(image.cpu().numpy(), truth, prediction))
             )
     evaluation.score = float(np.mean(scores)) if scores else float("nan")
+    evaluation.foreground_cut = choose_cut(region_dice)
     return evaluation
 
 
