@@ -94,6 +94,8 @@ def config_hash(options: InferenceOptions, model: LoadedModel | ModelCard) -> st
         plan.pop("network", None)
     if not model.plan.postprocess.changes_output:  # nor before the planned post-processing
         plan.pop("postprocess", None)
+    if model.plan.missing_channels == "nodata":  # nor before pixels with a band missing
+        plan.pop("missing_channels", None)
     settings = {
         "options": hashed,
         "plan": plan,

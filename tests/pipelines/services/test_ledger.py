@@ -305,6 +305,15 @@ def test_config_hash_is_the_one_existing_ledgers_hold(
     assert config_hash(options, _pinned_model()) == expected
 
 
+def test_a_plan_that_predicts_missing_bands_hashes_apart() -> None:
+    """Its masks differ where a band is missing, so its ledger entries must too."""
+    pinned = _pinned_model()
+    predicting = dataclasses.replace(
+        pinned, plan=pinned.plan.model_copy(update={"missing_channels": "predict"})
+    )
+    assert config_hash(InferenceOptions(), predicting) != "15dd712ace3499de"
+
+
 def test_model_identity(model: LoadedModel) -> None:
     assert model_identity(model) == "oracle"
     assert model_identity(dataclasses.replace(model, name="seg", version="3")) == "seg/3"
