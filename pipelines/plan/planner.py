@@ -44,6 +44,7 @@ from data_contracts import (
     ConfigError,
     DatasetFingerprint,
     DatasetManifest,
+    MissingChannels,
     TrainingPlan,
 )
 from pipelines.kinds import KindAdapter, kind_adapter
@@ -270,7 +271,7 @@ def make_plan(
     )
 
 
-def _missing_channels(fingerprint: DatasetFingerprint) -> Literal["nodata", "predict"]:
+def _missing_channels(fingerprint: DatasetFingerprint) -> MissingChannels:
     """``predict`` where the training data itself shows pixels with a channel missing: the
     network then learns them from labelled examples (26 % of the labelled pixels of the
     Landsat 7 land-cover tiles, band 7 only); a network that never saw one guesses."""
