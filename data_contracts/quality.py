@@ -111,6 +111,9 @@ class FileQuality(Contract):
         low_score_share: instance models with detection scores: share of detections scored
             below :data:`LOW_PROBABILITY`.
         foreground_fraction: share of valid pixels labelled foreground.
+        missing_channel_fraction: share of the segmented pixels predicted with at least one
+            input channel missing (a raster band's own nodata, under a plan whose
+            ``missing_channels`` is ``predict``); ``None`` when not measured.
         drift_status: whether the input was compared with the training fingerprint, and how
             it came out (see :data:`DriftStatus`).
         drift: what lies outside the training data (empty when ``drift_status`` is ``ok``).
@@ -121,6 +124,7 @@ class FileQuality(Contract):
     low_confidence_fraction: float | None = Field(default=None, ge=0, le=1)
     low_score_share: float | None = Field(default=None, ge=0, le=1)
     foreground_fraction: float | None = Field(default=None, ge=0, le=1)
+    missing_channel_fraction: float | None = Field(default=None, ge=0, le=1)
     drift_status: DriftStatus = "off"
     drift: tuple[DriftFlag, ...] = ()
 

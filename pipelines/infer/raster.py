@@ -26,7 +26,13 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from data_contracts import ChannelCountError, FileQuality, InferenceOptions, PostprocessConfig
+from data_contracts import (
+    ChannelCountError,
+    FileQuality,
+    InferenceOptions,
+    PostprocessConfig,
+    TrainingPlan,
+)
 from pipelines.infer.confidence import ConfidenceAccumulator
 from pipelines.infer.in_memory import class_values_of
 from pipelines.infer.loaded_model import LoadedModel, network_on
@@ -213,7 +219,7 @@ def segment_raster(
                 stack.enter_context(probability_writer)
             if entropy_writer is not None:
                 stack.enter_context(entropy_writer)
-            stream_raster(
+            summary = stream_raster(
                 dataset,
                 predict,
                 n_classes,
@@ -226,13 +232,26 @@ def segment_raster(
             )
             if writer is not None:
                 writer.finish()
-            mask.update_tags(**_quality_tags(all_tags, confidence.quality()))
+            quality = _with_missing_channels(confidence, summary.partial_pixels, plan)
+            mask.update_tags(**_quality_tags(all_tags, quality))
     return RasterOutputs(
         Path(mask_path),
         Path(probabilities_path) if probabilities_path else None,
         Path(uncertainty_path) if uncertainty_path else None,
-        confidence.quality(),
+        quality,
     )
+
+
+def _with_missing_channels(
+    confidence: ConfidenceAccumulator, partial_pixels: int, plan: TrainingPlan
+) -> FileQuality:
+    """The confidence measures, with the share of pixels predicted with a band missing when
+    the plan predicts them (``missing_channels = "predict"``)."""
+    quality = confidence.quality()
+    if plan.missing_channels != "predict" or not confidence.pixels:
+        return quality
+    share = min(partial_pixels / confidence.pixels, 1.0)
+    return quality.model_copy(update={"missing_channel_fraction": round(share, 6)})
 
 
 def _probability_writer(

@@ -68,12 +68,15 @@ class StreamSummary:
             of the strip's source rows; it depends on the scene's width and the ROI, never on
             its height.
         seconds: wall time of the whole stream, sink included.
+        partial_pixels: pixels handed to the sink as valid while some of their bands are
+            nodata/masked (only with ``predict_partial``; 0 otherwise).
     """
 
     windows: int
     batches: int
     peak_band_bytes: int
     seconds: float
+    partial_pixels: int = 0
 
 
 class _RowAccumulator:
@@ -212,7 +215,7 @@ def stream_raster(
     bands = _check_bands(dataset, bands)
     weights = compute_importance_map(roi, options.mode, options.sigma_scale, device="cpu")
     accumulator = _RowAccumulator(n_classes, weights.numpy(), layout.padded_width)
-    total, done, batches = len(layout.rows) * len(layout.cols), 0, 0
+    total, done, batches, partial = len(layout.rows) * len(layout.cols), 0, 0, 0
     with contextlib.ExitStack() as stack:
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=_block_cache_bytes(dataset)))
         stack.enter_context(torch.inference_mode())
@@ -226,9 +229,9 @@ def stream_raster(
                 done, batches = done + len(cols), batches + 1
                 if progress is not None:
                     progress(done, total)
-            _hand_off(accumulator, strips, strip, sink, any_band=predict_partial)
+            partial += _hand_off(accumulator, strips, strip, sink, any_band=predict_partial)
     nbytes = accumulator.nbytes + strips.pixels.nbytes + strips.masked.nbytes
-    summary = StreamSummary(done, batches, nbytes, time.perf_counter() - started)
+    summary = StreamSummary(done, batches, nbytes, time.perf_counter() - started, partial)
     logger.debug("streamed %s: %s", dataset.name, summary)
     return summary
 
@@ -254,9 +257,13 @@ def _threads(requested: int | None) -> int:
 
 def _hand_off(
     accumulator: _RowAccumulator, strips: StripReader, strip: int, sink: Sink, *, any_band: bool
-) -> None:
-    """Give ``sink`` the rows that strip ``strip`` finished, then make room for the next one."""
+) -> int:
+    """Give ``sink`` the rows that strip ``strip`` finished, then make room for the next one.
+
+    Returns the pixels handed over as valid with some band missing (``any_band`` only).
+    """
     layout = strips.layout
+    partial = 0
     top, end = layout.rows[strip], layout.band_end(strip)
     first, last = max(top - layout.pad_top, 0), min(end - layout.pad_top, layout.height)
     if last > first:
@@ -264,6 +271,9 @@ def _hand_off(
         cols = slice(layout.pad_left, layout.pad_left + layout.width)
         probabilities = accumulator.finish(rows, cols)
         valid = strips.valid(rows, any_band=any_band)
+        if any_band:
+            partial = int(np.count_nonzero(valid)) - int(np.count_nonzero(strips.valid(rows)))
         sink(Window(0, first, layout.width, last - first), probabilities, valid)
     same = strip + 1 < len(layout.rows) and layout.overlaps(strip + 1) == layout.overlaps(strip)
     accumulator.shift(end - top, same_weights=same)
+    return partial

@@ -45,7 +45,8 @@ THUMBNAILS_PER_GROUP = 12
 
 def quality_metrics(report: BatchReport) -> dict[str, float]:
     """Batch-level quality: mean (and lowest) confidence of the segmented files, the share of
-    files whose input drifted, and the failures."""
+    files whose input drifted, the failures, and (rasters whose plan predicts pixels with a
+    band missing) the largest share of such pixels in a file."""
     qualities = [item.quality for item in report.items if item.quality is not None]
     scores = [q.confidence for q in qualities if q.confidence is not None]
     files = len(report.items)
@@ -57,6 +58,9 @@ def quality_metrics(report: BatchReport) -> dict[str, float]:
     if scores:
         metrics["mean_confidence"] = sum(scores) / len(scores)
         metrics["min_confidence"] = min(scores)
+    missing = [q.missing_channel_fraction for q in qualities]
+    if measured := [share for share in missing if share is not None]:
+        metrics["max_missing_channel_fraction"] = max(measured)
     return metrics
 
 
@@ -104,6 +108,9 @@ def _row(
             measures = _measures_text(_cached_measures(Path(mask), instance, cache), names)
         except (SegflowError, OSError) as error:
             measures = f"not measured: {error}"
+    if quality is not None and quality.missing_channel_fraction:
+        missing = f"{quality.missing_channel_fraction:.1%} predicted with a band missing"
+        measures = f"{measures}; {missing}" if measures else missing
     return ReportRow(
         case_id=item.case_id,
         status=item.status,

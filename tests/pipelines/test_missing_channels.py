@@ -5,6 +5,7 @@ pixels where every band is nodata stay nodata. Plans without the rule keep the o
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import rasterio
 import torch
 
-from data_contracts import ConfigError, DatasetManifest
+from data_contracts import ConfigError, DatasetManifest, FileQuality
 from pipelines.infer.raster import segment_raster
 from pipelines.ingest import ingest
 from pipelines.plan import apply_overrides, compute_fingerprint, make_plan, plan_table
@@ -122,3 +123,18 @@ def test_segmenting_a_stripe(striped: DatasetManifest, tmp_path: Path, rule: str
     outside = np.ones(labels.shape, dtype=bool)
     outside[STRIPE_ROWS] = False
     assert (labels[outside & ~every_band_missing] != 255).all()
+    _check_missing_channel_share(written.quality, written.mask, labels, stripe.size, rule)
+
+
+def _check_missing_channel_share(
+    quality: FileQuality, mask: Path, labels: np.ndarray, stripe_pixels: int, rule: str
+) -> None:
+    """A predicting plan records the share of segmented pixels that had a band missing."""
+    if rule == "nodata":
+        assert quality.missing_channel_fraction is None
+        return
+    segmented = int(np.count_nonzero(labels != 255))
+    assert quality.missing_channel_fraction == pytest.approx(stripe_pixels / segmented, abs=1e-6)
+    with rasterio.open(mask) as written:
+        tagged = json.loads(written.tags()["segflow_quality"])
+    assert tagged["missing_channel_fraction"] == quality.missing_channel_fraction

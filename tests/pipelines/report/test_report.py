@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -52,6 +53,30 @@ def test_raster_report_holds_every_file_its_areas_and_footprints(
     assert len(features) == 3 and "<polygon" in page
     lon, lat = features[0]["geometry"]["coordinates"][0][0]
     assert -180 <= lon <= 180 and -90 <= lat <= 90
+
+
+def test_pixels_predicted_with_a_band_missing_are_reported(
+    raster_batch: tuple[BatchReport, Path, LoadedModel], tmp_path: Path
+) -> None:
+    report, _, model = raster_batch
+    shares = [0.261, None, 0.0]
+    items = [
+        dataclasses.replace(
+            item, quality=FileQuality(confidence=0.9, missing_channel_fraction=share)
+        )
+        for item, share in zip(report.items, shares, strict=True)
+    ]
+    striped = BatchReport(items, report.wall_seconds)
+    assert quality_metrics(striped)["max_missing_channel_fraction"] == 0.261
+    assert "max_missing_channel_fraction" not in quality_metrics(BatchReport(items[1:2], 1.0))
+    path = write_qa_report(
+        striped, tmp_path, model=model, model_info=model_facts(model, "m@champion", "r1"),
+        options=InferenceOptions(),
+    )  # fmt: skip
+    rows = re.findall(r'id="row-([^"]+)"(.*?)</tr>', path.read_text(), flags=re.S)
+    noted = [case for case, row in rows if "predicted with a band missing" in row]
+    assert noted == [items[0].case_id]
+    assert "26.1% predicted with a band missing" in dict(rows)[items[0].case_id]
 
 
 def test_volume_masks_are_measured_in_millilitres(tmp_path: Path) -> None:
