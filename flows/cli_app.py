@@ -39,6 +39,7 @@ from flows.train_cli import train as train_command
 from pipelines.interrupts import (
     SIGINT_EXIT_CODE,
     SIGTERM_EXIT_CODE,
+    arm_stop_deadline,
     install_stop_handlers,
 )
 from pipelines.kinds import registered_kinds
@@ -339,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segflow`` console script; returns (and exits with) the exit code."""
     apply_environment()
     install_stop_handlers()
+    if argv is None:  # the console script's own process: a stop signal ends it
+        arm_stop_deadline()
     from flows import local_api
 
     local_api.enable()  # flows run on a temporary Prefect API that cannot outlive segflow

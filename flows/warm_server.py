@@ -333,7 +333,9 @@ def run_command(request: dict[str, Any], fds: list[int]) -> int:
     _become_main_script(sys.argv[0])
     _reset_settings()
     from flows.cli_app import main as cli_main
+    from pipelines.interrupts import arm_stop_deadline
 
+    arm_stop_deadline()  # this forked process runs one command only
     try:
         code = cli_main(sys.argv[1:])
     finally:

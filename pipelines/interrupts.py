@@ -10,8 +10,10 @@ finished. Worker processes of a batch see the same request through a shared even
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -26,6 +28,7 @@ __all__ = [
     "StopRequested",
     "StopSignal",
     "TrainingInterrupted",
+    "arm_stop_deadline",
     "check_stop",
     "cooperative_stop",
     "exit_code_for",
@@ -44,6 +47,11 @@ __all__ = [
 SIGTERM_EXIT_CODE = 143
 #: The exit status of a command stopped by SIGINT (Ctrl-C; 128 + 2).
 SIGINT_EXIT_CODE = 130
+#: Seconds a command gets, after its first stop signal, to stop cleanly before it exits anyway:
+#: the grace period Kubernetes gives a pod before SIGKILL. A clean stop takes a few seconds (a
+#: training step and its checkpoint included); this bounds one that hangs.
+STOP_DEADLINE_SECONDS = 30.0
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class _Event(Protocol):
@@ -170,6 +178,49 @@ class StopRequested(SegflowError):
     """The work stopped at a boundary because a stop was asked for; nothing half-written is kept."""
 
     default_hint = "run the same command again to resume"
+
+
+def arm_stop_deadline(seconds: float = STOP_DEADLINE_SECONDS) -> None:
+    """End this process ``seconds`` after its first SIGTERM or SIGINT, if it is still running.
+
+    The interpreter writes the number of every signal it catches to the "wakeup" file
+    descriptor, whichever Python handler is installed at the time (Prefect's flow engine
+    replaces segflow's SIGTERM handler while a flow runs), so a thread reading it sees the
+    signal arrive even when the main thread is stuck where no handler gets to run. After the
+    deadline it says so on stderr and exits with 128 + the signal, without exit handlers;
+    the servers and workers segflow started die with it (``PR_SET_PDEATHSIG``).
+
+    For a command's own process only (the CLI; a warm process's forked command): a library
+    caller keeps its process. Call it once, from the main thread.
+
+    Args:
+        seconds: the grace after the first stop signal.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)  # the interpreter must never block writing to it
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    watcher = threading.Thread(
+        target=_exit_after_a_stop_signal,
+        args=(read_end, seconds),
+        name="segflow-stop-deadline",
+        daemon=True,
+    )
+    watcher.start()
+
+
+def _exit_after_a_stop_signal(read_end: int, seconds: float) -> None:
+    while True:
+        received = os.read(read_end, 64)
+        if not received:
+            return
+        stops = [number for number in received if number in _STOP_SIGNALS]
+        if stops:
+            break
+    time.sleep(seconds)
+    name = signal.Signals(stops[0]).name
+    with contextlib.suppress(OSError):
+        os.write(2, f"segflow: not stopped {seconds:g} s after {name}; exiting now\n".encode())
+    os._exit(exit_code_for(name))
 
 
 def check_stop() -> None:
