@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 
 from data_contracts import Case, ModelError, ModelSpec, TrainingPlan
 from pipelines.infer.tiled_instances import TileConfig, segment_with_network
@@ -24,6 +23,7 @@ from pipelines.train.foreground_cut import (
     region_dice_by_cut,
     tunes_foreground_cut,
 )
+from pipelines.train.windows import window_logits
 
 
 @dataclass
@@ -53,19 +53,11 @@ class Evaluation:
 def sliding_probabilities(
     network: torch.nn.Module, image: torch.Tensor, spec: ModelSpec, roi: Sequence[int]
 ) -> torch.Tensor:
-    """Class probabilities ``(K, *S)`` of one preprocessed image ``(C, *S)`` (gaussian windows)."""
+    """Class probabilities ``(K, *S)`` of one preprocessed image ``(C, *S)`` (gaussian windows;
+    a volume under a 2D plan slice by slice)."""
     network.eval()
     with torch.inference_mode():
-        logits = sliding_window_inference(
-            image[None].float(),
-            tuple(roi),
-            sw_batch_size=4,
-            predictor=network,
-            overlap=0.25,
-            mode="gaussian",
-        )
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError("sliding_window_inference returned no tensor")
+        logits = window_logits(network, image[None].float(), roi)
     if spec.is_binary:
         foreground = torch.sigmoid(logits[0])
         return torch.cat([1 - foreground, foreground])

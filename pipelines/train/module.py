@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.inferers.utils import sliding_window_inference
 
 from data_contracts import ModelSpec
 from pipelines.preprocess.array import IGNORE_INDEX
 from pipelines.preprocess.datasets import seed_augmentation
 from pipelines.train.optim import PolynomialAdamW
+from pipelines.train.windows import window_logits
 from seg_models import build_loss, build_model
 
 
@@ -116,13 +116,9 @@ class SegmentationModule(PolynomialAdamW):
         return loss
 
     def predict_classes(self, image: torch.Tensor) -> torch.Tensor:
-        """Class-index map ``(B, *S)`` of whole images by gaussian sliding window."""
-        roi = tuple(int(v) for v in self.hparams["roi_size"])
-        logits = sliding_window_inference(
-            image, roi, sw_batch_size=4, predictor=self.network, overlap=0.25, mode="gaussian"
-        )
-        if not isinstance(logits, torch.Tensor):
-            raise TypeError("sliding_window_inference returned no tensor")
+        """Class-index map ``(B, *S)`` of whole images by gaussian sliding window (volumes
+        under a 2D plan slice by slice)."""
+        logits = window_logits(self.network, image, self.hparams["roi_size"])
         if self.spec.is_binary:
             return (logits[:, 0] > 0).long()
         return logits.argmax(dim=1)
