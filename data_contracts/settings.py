@@ -32,6 +32,9 @@ class Settings(BaseSettings):
         s3_access_key_id: ``AWS_ACCESS_KEY_ID``; unset lets boto3 find credentials itself
             (profile, instance role).
         s3_secret_access_key: ``AWS_SECRET_ACCESS_KEY`` (a secret: never printed or logged).
+        stop_deadline_seconds: a command still running this long after its first SIGTERM or
+            SIGINT exits anyway (``SEGFLOW_STOP_DEADLINE_SECONDS``; 9 s: a stop signal ends
+            every command within 10 s, and a clean stop takes a few).
     """
 
     model_config = SettingsConfigDict(env_prefix="SEGFLOW_", extra="ignore", frozen=True)
@@ -55,6 +58,7 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = Field(
         default=None, validation_alias="AWS_SECRET_ACCESS_KEY"
     )
+    stop_deadline_seconds: float = Field(default=9.0, gt=0)
 
     @property
     def home_dir(self) -> Path:

@@ -338,10 +338,10 @@ def _exit_now(code: int) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segflow`` console script; returns (and exits with) the exit code."""
-    apply_environment()
+    settings = apply_environment()
     install_stop_handlers()
     if argv is None:  # the console script's own process: a stop signal ends it
-        arm_stop_deadline()
+        arm_stop_deadline(settings.stop_deadline_seconds)
     from flows import local_api
 
     local_api.enable()  # flows run on a temporary Prefect API that cannot outlive segflow

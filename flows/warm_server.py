@@ -332,10 +332,11 @@ def run_command(request: dict[str, Any], fds: list[int]) -> int:
     sys.argv = [str(argument) for argument in request["argv"]]
     _become_main_script(sys.argv[0])
     _reset_settings()
+    from data_contracts import get_settings
     from flows.cli_app import main as cli_main
     from pipelines.interrupts import arm_stop_deadline
 
-    arm_stop_deadline()  # this forked process runs one command only
+    arm_stop_deadline(get_settings().stop_deadline_seconds)  # this process runs one command only
     try:
         code = cli_main(sys.argv[1:])
     finally:

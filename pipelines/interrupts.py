@@ -10,6 +10,7 @@ finished. Worker processes of a batch see the same request through a shared even
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import threading
@@ -47,10 +48,6 @@ __all__ = [
 SIGTERM_EXIT_CODE = 143
 #: The exit status of a command stopped by SIGINT (Ctrl-C; 128 + 2).
 SIGINT_EXIT_CODE = 130
-#: Seconds a command gets, after its first stop signal, to stop cleanly before it exits anyway:
-#: the grace period Kubernetes gives a pod before SIGKILL. A clean stop takes a few seconds (a
-#: training step and its checkpoint included); this bounds one that hangs.
-STOP_DEADLINE_SECONDS = 30.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -180,15 +177,18 @@ class StopRequested(SegflowError):
     default_hint = "run the same command again to resume"
 
 
-def arm_stop_deadline(seconds: float = STOP_DEADLINE_SECONDS) -> None:
+def arm_stop_deadline(seconds: float) -> None:
     """End this process ``seconds`` after its first SIGTERM or SIGINT, if it is still running.
 
     The interpreter writes the number of every signal it catches to the "wakeup" file
     descriptor, whichever Python handler is installed at the time (Prefect's flow engine
     replaces segflow's SIGTERM handler while a flow runs), so a thread reading it sees the
     signal arrive even when the main thread is stuck where no handler gets to run. After the
-    deadline it says so on stderr and exits with 128 + the signal, without exit handlers;
-    the servers and workers segflow started die with it (``PR_SET_PDEATHSIG``).
+    deadline it says so on stderr with every thread's stack (where the stop hung) and exits
+    with 128 + the signal, without exit handlers; the servers and workers segflow started
+    die with it (``PR_SET_PDEATHSIG``). A clean stop takes a few seconds (a training step
+    included); the deadline (``Settings.stop_deadline_seconds``, 9 s: a stop signal ends
+    every command within 10 s) only bounds one that hangs.
 
     For a command's own process only (the CLI; a warm process's forked command): a library
     caller keeps its process. Call it once, from the main thread.
@@ -218,8 +218,10 @@ def _exit_after_a_stop_signal(read_end: int, seconds: float) -> None:
             break
     time.sleep(seconds)
     name = signal.Signals(stops[0]).name
-    with contextlib.suppress(OSError):
-        os.write(2, f"segflow: not stopped {seconds:g} s after {name}; exiting now\n".encode())
+    with contextlib.suppress(OSError, ValueError):
+        message = f"segflow: interrupted by {name}, not stopped {seconds:g} s later: exiting now"
+        os.write(2, f"{message} (every thread's stack follows)\n".encode())
+        faulthandler.dump_traceback(file=2, all_threads=True)
     os._exit(exit_code_for(name))
 
 
