@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 
 from data_contracts import Case, ModelError, ModelSpec, TrainingPlan
 from pipelines.infer.tiled_instances import TileConfig, segment_with_network
@@ -64,15 +65,21 @@ def sliding_probabilities(
     return torch.softmax(logits[0], dim=0)
 
 
-def _spacing(case: Case, plan: TrainingPlan) -> tuple[float, ...]:
-    """Pixel size of the grid the metrics see: the plan's target spacing; a kind planned on its
-    native grid, its own pixel size (raster CRS units, 1 for images); else voxels."""
-    if plan.target_spacing is not None:
-        return plan.target_spacing
+def _spacing(case: Case, plan: TrainingPlan, image: torch.Tensor) -> tuple[float, ...]:
+    """Pixel size of the grid the metrics see (``image``: the preprocessed ``(C, *S)``): the
+    plan's target spacing; for a volume under a 2D plan, the in-plane target and the slices'
+    own spacing; a kind planned on its native grid, its own pixel size (raster CRS units, 1 for
+    images); else voxels."""
+    spatial = image.ndim - 1
+    target = plan.target_spacing
+    if target is not None and len(target) == spatial:
+        return target
+    if target is not None and isinstance(image, MetaTensor):
+        return tuple(float(size) for size in image.pixdim[:spatial])
     adapter = kind_adapter(case.kind)
     if adapter.target_spacing_unit is None:
         return adapter.grid_axes(case.geometry)[1]
-    return (1.0,) * plan.spatial_dims
+    return (1.0,) * spatial
 
 
 def read_instances(case: Case) -> np.ndarray:
@@ -161,7 +168,7 @@ def evaluate_network(
                 prediction,
                 truth,
                 foreground,
-                spacing=_spacing(case, plan),
+                spacing=_spacing(case, plan, item["image"]),
                 ignore_value=IGNORE_INDEX,
                 class_names=[plan.class_names[index] for index in foreground],
             )

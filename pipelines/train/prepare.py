@@ -14,12 +14,13 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from monai.data.dataset import Dataset
 
 from data_contracts import (
     Case,
+    ConfigError,
     DatasetFingerprint,
     DatasetManifest,
     InputError,
@@ -222,13 +223,31 @@ def with_drift_reference(
 def fingerprint_and_plan(
     manifest: DatasetManifest, config: TrainConfig, overrides: Mapping[str, Any] | None
 ) -> tuple[DatasetFingerprint, TrainingPlan]:
-    """The dataset's fingerprint (with ``config.seed``) and its plan, overrides applied."""
+    """The dataset's fingerprint (with ``config.seed``) and its plan, overrides applied.
+
+    An overridden ``spatial_dims`` plans the data again in those dimensions (a volume in 2D:
+    axial slices, with the in-plane spacing, patch and batch of a 2D plan) before the other
+    overrides apply.
+    """
     fingerprint = compute_fingerprint(manifest, seed=config.seed)
-    plan = make_plan(fingerprint, manifest)
+    plan = make_plan(fingerprint, manifest, spatial_dims=_spatial_dims(overrides))
     plan = apply_overrides(plan, overrides) if overrides else plan
     if config.model == AUTO_MODEL:
         plan = plan_network(plan, config)
     return fingerprint, plan
+
+
+def _spatial_dims(overrides: Mapping[str, Any] | None) -> Literal[2, 3] | None:
+    """The user's ``spatial_dims`` (2 or 3), or ``None`` to plan the kind's own."""
+    value = (overrides or {}).get("spatial_dims")
+    if value is None:
+        return None
+    if value not in (2, 3) or isinstance(value, bool):
+        raise ConfigError(
+            f"invalid value for plan field 'spatial_dims': {value!r}",
+            hint="spatial_dims is 2 (volumes: trained on axial slices) or 3",
+        )
+    return cast(Literal[2, 3], int(value))
 
 
 def plan_network(plan: TrainingPlan, config: TrainConfig) -> TrainingPlan:

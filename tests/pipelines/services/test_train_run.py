@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_contracts import Case, IngestOptions, TrainConfig
+from data_contracts import Case, ConfigError, IngestOptions, TrainConfig
 from pipelines.ingest import ingest
 from pipelines.services.model_registry import load_model
 from pipelines.services.training import train_from_manifest
@@ -115,6 +115,44 @@ def test_volume_training_checkpoints_load_weights_only(tmp_path: Path) -> None:
     assert report.spec.spatial_dims == 3 and report.result.best_checkpoint is not None
     state = torch.load(report.result.best_checkpoint, weights_only=True)
     assert "state_dict" in state
+
+
+def test_a_volume_trained_on_axial_slices_validates_registers_and_segments(
+    tmp_path: Path,
+) -> None:
+    """``--plan spatial_dims=2``: a 2D network on a volume's slices; validation, the final
+    evaluation (Dice and HD95 in mm) and ``segflow segment`` predict whole volumes."""
+    from pipelines.infer.in_memory import predict_volume
+    from pipelines.synthetic import make_volume_dataset
+
+    make_volume_dataset(tmp_path / "vol", n_cases=3, shape=(36, 32, 10), seed=1)
+    manifest = ingest(tmp_path / "vol", workdir=tmp_path / "work")
+    report = train_from_manifest(
+        manifest,
+        CONFIG.model_copy(update={"max_epochs": 1}),
+        tmp_path / "run",
+        plan_overrides={"spatial_dims": 2, "batch_size": 2},
+        register="slices",
+        progress_bar=False,
+    )
+    assert report.plan.spatial_dims == 2 and len(report.plan.patch_size) == 2
+    assert report.plan.target_spacing is not None and len(report.plan.target_spacing) == 2
+    assert "spatial_dims" in report.plan.overrides and report.spec.spatial_dims == 2
+    per_case = next(iter(report.evaluation.per_case.values()))
+    assert all(np.isfinite(scores["dice"]) for scores in per_case.values())
+    model = load_model("models:/slices@champion")
+    case = manifest.cases[0]
+    prediction = predict_volume(model, [channel.path for channel in case.channels])
+    assert prediction.classes.shape == (36, 32, 10)
+
+
+def test_a_spatial_dims_override_is_2_or_3(tmp_path: Path) -> None:
+    from pipelines.synthetic import make_volume_dataset
+
+    make_volume_dataset(tmp_path / "vol", n_cases=2, shape=(20, 18, 12), seed=1)
+    manifest = ingest(tmp_path / "vol", workdir=tmp_path / "work")
+    with pytest.raises(ConfigError, match="spatial_dims"):
+        train_from_manifest(manifest, CONFIG, tmp_path / "run", plan_overrides={"spatial_dims": 4})
 
 
 def test_maskrcnn_route_trains_registers_and_round_trips(tmp_path: Path) -> None:
