@@ -212,6 +212,8 @@ def test_looking_up_a_kind_imports_neither_torch_nor_monai() -> None:
 
 @pytest.mark.parametrize("kind", ["raster", "image"])
 def test_validation_reads_labels_and_spacing_through_the_adapter(kind: str, tmp_path: Path) -> None:
+    import torch
+
     from pipelines.ingest import ingest
     from pipelines.io.image2d import read_image
     from pipelines.plan import compute_fingerprint, make_plan
@@ -233,4 +235,5 @@ def test_validation_reads_labels_and_spacing_through_the_adapter(kind: str, tmp_
     np.testing.assert_array_equal(read_instances(case), stored)
     plan = make_plan(compute_fingerprint(manifest), manifest)
     assert plan.target_spacing is None
-    assert _spacing(case, plan) == kind_adapter(kind).grid_axes(case.geometry)[1]
+    image = torch.zeros((plan.in_channels, *stored.shape[-2:]))  # the preprocessed (C, H, W)
+    assert _spacing(case, plan, image) == kind_adapter(kind).grid_axes(case.geometry)[1]
