@@ -270,9 +270,7 @@ def _hand_off(
         rows = slice(first + layout.pad_top - top, last + layout.pad_top - top)
         cols = slice(layout.pad_left, layout.pad_left + layout.width)
         probabilities = accumulator.finish(rows, cols)
-        valid = strips.valid(rows, any_band=any_band)
-        if any_band:
-            partial = int(np.count_nonzero(valid)) - int(np.count_nonzero(strips.valid(rows)))
+        valid, partial = strips.valid_any_band(rows) if any_band else (strips.valid(rows), 0)
         sink(Window(0, first, layout.width, last - first), probabilities, valid)
     same = strip + 1 < len(layout.rows) and layout.overlaps(strip + 1) == layout.overlaps(strip)
     accumulator.shift(end - top, same_weights=same)

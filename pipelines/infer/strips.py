@@ -238,15 +238,28 @@ class StripReader:
     def valid(self, rows: slice, *, any_band: bool = False) -> NDArray[np.bool_]:
         """``(rows, width)``: True where no band is nodata/masked (with ``any_band``: where
         some band is not), for buffer rows ``rows``."""
+        return self._validity(rows, any_band=any_band)[0]
+
+    def valid_any_band(self, rows: slice) -> tuple[NDArray[np.bool_], int]:
+        """:meth:`valid` with ``any_band``, and how many of its valid pixels have some band
+        nodata/masked, in one pass over the masks."""
+        return self._validity(rows, any_band=True)
+
+    def _validity(self, rows: slice, *, any_band: bool) -> tuple[NDArray[np.bool_], int]:
         start, stop, _ = rows.indices(self.pixels.shape[1])
         valid = np.ones((stop - start, self.layout.width), dtype=bool)
+        partial = 0
         if self.nodata or self.read_masks:
             for first in range(start, stop, _VALID_ROWS):  # small temporaries
                 chunk = slice(first, min(first + _VALID_ROWS, stop))
                 masked = self._masked(chunk, slice(None))
-                rule = np.logical_and if any_band else np.logical_or
-                valid[first - start : chunk.stop - start] = ~rule.reduce(masked, axis=0)
-        return valid
+                some = np.logical_or.reduce(masked, axis=0)
+                if any_band:
+                    every = np.logical_and.reduce(masked, axis=0)
+                    partial += int(np.count_nonzero(some)) - int(np.count_nonzero(every))
+                    some = every
+                valid[first - start : chunk.stop - start] = ~some
+        return valid, partial
 
     def _masked(self, rows: slice, cols: slice) -> NDArray[np.bool_]:
         pixels = self.pixels[:, rows, cols]

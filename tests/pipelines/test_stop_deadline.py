@@ -11,7 +11,10 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytestmark = pytest.mark.skipif(
+    sys.platform == "win32",
+    reason="needs POSIX signals (SIGUSR1, SIGTERM sent to a child) and a pipe as the wakeup fd",
+)
 
 DEADLINE_S = 1.0
 
